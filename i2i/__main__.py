@@ -1,0 +1,3 @@
+from i2i.cli import main
+
+main()

@@ -1,0 +1,152 @@
+"""The ``i2i`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from i2i import __version__
+from i2i.registry import REGISTRIES, I2IError
+
+app = typer.Typer(
+    help="Paired image-to-image translation (pix2pix family): train, evaluate, translate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+SetOption = typer.Option([], "--set", help="override a recipe value: --set train.lr=1e-4 (repeatable)")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"i2i {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
+) -> None:
+    pass
+
+
+@app.command()
+def run(
+    recipe: Path = typer.Argument(..., help="recipe YAML"),
+    overrides: list[str] = SetOption,
+    out: Optional[Path] = typer.Option(None, "--out", help="run directory (default: the recipe's output_dir)"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the run directory's last checkpoint"),
+) -> None:
+    """Train from a recipe."""
+    from i2i.engine.run import train_from_recipe
+
+    train_from_recipe(recipe, overrides, out, resume, console)
+
+
+@app.command()
+def validate(
+    recipe: Path = typer.Argument(..., help="recipe YAML"),
+    overrides: list[str] = SetOption,
+    as_json: bool = typer.Option(False, "--json", help="print the resolved recipe and model sizes as JSON"),
+) -> None:
+    """Check a recipe and build its models without training."""
+    from i2i.engine.build import build_discriminator, build_generator
+    from i2i.recipe import load_recipe
+
+    parsed = load_recipe(recipe, overrides)
+    in_ch, out_ch = _channels(parsed)
+    sizes = {}
+    for role, build in (("generator", build_generator), ("discriminator", build_discriminator)):
+        model = build(parsed, in_ch, out_ch)
+        spec = getattr(parsed.model, role)
+        sizes[role] = {"name": spec.name, "parameters": sum(p.numel() for p in model.parameters())}
+    if as_json:
+        print(json.dumps({"recipe": parsed.model_dump(mode="json"), **sizes}, indent=2))
+        return
+    console.print(f"[green]ok[/green] {recipe}: {parsed.name}")
+    for role, size in sizes.items():
+        console.print(f"  {role:<14} {size['name']:<12} {size['parameters']:>12,} parameters")
+
+
+def _channels(recipe) -> tuple[int, int]:
+    """Channel counts come from the dataset; a missing data folder falls back to RGB."""
+    from i2i.engine.build import build_dataset
+
+    try:
+        dataset = build_dataset(recipe, "train", train=True)
+        return dataset.in_channels, dataset.out_channels
+    except I2IError:
+        return 3, 3
+
+
+@app.command("list")
+def list_components(
+    kind: Optional[str] = typer.Argument(None, help="generators, discriminators, losses or datasets"),
+    pattern: str = typer.Argument("*", help="fnmatch pattern, e.g. 'unet*'"),
+    params: bool = typer.Option(False, "--params", help="show each component's parameter schema"),
+) -> None:
+    """List registered components, their origin and (with --params) their parameters."""
+    from rich.table import Table
+
+    if kind is not None and kind not in REGISTRIES:
+        raise I2IError(f"unknown kind {kind!r}; choose from {', '.join(REGISTRIES)}")
+    kinds = [kind] if kind else list(REGISTRIES)
+    table = Table("kind", "name", "origin", *(["parameters"] if params else []))
+    failures = []
+    for name in kinds:
+        registry = REGISTRIES[name]
+        for entry in registry.entries(pattern):
+            row = [name, entry.name, entry.origin]
+            if params:
+                row.append(_describe_params(entry.params))
+            table.add_row(*row)
+        failures += registry.failures
+    console.print(table)
+    for failure in failures:
+        err_console.print(f"[yellow]warning:[/yellow] {failure}")
+
+
+def _describe_params(model) -> str:
+    lines = []
+    for field_name, field in model.model_fields.items():
+        annotation = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
+        default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        note = f"  {field.description}" if field.description else ""
+        lines.append(f"{field_name}: {annotation} = {default}{note}")
+    return "\n".join(lines) or "(none)"
+
+
+@app.command()
+def translate(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="run directory, checkpoint folder or generator .safetensors"),
+    input: Path = typer.Option(..., "--input", help="an image or a folder of images"),
+    output: Path = typer.Option(..., "--output", help="folder for the translated images"),
+    aligned: bool = typer.Option(False, "--aligned", help="inputs are A|B pairs: take the recipe's input side"),
+    mode: str = typer.Option("eval", "--mode", help="eval (running BatchNorm stats, no dropout) or train (as the pix2pix paper tests)"),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Translate images with a trained generator, at their own size."""
+    from i2i.translate import translate_paths
+
+    written = translate_paths(checkpoint, input, output, aligned=aligned, mode=mode, device=device)
+    console.print(f"wrote {len(written)} image(s) to {output}")
+
+
+def main() -> None:
+    try:
+        app()
+    except I2IError as error:
+        err_console.print("[bold red]error:[/bold red]", escape(str(error)), highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)

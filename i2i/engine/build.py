@@ -1,0 +1,78 @@
+"""Turn a validated recipe into datasets, networks and losses."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from i2i.data.base import PairedDataset
+from i2i.recipe import Recipe
+from i2i.registry import DATASETS, DISCRIMINATORS, GENERATORS, LOSSES, I2IError
+
+
+def build_dataset(recipe: Recipe, split: str = "train", train: bool = True) -> PairedDataset:
+    spec = recipe.data.dataset
+    return DATASETS.build(spec.name, spec.params, data=recipe.data, split=split, train=train, seed=recipe.train.seed)
+
+
+def build_generator(recipe: Recipe, in_channels: int, out_channels: int) -> nn.Module:
+    spec = recipe.model.generator
+    return GENERATORS.build(spec.name, spec.params, in_channels=in_channels, out_channels=out_channels)
+
+
+def build_discriminator(recipe: Recipe, in_channels: int, out_channels: int) -> nn.Module:
+    """The discriminator sees (condition, image) stacked on channels."""
+    spec = recipe.model.discriminator
+    return DISCRIMINATORS.build(spec.name, spec.params, in_channels=in_channels + out_channels)
+
+
+def build_losses(recipe: Recipe) -> tuple[tuple[nn.Module, float], list[tuple[str, nn.Module, float]]]:
+    """(adversarial loss, weight) and [(name, reconstruction loss, weight), ...]."""
+    adversarial, reconstruction = [], []
+    for spec in recipe.losses:
+        loss = LOSSES.build(spec.name, spec.params)
+        role = getattr(loss, "role", None)
+        if role == "adversarial":
+            adversarial.append((loss, spec.weight))
+        elif role == "reconstruction":
+            reconstruction.append((spec.name, loss, spec.weight))
+        else:
+            raise I2IError(f"loss '{spec.name}' has role {role!r}; expected 'adversarial' or 'reconstruction'")
+    if len(adversarial) != 1:
+        raise I2IError(f"a recipe needs exactly one adversarial loss, found {len(adversarial)}")
+    return adversarial[0], reconstruction
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise I2IError(f"train.device is {name!r} but CUDA is not available; use 'cpu' or 'auto'")
+    return device
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX-512 bf16 make CPU autocast to bf16 worthwhile."""
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX"):
+        return False
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype (float32 = no autocast). ``auto`` picks bf16 where the hardware runs it fast."""
+    if precision == "fp32":
+        return torch.float32
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise I2IError("precision fp16 needs CUDA; on CPU use bf16 or fp32")
+        return torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32

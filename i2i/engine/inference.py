@@ -1,0 +1,65 @@
+"""Loading a trained generator and running it."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator, Literal
+
+import torch
+import yaml
+from torch import nn
+
+from i2i.engine.checkpoint import CheckpointError, latest_checkpoint, load_weights, read_metadata
+from i2i.recipe import Recipe, validate_recipe
+
+Mode = Literal["train", "eval"]
+
+
+@contextlib.contextmanager
+def generator_mode(model: nn.Module, mode: Mode) -> Iterator[nn.Module]:
+    """``eval``: running BatchNorm statistics, no dropout. ``train``: what pix2pix does at
+    test time, batch statistics and dropout, without touching the running statistics."""
+    was_training = model.training
+    saved = {}
+    if mode == "train":
+        model.train()
+        for layer in model.modules():
+            if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                saved[layer] = layer.momentum
+                layer.momentum = 0.0  # running stats: r <- (1 - 0) * r + 0 * batch = r
+    else:
+        model.eval()
+    try:
+        yield model
+    finally:
+        for layer, momentum in saved.items():
+            layer.momentum = momentum
+        model.train(was_training)
+
+
+def resolve_generator_file(checkpoint: Path) -> Path:
+    """A run directory, a checkpoint folder or a generator .safetensors file."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_file():
+        return checkpoint
+    if (checkpoint / "generator.safetensors").is_file():
+        return checkpoint / "generator.safetensors"
+    latest = latest_checkpoint(checkpoint)
+    if latest is None:
+        raise CheckpointError(f"no checkpoint in {checkpoint} (expected a run directory, a checkpoint folder or a .safetensors file)")
+    return latest / "generator.safetensors"
+
+
+def load_generator(checkpoint: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Recipe, dict[str, str]]:
+    """The generator with its weights, the recipe it was trained with, and the file's metadata."""
+    from i2i.engine.build import build_generator
+
+    file = resolve_generator_file(checkpoint)
+    metadata = read_metadata(file)
+    if "recipe" not in metadata:
+        raise CheckpointError(f"{file} has no recipe in its metadata; it was not written by i2i")
+    recipe = validate_recipe(yaml.safe_load(metadata["recipe"]), f"{file} (embedded recipe)")
+    generator = build_generator(recipe, int(metadata["in_channels"]), int(metadata["out_channels"]))
+    load_weights(generator, file)
+    return generator.to(device), recipe, metadata

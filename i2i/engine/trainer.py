@@ -1,0 +1,318 @@
+"""The pix2pix training loop.
+
+``Trainer.train_step`` is the published step, top to bottom: generate, update D
+on real and generated pairs (loss halved), update G on fooling D plus the
+weighted reconstruction losses. Everything around it (data order, learning
+rate schedule, logging, samples, checkpoints, resume) lives in the methods
+below it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+from i2i import __version__
+from i2i.engine.build import (
+    build_dataset,
+    build_discriminator,
+    build_generator,
+    build_losses,
+    resolve_device,
+    resolve_precision,
+)
+from i2i.engine.checkpoint import latest_checkpoint, load_state, load_weights, save_checkpoint, verify_checkpoint
+from i2i.engine.inference import generator_mode
+from i2i.recipe import Recipe
+from i2i.registry import I2IError
+
+
+class EpochSampler(Sampler[int]):
+    """A fresh permutation per epoch from (seed, epoch), sharded over ranks, able to
+    start part-way through an epoch so that a resumed run sees the same order."""
+
+    def __init__(self, length: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True):
+        self.length, self.seed, self.rank, self.world_size, self.shuffle = length, seed, rank, world_size, shuffle
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self):
+        if self.shuffle:
+            order = torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = torch.arange(self.length)
+        per_rank = math.ceil(self.length / self.world_size)
+        order = order.repeat(math.ceil(per_rank * self.world_size / self.length))[: per_rank * self.world_size]
+        return iter(order[self.rank :: self.world_size][self.start :].tolist())
+
+    def __len__(self) -> int:
+        return math.ceil(self.length / self.world_size) - self.start
+
+
+def linear_decay(epoch: int, epochs: int, epochs_decay: int) -> float:
+    """The reference schedule: 1 for ``epochs``, then linear towards 0 over ``epochs_decay``."""
+    return 1.0 - max(0, epoch + 1 - epochs) / float(epochs_decay + 1)
+
+
+class Trainer:
+    def __init__(
+        self,
+        recipe: Recipe,
+        run_dir: Path | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        on_log: Callable[[dict[str, Any]], None] | None = None,
+    ):
+        self.recipe = recipe
+        self.cfg = recipe.train
+        self.run_dir = Path(run_dir or recipe.run_dir)
+        self.rank, self.world_size = rank, world_size
+        self.is_main = rank == 0
+        self.on_log = on_log
+        self.device = resolve_device(self.cfg.device)
+        self.amp_dtype = resolve_precision(self.cfg.precision, self.device)
+        torch.manual_seed(self.cfg.seed)
+
+        self.dataset = build_dataset(recipe, "train", train=True)
+        self.in_channels, self.out_channels = self.dataset.in_channels, self.dataset.out_channels
+        self.generator = build_generator(recipe, self.in_channels, self.out_channels).to(self.device)
+        self.discriminator = build_discriminator(recipe, self.in_channels, self.out_channels).to(self.device)
+        memory_format = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
+        self.memory_format = memory_format
+        self.generator.to(memory_format=memory_format)
+        self.discriminator.to(memory_format=memory_format)
+        (self.gan_loss, self.gan_weight), self.reconstruction = build_losses(recipe)
+        self.gan_loss.to(self.device)
+
+        fused = self.device.type == "cuda"
+        adam = dict(lr=self.cfg.lr, betas=self.cfg.betas, **({"fused": True} if fused else {"foreach": True}))
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), **adam)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), **adam)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.G, self.D = self._wrap(self.generator), self._wrap(self.discriminator)
+
+        self.sampler = EpochSampler(len(self.dataset), self.cfg.seed, rank, world_size)
+        self.steps_per_epoch = math.ceil(len(self.sampler) / self.cfg.batch_size)
+        total_epochs = self.cfg.epochs + self.cfg.epochs_decay
+        self.total_steps = self.steps_per_epoch * total_epochs
+        if self.cfg.max_steps is not None:
+            self.total_steps = min(self.total_steps, self.cfg.max_steps) if total_epochs else self.cfg.max_steps
+        self.step = 0
+
+    def _wrap(self, module: nn.Module) -> nn.Module:
+        """What the step calls: the module itself, or its compiled form."""
+        if not self.cfg.compile:
+            return module
+        try:
+            return torch.compile(module)
+        except Exception as error:  # compile support varies by platform; eager is always correct
+            self.log_line(f"torch.compile unavailable ({type(error).__name__}: {error}); training eagerly")
+            return module
+
+    def autocast(self):
+        if self.amp_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    # ---------------------------------------------------------------- the step
+    def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, torch.Tensor]:
+        with self.autocast():
+            fake_b = self.G(real_a)
+
+        # 1. Discriminator: (input, target) is real, (input, generated) is fake.
+        self.discriminator.requires_grad_(True)
+        self.opt_d.zero_grad(set_to_none=True)
+        with self.autocast():
+            fake_pair = torch.cat([real_a, fake_b.detach()], 1)
+            real_pair = torch.cat([real_a, real_b], 1)
+            d_real, d_fake = self.gan_loss.discriminator_loss(self.D(real_pair), self.D(fake_pair))
+            loss_d = 0.5 * (d_real + d_fake) * self.gan_weight
+            penalty = self.gan_loss.gradient_penalty(self.D, real_pair, fake_pair)
+            if penalty is not None:
+                loss_d = loss_d + penalty
+        self.scaler.scale(loss_d).backward()
+        self.scaler.step(self.opt_d)
+
+        # 2. Generator: fool D, and stay close to the target.
+        self.discriminator.requires_grad_(False)
+        self.opt_g.zero_grad(set_to_none=True)
+        with self.autocast():
+            g_gan = self.gan_loss.generator_loss(self.D(torch.cat([real_a, fake_b], 1))) * self.gan_weight
+            terms = {f"G_{name}": weight * loss(fake_b.float(), real_b) for name, loss, weight in self.reconstruction}
+            loss_g = g_gan + sum(terms.values())
+        self.scaler.scale(loss_g).backward()
+        self.scaler.step(self.opt_g)
+        self.scaler.update()
+
+        return {"G_GAN": g_gan.detach(), **{k: v.detach() for k, v in terms.items()},
+                "D_real": d_real.detach(), "D_fake": d_fake.detach()}
+
+    # ------------------------------------------------------------- the loop
+    def loader(self, epoch: int) -> DataLoader:
+        return DataLoader(
+            self.dataset,
+            batch_size=self.cfg.batch_size,
+            sampler=self.sampler,
+            num_workers=self.recipe.data.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,  # workers must see the dataset's new epoch
+            # Its own generator: drawing worker seeds from the global RNG would shift
+            # the dropout stream whenever a resumed run opens a loader mid-epoch.
+            generator=torch.Generator().manual_seed(self.cfg.seed + epoch),
+        )
+
+    def lr_factor(self, epoch: int) -> float:
+        return linear_decay(epoch, self.cfg.epochs, self.cfg.epochs_decay)
+
+    def set_epoch(self, epoch: int) -> None:
+        for optimizer in (self.opt_g, self.opt_d):
+            for group in optimizer.param_groups:
+                group["lr"] = self.cfg.lr * self.lr_factor(epoch)
+
+    def fit(self, resume: bool = False) -> dict[str, float]:
+        if resume:
+            self.resume()
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "recipe.yaml").write_text(self.recipe.to_yaml())
+        self._sample_batch = self.sample_inputs()
+        totals: dict[str, torch.Tensor] = {}
+        count, last = 0, {}
+        tick, tick_step = time.perf_counter(), self.step
+        self.generator.train()
+        self.discriminator.train()
+        while self.step < self.total_steps:
+            epoch, offset = divmod(self.step, self.steps_per_epoch)
+            self.set_epoch(epoch)
+            self.dataset.set_epoch(epoch)
+            self.sampler.set_epoch(epoch, offset * self.cfg.batch_size)
+            for batch in self.loader(epoch):
+                real_a = batch["input"].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+                real_b = batch["target"].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+                losses = self.train_step(real_a, real_b)
+                self.step += 1
+                for key, value in losses.items():
+                    totals[key] = totals.get(key, 0.0) + value
+                count += 1
+                end_of_epoch = self.step % self.steps_per_epoch == 0
+                done = self.step >= self.total_steps
+                if self.step % self.cfg.log_every == 0 or done:
+                    # The only host sync: loss values are read here, every log_every steps.
+                    last = {k: float(v) / count for k, v in totals.items()}
+                    self.check_finite(last)
+                    now = time.perf_counter()
+                    rate = (self.step - tick_step) / max(now - tick, 1e-9)
+                    tick, tick_step = now, self.step
+                    self.log({"step": self.step, "epoch": epoch, "lr": self.opt_g.param_groups[0]["lr"],
+                              "steps_per_s": rate, **last})
+                    totals, count = {}, 0
+                if self.is_main and (self.step % self.cfg.sample_every == 0 or done):
+                    self.save_samples()
+                if self.step % self.cfg.checkpoint_every == 0 or end_of_epoch or done:
+                    self.save()
+                if done:
+                    break
+        return last
+
+    def check_finite(self, losses: dict[str, float]) -> None:
+        bad = [k for k, v in losses.items() if not math.isfinite(v)]
+        if bad:
+            raise I2IError(
+                f"non-finite loss at step {self.step}: {', '.join(f'{k}={losses[k]}' for k in bad)}. "
+                f"The last good checkpoint is kept in {self.run_dir / 'checkpoints'}; "
+                f"try a lower train.lr or precision fp32"
+            )
+
+    # ------------------------------------------------------- side outputs
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        with open(self.run_dir / "log.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.on_log:
+            self.on_log(record)
+
+    def log_line(self, text: str) -> None:
+        if self.is_main:
+            print(text, flush=True)
+
+    def sample_inputs(self, count: int = 4) -> dict[str, torch.Tensor]:
+        """Fixed images to watch during training: the first of the val split, else of train."""
+        try:
+            dataset = build_dataset(self.recipe, "val", train=False)
+        except I2IError:
+            dataset = build_dataset(self.recipe, "train", train=False)
+        items = [dataset[i] for i in range(min(count, len(dataset)))]
+        return {
+            key: torch.stack([item[key] for item in items]).to(self.device).contiguous(memory_format=self.memory_format)
+            for key in ("input", "target")
+        }
+
+    @torch.no_grad()
+    def save_samples(self) -> Path:
+        """A grid: one row per image, input | generated | target."""
+        from i2i.visual import save_grid
+
+        with generator_mode(self.generator, "eval"):
+            fake = self.generator(self._sample_batch["input"]).float()
+        path = self.run_dir / "samples" / f"step_{self.step:08d}.png"
+        save_grid([self._sample_batch["input"], fake, self._sample_batch["target"]], path)
+        return path
+
+    def metadata(self) -> dict[str, str]:
+        return {
+            "recipe": self.recipe.to_yaml(),
+            "in_channels": str(self.in_channels),
+            "out_channels": str(self.out_channels),
+            "step": str(self.step),
+            "i2i_version": __version__,
+        }
+
+    def save(self) -> Path | None:
+        if not self.is_main:
+            return None
+        state = {
+            "step": self.step,
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+        }
+        return save_checkpoint(
+            self.run_dir / "checkpoints",
+            self.step,
+            {"generator": self.generator, "discriminator": self.discriminator},
+            state,
+            self.metadata(),
+            keep=self.cfg.keep_checkpoints,
+        )
+
+    def resume(self) -> bool:
+        path = latest_checkpoint(self.run_dir)
+        if path is None:
+            self.log_line(f"no checkpoint in {self.run_dir}; starting from scratch")
+            return False
+        verify_checkpoint(path)
+        load_weights(self.generator, path / "generator.safetensors")
+        load_weights(self.discriminator, path / "discriminator.safetensors")
+        state = load_state(path / "state.pt")
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if self.device.type == "cuda" and state["rng_cuda"]:
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self.step = int(state["step"])
+        self.log_line(f"resumed from {path} at step {self.step}")
+        return True

@@ -1,0 +1,98 @@
+"""Training losses.
+
+Two roles, told apart by the class attribute ``role``:
+
+* ``"adversarial"``: the GAN objective. ``discriminator_loss(real, fake)`` and
+  ``generator_loss(fake)`` take discriminator logits. A recipe has exactly one.
+* ``"reconstruction"``: ``forward(fake, target)`` compares the generated image
+  with the ground truth (L1 in pix2pix). A recipe may have any number.
+
+Each recipe entry multiplies its loss by ``weight`` (100 for pix2pix's L1).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from i2i.registry import LOSSES
+
+
+class GANParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["vanilla", "lsgan", "hinge", "wgan-gp"] = "vanilla"
+    real_label: float = 1.0
+    fake_label: float = 0.0
+    gp_weight: float = Field(10.0, ge=0.0, description="gradient-penalty weight (wgan-gp only)")
+
+
+@LOSSES.register("gan", params=GANParams)
+class GANLoss(nn.Module):
+    """vanilla: BCE with logits (pix2pix); lsgan: least squares; hinge; wgan-gp: Wasserstein + gradient penalty."""
+
+    role: ClassVar[str] = "adversarial"
+
+    def __init__(self, params: GANParams):
+        super().__init__()
+        self.params = params
+
+    def _against(self, logits: torch.Tensor, label: float) -> torch.Tensor:
+        target = torch.full_like(logits, label)
+        if self.params.mode == "vanilla":
+            return F.binary_cross_entropy_with_logits(logits, target)
+        return F.mse_loss(logits, target)
+
+    def generator_loss(self, fake: torch.Tensor) -> torch.Tensor:
+        if self.params.mode in ("vanilla", "lsgan"):
+            return self._against(fake, self.params.real_label)
+        return -fake.mean()
+
+    def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The real and the fake term, each unhalved; the trainer averages them."""
+        mode = self.params.mode
+        if mode in ("vanilla", "lsgan"):
+            return self._against(real, self.params.real_label), self._against(fake, self.params.fake_label)
+        if mode == "hinge":
+            return F.relu(1.0 - real).mean(), F.relu(1.0 + fake).mean()
+        return -real.mean(), fake.mean()
+
+    def gradient_penalty(self, discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor | None:
+        """WGAN-GP's penalty on (|grad D(x_hat)| - 1)^2 at random interpolates; None for other modes."""
+        if self.params.mode != "wgan-gp" or self.params.gp_weight == 0:
+            return None
+        alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
+        mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+        scores = discriminator(mixed)
+        (grad,) = torch.autograd.grad(scores.sum(), mixed, create_graph=True)
+        return self.params.gp_weight * ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+
+
+class PixelLossParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@LOSSES.register("l1", params=PixelLossParams)
+class L1Loss(nn.Module):
+    role: ClassVar[str] = "reconstruction"
+
+    def __init__(self, params: PixelLossParams):
+        super().__init__()
+
+    def forward(self, fake: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.l1_loss(fake, target)
+
+
+@LOSSES.register("l2", params=PixelLossParams)
+class L2Loss(nn.Module):
+    role: ClassVar[str] = "reconstruction"
+
+    def __init__(self, params: PixelLossParams):
+        super().__init__()
+
+    def forward(self, fake: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(fake, target)

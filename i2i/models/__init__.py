@@ -1,0 +1,3 @@
+"""Built-in generators and discriminators; importing this package registers them."""
+
+from i2i.models import patchgan, unet  # noqa: F401  (registration)

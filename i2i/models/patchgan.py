@@ -1,0 +1,82 @@
+"""PatchGAN discriminators: a grid of real/fake logits, one per receptive-field patch.
+
+``n_layers`` 3 gives the 70x70 PatchGAN of pix2pix (30x30 logits on 256x256),
+1 gives 16x16 patches and 5 gives 286x286. ``pixelgan`` judges single pixels.
+The input is the channel concatenation (condition, image).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from i2i.models.layers import Norm, conv_bias, init_weights, norm_layer
+from i2i.registry import DISCRIMINATORS
+
+
+class PatchGANParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n_layers: int = Field(3, ge=1, le=6, description="strided conv layers: 1 -> 16x16, 3 -> 70x70, 5 -> 286x286")
+    ndf: int = Field(64, ge=1)
+    norm: Norm = "batch"
+    spectral_norm: bool = False
+    init_std: float = Field(0.02, gt=0.0)
+
+
+@DISCRIMINATORS.register("patchgan", params=PatchGANParams)
+class PatchGANDiscriminator(nn.Module):
+    def __init__(self, params: PatchGANParams, in_channels: int = 6):
+        super().__init__()
+        ndf, norm = params.ndf, params.norm
+        bias = conv_bias(norm)
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, ndf, 4, 2, 1),
+            nn.LeakyReLU(0.2),
+        ]
+        mult = 1
+        for n in range(1, params.n_layers + 1):
+            prev, mult = mult, min(2**n, 8)
+            stride = 2 if n < params.n_layers else 1  # the last feature layer keeps the resolution
+            layers += [
+                nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1, bias=bias),
+                norm_layer(norm, ndf * mult),
+                nn.LeakyReLU(0.2),
+            ]
+        layers.append(nn.Conv2d(ndf * mult, 1, 4, 1, 1))
+        self.model = nn.Sequential(*layers)
+        init_weights(self, params.init_std)
+        if params.spectral_norm:
+            for layer in self.model:
+                if isinstance(layer, nn.Conv2d):
+                    nn.utils.parametrizations.spectral_norm(layer)
+
+    def forward(self, x):
+        return self.model(x)
+
+
+class PixelGANParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ndf: int = Field(64, ge=1)
+    norm: Norm = "batch"
+    init_std: float = Field(0.02, gt=0.0)
+
+
+@DISCRIMINATORS.register("pixelgan", params=PixelGANParams)
+class PixelGANDiscriminator(nn.Module):
+    def __init__(self, params: PixelGANParams, in_channels: int = 6):
+        super().__init__()
+        ndf, norm = params.ndf, params.norm
+        self.model = nn.Sequential(
+            nn.Conv2d(in_channels, ndf, 1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(ndf, ndf * 2, 1, bias=conv_bias(norm)),
+            norm_layer(norm, ndf * 2),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(ndf * 2, 1, 1, bias=conv_bias(norm)),
+        )
+        init_weights(self, params.init_std)
+
+    def forward(self, x):
+        return self.model(x)

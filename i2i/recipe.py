@@ -1,0 +1,212 @@
+"""Recipes: one YAML file describes a whole experiment.
+
+Every component is ``{name: ..., params: {...}}`` and is looked up in its
+registry; its params are validated by the component's own pydantic model, so a
+typo anywhere is reported with its YAML path (``model.generator.params.ngf``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from i2i.registry import DATASETS, DISCRIMINATORS, GENERATORS, LOSSES, I2IError, Registry
+
+
+class RecipeError(I2IError):
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid recipe {source}:\n{lines}")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComponentSpec(Strict):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _none_params_is_empty(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("params", {}) is None:
+            data = {**data, "params": {}}
+        return data
+
+
+class LossSpec(ComponentSpec):
+    weight: float = Field(1.0, ge=0.0)
+
+
+class ModelSection(Strict):
+    generator: ComponentSpec
+    discriminator: ComponentSpec
+
+
+class DataSection(Strict):
+    dataset: ComponentSpec
+    root: Path = Field(Path("data"), description="dataset folder (holds train/ and val/ for split datasets)")
+    download: bool = Field(False, description="fetch the dataset into root when it is missing")
+    direction: Literal["AtoB", "BtoA"] = "AtoB"
+    load_size: int = Field(286, gt=0, description="resize to this size before the random crop")
+    crop_size: int = Field(256, gt=0)
+    flip: bool = True
+    num_workers: int = Field(0, ge=0)
+    on_bad_image: Literal["error", "skip"] = "error"
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> DataSection:
+        if self.crop_size > self.load_size:
+            raise ValueError(f"crop_size {self.crop_size} is larger than load_size {self.load_size}")
+        return self
+
+
+class TrainSection(Strict):
+    epochs: int = Field(100, ge=0, description="epochs at the initial learning rate")
+    epochs_decay: int = Field(100, ge=0, description="epochs of linear decay to zero afterwards")
+    lr: float = Field(2e-4, gt=0)
+    betas: tuple[float, float] = (0.5, 0.999)
+    batch_size: int = Field(1, ge=1)
+    seed: int = 0
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (short runs)")
+    log_every: int = Field(50, ge=1, description="steps between loss reads and log lines")
+    sample_every: int = Field(500, ge=1, description="steps between sample grids")
+    checkpoint_every: int = Field(1000, ge=1, description="steps between checkpoints (and one at each epoch end)")
+    keep_checkpoints: int = Field(3, ge=1)
+
+    @model_validator(mode="after")
+    def _has_length(self) -> TrainSection:
+        if self.epochs + self.epochs_decay == 0 and self.max_steps is None:
+            raise ValueError("epochs + epochs_decay is 0 and max_steps is unset: nothing to train")
+        return self
+
+
+class Recipe(Strict):
+    name: str
+    description: str = ""
+    model: ModelSection
+    losses: list[LossSpec] = Field(min_length=1)
+    data: DataSection
+    train: TrainSection = Field(default_factory=TrainSection)
+    output_dir: Path | None = Field(None, description="run directory; default runs/<name>")
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_dir or Path("runs") / self.name
+
+    def components(self) -> list[tuple[str, Registry, ComponentSpec]]:
+        """(YAML path, registry, spec) for every component of the recipe."""
+        found = [
+            ("model.generator", GENERATORS, self.model.generator),
+            ("model.discriminator", DISCRIMINATORS, self.model.discriminator),
+            ("data.dataset", DATASETS, self.data.dataset),
+        ]
+        found += [(f"losses.{i}", LOSSES, spec) for i, spec in enumerate(self.losses)]
+        return found
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _format_validation_error(error: ValidationError, prefix: str = "") -> list[str]:
+    problems = []
+    for item in error.errors():
+        path = ".".join(str(p) for p in (prefix, *item["loc"]) if p != "")
+        value = item.get("input")
+        shown = "" if isinstance(value, dict) or item["type"] == "missing" else f" (got {value!r})"
+        problems.append(f"{path or '<root>'}: {item['msg']}{shown}")
+    return problems
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a","b","c"], value parsed as YAML, so 3 is an int and [1,2] a list)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError("--set", [f"expected key=value, got {text!r}"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            elif isinstance(node, dict):
+                node = node.setdefault(part, {})
+            else:
+                raise RecipeError("--set", [f"{'.'.join(path[: i + 1])}: cannot descend into {type(node).__name__}"])
+            if not isinstance(node, (dict, list)):
+                raise RecipeError("--set", [f"{'.'.join(path[: i + 1])} is a value, not a section"])
+        last = path[-1]
+        if isinstance(node, list):
+            if not (last.isdigit() and int(last) < len(node)):
+                raise RecipeError("--set", [f"{'.'.join(path)}: no such list item"])
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return data
+
+
+def validate_recipe(data: Any, source: str = "<recipe>") -> Recipe:
+    if not isinstance(data, dict):
+        raise RecipeError(source, [f"<root>: expected a mapping of sections, got {type(data).__name__}"])
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as error:
+        raise RecipeError(source, _format_validation_error(error)) from None
+    problems = []
+    for path, registry, spec in recipe.components():
+        try:
+            entry = registry.get(spec.name)
+        except I2IError as error:
+            problems.append(f"{path}.name: {error}")
+            continue
+        try:
+            spec.params = entry.params.model_validate(spec.params).model_dump(mode="json")
+        except ValidationError as error:
+            problems += _format_validation_error(error, f"{path}.params")
+    adversarial = [s.name for _, r, s in recipe.components() if r is LOSSES and _role(s.name) == "adversarial"]
+    if not problems and len(adversarial) != 1:
+        problems.append(f"losses: need exactly one adversarial loss (such as 'gan'), found {len(adversarial)}")
+    if problems:
+        raise RecipeError(source, problems)
+    return recipe
+
+
+def _role(loss_name: str) -> str | None:
+    return getattr(LOSSES.get(loss_name).obj, "role", None)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise RecipeError(str(path), [f"cannot read: {error.strerror or error}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise RecipeError(str(path), [f"not valid YAML: {error}"]) from None
+    if data is None:
+        data = {}
+    if overrides:
+        if not isinstance(data, dict):
+            raise RecipeError(str(path), ["<root>: expected a mapping of sections"])
+        data = apply_overrides(data, overrides)
+    return validate_recipe(data, str(path))

@@ -1,0 +1,30 @@
+"""Turning tensors in [-1, 1] into pictures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """NCHW in [-1, 1] -> NHWC uint8 with 3 channels (gray is repeated)."""
+    images = images.detach().float().cpu()
+    if images.shape[1] == 1:
+        images = images.repeat(1, 3, 1, 1)
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def save_grid(columns: list[torch.Tensor], path: Path, gap: int = 2) -> Path:
+    """One row per image; each column a tensor of the same batch (e.g. input | generated | target)."""
+    arrays = [to_uint8(c) for c in columns]
+    n, h, w, _ = arrays[0].shape
+    grid = np.full((n * h + (n - 1) * gap, len(arrays) * w + (len(arrays) - 1) * gap, 3), 255, np.uint8)
+    for col, array in enumerate(arrays):
+        for row in range(n):
+            grid[row * (h + gap) : row * (h + gap) + h, col * (w + gap) : col * (w + gap) + w] = array[row]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(path)
+    return path
