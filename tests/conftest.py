@@ -1,0 +1,76 @@
+"""Shared test helpers: tiny recipes that train in a second on two CPU cores."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+MAPS = ROOT.parent / "shared" / "data" / "maps"
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# Per-component parameters that make a network tiny; every recipe test uses them
+# so that any recipe trains a few steps at 32x32 in a second.
+SMALL_PARAMS: dict[str, dict] = {
+    "unet": {"num_downs": 5, "ngf": 8},
+    "patchgan": {"ndf": 8, "n_layers": 2},
+    "pixelgan": {"ndf": 8},
+}
+TINY_SIZE = 32
+
+
+def tiny_recipe(**sections) -> dict:
+    """A complete recipe dict (unet + patchgan + gan + l1 on synthetic data) at 32x32."""
+    recipe = {
+        "name": "tiny",
+        "model": {
+            "generator": {"name": "unet", "params": dict(SMALL_PARAMS["unet"])},
+            "discriminator": {"name": "patchgan", "params": dict(SMALL_PARAMS["patchgan"])},
+        },
+        "losses": [{"name": "gan", "params": {"mode": "vanilla"}}, {"name": "l1", "weight": 100.0}],
+        "data": {
+            "dataset": {"name": "synthetic", "params": {"length": 8, "size": 40}},
+            "load_size": 36,
+            "crop_size": TINY_SIZE,
+        },
+        "train": {"epochs": 1, "epochs_decay": 1, "device": "cpu", "log_every": 1, "sample_every": 1000,
+                  "checkpoint_every": 1000},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(recipe.get(key), dict):
+            recipe[key] = {**recipe[key], **value}
+        else:
+            recipe[key] = value
+    return recipe
+
+
+def shrink(recipe: dict, dataset_params: dict | None = None) -> dict:
+    """A shipped recipe made tiny: small networks, synthetic data unless told otherwise, few steps."""
+    recipe = copy.deepcopy(recipe)
+    for role in ("generator", "discriminator"):
+        spec = recipe["model"][role]
+        spec["params"] = {**(spec.get("params") or {}), **SMALL_PARAMS.get(spec["name"], {})}
+    data = recipe["data"]
+    if dataset_params is not None or data["dataset"]["name"] not in ("synthetic",):
+        data["dataset"] = {"name": "synthetic", "params": {"length": 4, "size": 40, **(dataset_params or {})}}
+    data.update(load_size=36, crop_size=TINY_SIZE, num_workers=0, download=False)
+    recipe["train"] = {**recipe.get("train", {}), "device": "cpu", "max_steps": 2, "batch_size": 2,
+                       "log_every": 1, "compile": False}
+    return recipe
+
+
+@pytest.fixture
+def write_recipe(tmp_path):
+    def write(recipe: dict, name: str = "recipe.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+        return path
+
+    return write
