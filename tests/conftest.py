@@ -51,19 +51,49 @@ def tiny_recipe(**sections) -> dict:
     return recipe
 
 
-def shrink(recipe: dict, dataset_params: dict | None = None) -> dict:
-    """A shipped recipe made tiny: small networks, synthetic data unless told otherwise, few steps."""
+def shrink(recipe: dict, data_root: Path | None = None) -> dict:
+    """A shipped recipe made tiny: small networks, the given data root (see ``fake_data_root``),
+    32x32 crops, two steps on the CPU."""
     recipe = copy.deepcopy(recipe)
     for role in ("generator", "discriminator"):
         spec = recipe["model"][role]
         spec["params"] = {**(spec.get("params") or {}), **SMALL_PARAMS.get(spec["name"], {})}
     data = recipe["data"]
-    if dataset_params is not None or data["dataset"]["name"] not in ("synthetic",):
-        data["dataset"] = {"name": "synthetic", "params": {"length": 4, "size": 40, **(dataset_params or {})}}
-    data.update(load_size=36, crop_size=TINY_SIZE, num_workers=0, download=False)
+    if data_root is not None:
+        data["root"] = str(data_root)
+    data.update(load_size=36, crop_size=TINY_SIZE, num_workers=0)
     recipe["train"] = {**recipe.get("train", {}), "device": "cpu", "max_steps": 2, "batch_size": 2,
                        "log_every": 1, "compile": False}
     return recipe
+
+
+def write_fake_photos(folder: Path, count: int, size: tuple[int, int], seed: int = 0) -> list[Path]:
+    """Smooth random colour images (JPEG-friendly), deterministic per seed."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(1, count + 1):
+        small = rng.integers(0, 256, (4, 8, 3), dtype=np.uint8)
+        image = Image.fromarray(small).resize((size[0], size[1]), Image.BICUBIC)
+        path = folder / f"{i}.jpg"
+        image.save(path, quality=95)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def fake_data_root(tmp_path) -> Path:
+    """A data root in the layouts the built-in datasets read: train/ and val/ with
+    2:1 A|B images (aligned) that double as plain photos, and A/ B/ subfolders."""
+    root = tmp_path / "data"
+    for split, count in (("train", 4), ("val", 2)):
+        write_fake_photos(root / split, count, (80, 40), seed=1 if split == "train" else 2)
+        write_fake_photos(root / split / "A", count, (40, 40), seed=3)
+        write_fake_photos(root / split / "B", count, (40, 40), seed=4)
+    return root
 
 
 @pytest.fixture

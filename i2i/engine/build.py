@@ -76,3 +76,9 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+
+
+def tuned_settings(device: torch.device) -> dict[str, object]:
+    """The engine's fastest settings on ``device`` for the same math (``train.*`` overrides);
+    ``i2i bench speed`` times them against plain eager fp32."""
+    return {"precision": "auto", "channels_last": True}
