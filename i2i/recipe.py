@@ -83,6 +83,7 @@ class TrainSection(Strict):
     sample_every: int = Field(500, ge=1, description="steps between sample grids")
     checkpoint_every: int = Field(1000, ge=1, description="steps between checkpoints (and one at each epoch end)")
     keep_checkpoints: int = Field(3, ge=1)
+    tensorboard: bool = Field(True, description="log scalars and sample grids to <run dir>/tensorboard")
 
     @model_validator(mode="after")
     def _has_length(self) -> TrainSection:

@@ -64,6 +64,23 @@ def linear_decay(epoch: int, epochs: int, epochs_decay: int) -> float:
     return 1.0 - max(0, epoch + 1 - epochs) / float(epochs_decay + 1)
 
 
+class Callback:
+    """Hooks into a run (reports, TensorBoard, the console); called on the main process only.
+    Override the events you need."""
+
+    def on_step(self, trainer: Trainer) -> None:
+        pass
+
+    def on_log(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        pass
+
+    def on_sample(self, trainer: Trainer, path: Path) -> None:
+        pass
+
+    def on_end(self, trainer: Trainer) -> None:
+        pass
+
+
 class Trainer:
     def __init__(
         self,
@@ -79,6 +96,7 @@ class Trainer:
         self.rank, self.world_size = rank, world_size
         self.is_main = rank == 0
         self.on_log = on_log
+        self.callbacks: list[Callback] = []
         self.device = resolve_device(self.cfg.device)
         self.amp_dtype = resolve_precision(self.cfg.precision, self.device)
         torch.manual_seed(self.cfg.seed)
@@ -220,8 +238,10 @@ class Trainer:
                     self.save_samples()
                 if self.step % self.cfg.checkpoint_every == 0 or end_of_epoch or done:
                     self.save()
+                self.notify("on_step")
                 if done:
                     break
+        self.notify("on_end")
         return last
 
     def check_finite(self, losses: dict[str, float]) -> None:
@@ -241,6 +261,12 @@ class Trainer:
             handle.write(json.dumps(record) + "\n")
         if self.on_log:
             self.on_log(record)
+        self.notify("on_log", record)
+
+    def notify(self, event: str, *args: Any) -> None:
+        if self.is_main:
+            for callback in self.callbacks:
+                getattr(callback, event)(self, *args)
 
     def log_line(self, text: str) -> None:
         if self.is_main:
@@ -267,6 +293,7 @@ class Trainer:
             fake = self.generator(self._sample_batch["input"]).float()
         path = self.run_dir / "samples" / f"step_{self.step:08d}.png"
         save_grid([self._sample_batch["input"], fake, self._sample_batch["target"]], path)
+        self.notify("on_sample", path)
         return path
 
     def metadata(self) -> dict[str, str]:
