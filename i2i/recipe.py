@@ -59,6 +59,10 @@ class DataSection(Strict):
     flip: bool = True
     num_workers: int = Field(0, ge=0)
     on_bad_image: Literal["error", "skip"] = "error"
+    cache: Literal["auto", "memory", "none"] = Field(
+        "auto", description="decode the training set once into memory (auto: when it fits in 2 GiB)"
+    )
+    on_device: bool = Field(False, description="keep the training set on the training device; crop and flip there")
 
     @model_validator(mode="after")
     def _crop_fits(self) -> DataSection:
@@ -100,6 +104,9 @@ class Recipe(Strict):
     data: DataSection
     train: TrainSection = Field(default_factory=TrainSection)
     output_dir: Path | None = Field(None, description="run directory; default runs/<name>")
+    plugins: list[str] | None = Field(
+        None, description="distributions allowed to provide components; [] = built-ins only; unset = any installed"
+    )
 
     @property
     def run_dir(self) -> Path:
@@ -174,7 +181,7 @@ def validate_recipe(data: Any, source: str = "<recipe>") -> Recipe:
     problems = []
     for path, registry, spec in recipe.components():
         try:
-            entry = registry.get(spec.name)
+            entry = registry.get(spec.name, recipe.plugins)
         except I2IError as error:
             problems.append(f"{path}.name: {error}")
             continue
@@ -182,7 +189,7 @@ def validate_recipe(data: Any, source: str = "<recipe>") -> Recipe:
             spec.params = entry.params.model_validate(spec.params).model_dump(mode="json")
         except ValidationError as error:
             problems += _format_validation_error(error, f"{path}.params")
-    adversarial = [s.name for _, r, s in recipe.components() if r is LOSSES and _role(s.name) == "adversarial"]
+    adversarial = [s.name for _, r, s in recipe.components() if r is LOSSES and _role(s.name, recipe.plugins) == "adversarial"]
     if not problems and len(adversarial) != 1:
         problems.append(f"losses: need exactly one adversarial loss (such as 'gan'), found {len(adversarial)}")
     if problems:
@@ -190,8 +197,8 @@ def validate_recipe(data: Any, source: str = "<recipe>") -> Recipe:
     return recipe
 
 
-def _role(loss_name: str) -> str | None:
-    return getattr(LOSSES.get(loss_name).obj, "role", None)
+def _role(loss_name: str, plugins: list[str] | None) -> str | None:
+    return getattr(LOSSES.get(loss_name, plugins).obj, "role", None)
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

@@ -14,13 +14,14 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from i2i import __version__
+from i2i.data.device import device_batches
 from i2i.engine.build import (
     build_dataset,
     build_discriminator,
@@ -102,6 +103,7 @@ class Trainer:
         torch.manual_seed(self.cfg.seed)
 
         self.dataset = build_dataset(recipe, "train", train=True)
+        self.dataset.prepare()  # decode-once cache and on_bad_image, before the sampler counts samples
         self.in_channels, self.out_channels = self.dataset.in_channels, self.dataset.out_channels
         self.generator = build_generator(recipe, self.in_channels, self.out_channels).to(self.device)
         self.discriminator = build_discriminator(recipe, self.in_channels, self.out_channels).to(self.device)
@@ -176,7 +178,9 @@ class Trainer:
                 "D_real": d_real.detach(), "D_fake": d_fake.detach()}
 
     # ------------------------------------------------------------- the loop
-    def loader(self, epoch: int) -> DataLoader:
+    def loader(self, epoch: int) -> Iterable[dict[str, Any]]:
+        if self.recipe.data.on_device:
+            return device_batches(self.dataset, self.sampler, self.cfg.batch_size, self.device)
         return DataLoader(
             self.dataset,
             batch_size=self.cfg.batch_size,

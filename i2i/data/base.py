@@ -1,0 +1,200 @@
+"""The paired-dataset contract, the pix2pix transform and the decode-once cache.
+
+A dataset yields ``{"input": CxHxW float in [-1, 1], "target": ..., "path": str}``.
+Subclasses implement ``__len__`` and ``load_pair(index)`` returning two uint8
+HxWxC arrays (input, target) in the orientation the recipe's direction asks
+for; this base class resizes them (PIL bicubic, as the reference does), applies
+the same random crop and flip to both and normalises.
+
+Randomness is seeded per (seed, epoch, index), so a sample's augmentation does
+not depend on worker count, on where a resumed run restarts, or on whether the
+crop runs here or on the training device (``i2i.data.device``).
+
+``prepare()`` decodes every pair once into one uint8 array (the cache) and, under
+``data.on_bad_image: skip``, drops the files that cannot be read.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from i2i.recipe import DataSection
+from i2i.registry import I2IError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+# ``cache: auto`` keeps a training set in memory up to this size (maps at 286: 150 MB).
+AUTO_CACHE_BYTES = 2 << 30
+
+log = logging.getLogger("i2i.data")
+
+
+class DataError(I2IError):
+    pass
+
+
+def list_images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise DataError(f"image folder not found: {folder}")
+    entries = [p for p in folder.iterdir() if p.is_file()]
+    files = sorted((p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES), key=natural_key)
+    if not files:
+        others = sorted(p.name for p in entries)
+        found = f"; it holds {len(others)} other file(s), such as {', '.join(others[:3])}" if others else " (it is empty)"
+        raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}{found}")
+    return files
+
+
+def natural_key(path: Path) -> tuple:
+    stem = path.stem
+    return (0, int(stem), path.name) if stem.isdigit() else (1, 0, path.name)
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Square bicubic resize with PIL, as the reference implementation does."""
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    squeezed = image[..., 0] if image.shape[2] == 1 else image
+    out = np.asarray(Image.fromarray(squeezed).resize((size, size), Image.BICUBIC))
+    return out[..., None] if out.ndim == 2 else out
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """HxWxC uint8 -> CxHxW float in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(127.5).sub(1)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+class PairedDataset(Dataset):
+    in_channels: int = 3
+    out_channels: int = 3
+
+    def __init__(self, data: DataSection, split: str = "train", train: bool = True, seed: int = 0):
+        self.data = data
+        self.split = split
+        self.train = train
+        self.seed = seed
+        self.epoch = 0
+        # Training resizes to load_size and crops; evaluation resizes straight to crop_size.
+        self.size = data.load_size if train else data.crop_size
+        self.skipped: list[str] = []
+        self.cache: np.ndarray | None = None  # N x size x size x (in + out channels), uint8
+        self.device_copy = None  # an i2i.data.device.DeviceResidentSet, made on first use
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def load_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def describe(self, index: int) -> str:
+        """Where sample ``index`` comes from (a file path for file datasets)."""
+        return f"{type(self).__name__}[{index}]"
+
+    def drop(self, indices: list[int]) -> None:
+        """Remove samples that failed to load; only datasets of files can."""
+        raise DataError(f"{type(self).__name__} cannot skip bad samples: {self.skipped[0]}")
+
+    def finish(self, source: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """A last per-sample step after the crop (``degrade`` builds its input here)."""
+        return source, target
+
+    # -- decoding ---------------------------------------------------------------
+    def stored_pair(self, index: int) -> np.ndarray:
+        """Input and target resized and stacked on channels: what the cache holds."""
+        source, target = self.load_pair(index)
+        for role, array, channels in (("input", source, self.in_channels), ("target", target, self.out_channels)):
+            if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != channels:
+                raise DataError(
+                    f"{self.describe(index)}: {role} is {array.dtype} {array.shape}, expected uint8 HxWx{channels}"
+                )
+        return np.concatenate([resize(source, self.size), resize(target, self.size)], axis=2)
+
+    def wants_cache(self) -> bool:
+        mode = self.data.cache
+        if self.data.on_device or mode == "memory":
+            return True
+        estimate = len(self) * self.size * self.size * (self.in_channels + self.out_channels)
+        return mode == "auto" and self.train and estimate <= AUTO_CACHE_BYTES
+
+    def prepare(self) -> None:
+        """Decode every pair once: fills the cache and applies ``on_bad_image``."""
+        cache_wanted = self.wants_cache()
+        skip = self.data.on_bad_image == "skip"
+        if not (cache_wanted or skip) or self.cache is not None:
+            return
+        channels = self.in_channels + self.out_channels
+        cache = np.empty((len(self), self.size, self.size, channels), np.uint8) if cache_wanted else None
+        bad, kept = [], 0
+        for index in range(len(self)):
+            try:
+                pair = self.stored_pair(index)
+            except DataError as error:
+                if not skip:
+                    raise
+                bad.append(index)
+                self.skipped.append(str(error))
+                continue
+            if cache is not None:
+                cache[kept] = pair
+            kept += 1
+        if bad:
+            for message in self.skipped:
+                log.warning("skipped: %s", message)
+            log.warning("on_bad_image=skip: skipped %d of %d %s images", len(bad), len(self), self.split)
+            self.drop(bad)
+        if kept == 0:
+            raise DataError(f"every {self.split} sample failed to load; the first problem: {self.skipped[0]}")
+        self.cache = cache[:kept] if cache is not None else None
+
+    # -- sampling ---------------------------------------------------------------
+    def crop_box(self, index: int) -> tuple[int, int, bool, np.random.Generator]:
+        """(top, left, flip) of sample ``index`` this epoch, and the generator for any later step."""
+        rng = np.random.default_rng(sample_seed(self.seed, self.epoch, index))
+        if not self.train:
+            return 0, 0, False, rng
+        room = self.size - self.data.crop_size
+        top, left = (int(v) for v in rng.integers(0, room + 1, size=2))
+        flip = bool(self.data.flip and rng.random() < 0.5)
+        return top, left, flip, rng
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
+        pair = self.cache[index] if self.cache is not None else self.stored_pair(index)
+        top, left, flip, rng = self.crop_box(index)
+        crop = self.data.crop_size if self.train else self.size
+        view = pair[top : top + crop, left : left + crop]
+        if flip:
+            view = view[:, ::-1]
+        source, target = self.finish(view[..., : self.in_channels], view[..., self.in_channels :], rng)
+        return {"input": to_tensor(source), "target": to_tensor(target), "path": self.describe(index)}
+
+
+class FileDataset(PairedDataset):
+    """A dataset whose samples are files (or pairs of files), in ``self.files``."""
+
+    files: list
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def describe(self, index: int) -> str:
+        return str(self.files[index])
+
+    def drop(self, indices: list[int]) -> None:
+        gone = set(indices)
+        self.files = [f for i, f in enumerate(self.files) if i not in gone]
+
+    def orient(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(input, target) from the A and B sides, following ``data.direction``."""
+        return (b, a) if self.data.direction == "BtoA" else (a, b)
+
+    def set_channels(self, a: int, b: int) -> None:
+        self.in_channels, self.out_channels = self.orient(a, b)

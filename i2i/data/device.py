@@ -1,0 +1,65 @@
+"""``data.on_device``: the whole training set as one uint8 tensor on the training device.
+
+Crop and flip run there as one gather per batch, with the same (top, left,
+flip) per sample as the CPU path (``PairedDataset.crop_box``), so a batch is
+the same whichever path made it; only the indices cross from the host.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import torch
+
+from i2i.data.base import DataError, PairedDataset
+
+
+class DeviceResidentSet:
+    def __init__(self, dataset: PairedDataset, device: torch.device):
+        if type(dataset).finish is not PairedDataset.finish:
+            raise DataError(
+                f"data.on_device: {type(dataset).__name__} builds its input on the CPU after the crop; "
+                f"set data.on_device: false"
+            )
+        dataset.prepare()
+        if dataset.cache is None:
+            raise DataError("data.on_device needs the decoded set in memory; data.cache must not be 'none'")
+        self.dataset = dataset
+        self.device = device
+        # N x C x S x S keeps each sample's channels together for the gather below.
+        self.pixels = torch.from_numpy(dataset.cache).to(device).permute(0, 3, 1, 2)
+
+    def batch(self, indices: list[int]) -> dict[str, torch.Tensor | list[str]]:
+        ds = self.dataset
+        crop = ds.data.crop_size if ds.train else ds.size
+        boxes = [ds.crop_box(i)[:3] for i in indices]
+        top, left, flip = (torch.tensor(column, device=self.device) for column in zip(*boxes))
+        steps = torch.arange(crop, device=self.device)
+        rows = top[:, None] + steps
+        cols = left[:, None] + torch.where(flip[:, None], crop - 1 - steps, steps)
+        samples = torch.tensor(indices, device=self.device)[:, None, None]
+        picked = self.pixels[samples, :, rows[:, :, None], cols[:, None, :]]  # B x crop x crop x C
+        batch = picked.permute(0, 3, 1, 2).float().div_(127.5).sub_(1)
+        return {
+            "input": batch[:, : ds.in_channels],
+            "target": batch[:, ds.in_channels :],
+            "path": [ds.describe(i) for i in indices],
+        }
+
+    def batches(self, order: Iterable[int], batch_size: int) -> Iterator[dict[str, torch.Tensor | list[str]]]:
+        """Batches over ``order`` (a sampler), the last one short, as a DataLoader without drop_last."""
+        chunk: list[int] = []
+        for index in order:
+            chunk.append(index)
+            if len(chunk) == batch_size:
+                yield self.batch(chunk)
+                chunk = []
+        if chunk:
+            yield self.batch(chunk)
+
+
+def device_batches(dataset: PairedDataset, order: Iterable[int], batch_size: int, device: torch.device):
+    """This epoch's batches from the copy of ``dataset`` on ``device`` (made on first use)."""
+    if dataset.device_copy is None or dataset.device_copy.device != device:
+        dataset.device_copy = DeviceResidentSet(dataset, device)
+    return dataset.device_copy.batches(order, batch_size)
