@@ -22,6 +22,9 @@ SMALL_PARAMS: dict[str, dict] = {
     "unet": {"num_downs": 5, "ngf": 8},
     "patchgan": {"ndf": 8, "n_layers": 2},
     "pixelgan": {"ndf": 8},
+    "resnet": {"ngf": 8, "n_blocks": 2},
+    "timm_unet": {"backbone": "test_resnet", "decoder_width": 8},
+    "multiscale": {"ndf": 8, "n_layers": 2, "num_scales": 2},
 }
 TINY_SIZE = 32
 

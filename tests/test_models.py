@@ -22,9 +22,10 @@ def test_generator_forward(name, channels):
 @pytest.mark.parametrize("name", DISCRIMINATORS.list())
 def test_discriminator_forward(name):
     model = DISCRIMINATORS.build(name, SMALL_PARAMS.get(name, {}), in_channels=6)
-    logits = model(torch.randn(2, 6, TINY_SIZE, TINY_SIZE))
-    assert logits.dim() == 4 and logits.shape[:2] == (2, 1)
-    logits.mean().backward()
+    output = model(torch.randn(2, 6, TINY_SIZE, TINY_SIZE))
+    scales = output if isinstance(output, list) else [output]  # multi-scale: one logit map per scale
+    assert scales and all(logits.dim() == 4 and logits.shape[:2] == (2, 1) for logits in scales)
+    sum(logits.mean() for logits in scales).backward()
 
 
 def count(model):

@@ -12,25 +12,27 @@ from i2i.registry import DATASETS, DISCRIMINATORS, GENERATORS, LOSSES, I2IError
 
 def build_dataset(recipe: Recipe, split: str = "train", train: bool = True) -> PairedDataset:
     spec = recipe.data.dataset
-    return DATASETS.build(spec.name, spec.params, data=recipe.data, split=split, train=train, seed=recipe.train.seed)
+    return DATASETS.build(
+        spec.name, spec.params, plugins=recipe.plugins, data=recipe.data, split=split, train=train, seed=recipe.train.seed
+    )
 
 
 def build_generator(recipe: Recipe, in_channels: int, out_channels: int) -> nn.Module:
     spec = recipe.model.generator
-    return GENERATORS.build(spec.name, spec.params, in_channels=in_channels, out_channels=out_channels)
+    return GENERATORS.build(spec.name, spec.params, plugins=recipe.plugins, in_channels=in_channels, out_channels=out_channels)
 
 
 def build_discriminator(recipe: Recipe, in_channels: int, out_channels: int) -> nn.Module:
     """The discriminator sees (condition, image) stacked on channels."""
     spec = recipe.model.discriminator
-    return DISCRIMINATORS.build(spec.name, spec.params, in_channels=in_channels + out_channels)
+    return DISCRIMINATORS.build(spec.name, spec.params, plugins=recipe.plugins, in_channels=in_channels + out_channels)
 
 
 def build_losses(recipe: Recipe) -> tuple[tuple[nn.Module, float], list[tuple[str, nn.Module, float]]]:
     """(adversarial loss, weight) and [(name, reconstruction loss, weight), ...]."""
     adversarial, reconstruction = [], []
     for spec in recipe.losses:
-        loss = LOSSES.build(spec.name, spec.params)
+        loss = LOSSES.build(spec.name, spec.params, plugins=recipe.plugins)
         role = getattr(loss, "role", None)
         if role == "adversarial":
             adversarial.append((loss, spec.weight))

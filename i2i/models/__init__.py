@@ -1,3 +1,3 @@
 """Built-in generators and discriminators; importing this package registers them."""
 
-from i2i.models import patchgan, unet  # noqa: F401  (registration)
+from i2i.models import patchgan, resnet, timm_unet, unet  # noqa: F401  (registration)

@@ -1,7 +1,8 @@
 """PatchGAN discriminators: a grid of real/fake logits, one per receptive-field patch.
 
 ``n_layers`` 3 gives the 70x70 PatchGAN of pix2pix (30x30 logits on 256x256),
-1 gives 16x16 patches and 5 gives 286x286. ``pixelgan`` judges single pixels.
+1 gives 16x16 patches and 5 gives 286x286. ``pixelgan`` judges single pixels;
+``multiscale`` runs several PatchGANs on successively downsampled inputs.
 The input is the channel concatenation (condition, image).
 """
 
@@ -80,3 +81,28 @@ class PixelGANDiscriminator(nn.Module):
 
     def forward(self, x):
         return self.model(x)
+
+
+class MultiscaleParams(PatchGANParams):
+    num_scales: int = Field(2, ge=1, le=5, description="PatchGANs, each on a 2x smaller input than the last (pix2pixHD: 2)")
+
+
+@DISCRIMINATORS.register("multiscale", params=MultiscaleParams)
+class MultiscaleDiscriminator(nn.Module):
+    """pix2pixHD's multi-scale discriminator: identical PatchGANs (separate weights) on the
+    input average-pooled 0, 1, 2, ... times. Returns one logit map per scale, finest first;
+    the GAN loss averages over them."""
+
+    def __init__(self, params: MultiscaleParams, in_channels: int = 6):
+        super().__init__()
+        patchgan = PatchGANParams(**params.model_dump(exclude={"num_scales"}))
+        self.scales = nn.ModuleList(PatchGANDiscriminator(patchgan, in_channels) for _ in range(params.num_scales))
+        self.downsample = nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)
+
+    def forward(self, x):
+        logits = []
+        for i, discriminator in enumerate(self.scales):
+            if i:
+                x = self.downsample(x)
+            logits.append(discriminator(x))
+        return logits
