@@ -66,7 +66,7 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """HxWxC uint8 -> CxHxW float in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(127.5).sub(1)
+    return torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1).div_(127.5).sub_(1)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
