@@ -45,11 +45,21 @@ def run(
     overrides: list[str] = SetOption,
     out: Optional[Path] = typer.Option(None, "--out", help="run directory (default: the recipe's output_dir)"),
     resume: bool = typer.Option(False, "--resume", help="continue from the run directory's last checkpoint"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no summary and no progress, only the final lines"),
+    tensorboard: bool = typer.Option(True, "--tensorboard/--no-tensorboard", help="log to <run dir>/tensorboard (also train.tensorboard)"),
 ) -> None:
-    """Train from a recipe."""
+    """Train from a recipe; the run directory gets checkpoints, samples, log.jsonl and report.html."""
     from i2i.engine.run import train_from_recipe
 
-    train_from_recipe(recipe, overrides, out, resume, console)
+    train_from_recipe(recipe, overrides, out, resume, console, quiet=quiet, tensorboard=tensorboard)
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="a run directory written by `i2i run`")) -> None:
+    """Rebuild a run directory's report.html (samples, curves, metrics, recipe, environment)."""
+    from i2i.report import build_report
+
+    console.print(f"wrote {build_report(run_dir)}", highlight=False)
 
 
 @app.command()
@@ -131,14 +141,24 @@ def translate(
     input: Path = typer.Option(..., "--input", help="an image or a folder of images"),
     output: Path = typer.Option(..., "--output", help="folder for the translated images"),
     aligned: bool = typer.Option(False, "--aligned", help="inputs are A|B pairs: take the recipe's input side"),
-    mode: str = typer.Option("eval", "--mode", help="eval (running BatchNorm stats, no dropout) or train (as the pix2pix paper tests)"),
+    mode: str = typer.Option("eval", "--mode", help="eval: running BatchNorm stats, no dropout, deterministic; train: batch stats and dropout, as the pix2pix reference tests"),
     device: str = typer.Option("auto", "--device"),
+    tile: int = typer.Option(1024, "--tile", help="larger images are translated in overlapping tiles of this size"),
+    overlap: int = typer.Option(64, "--overlap", help="pixels shared by neighbouring tiles (blended)"),
+    batch_size: int = typer.Option(1, "--batch-size", help="images (of one size) or tiles per forward pass"),
 ) -> None:
-    """Translate images with a trained generator, at their own size."""
+    """Translate images with a trained generator, at their own size (PNG, same file stem)."""
+    from rich.progress import Progress
+
     from i2i.translate import translate_paths
 
-    written = translate_paths(checkpoint, input, output, aligned=aligned, mode=mode, device=device)
-    console.print(f"wrote {len(written)} image(s) to {output}")
+    with Progress(console=console, disable=not console.is_terminal, transient=True) as progress:
+        task = progress.add_task("translating", total=None)
+        written = translate_paths(
+            checkpoint, input, output, aligned=aligned, mode=mode, device=device, tile=tile, overlap=overlap,
+            batch_size=batch_size, on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    console.print(f"wrote {len(written)} image(s) to {output}", highlight=False)
 
 
 def main() -> None:
@@ -146,7 +166,7 @@ def main() -> None:
         app()
     except I2IError as error:
         err_console.print("[bold red]error:[/bold red]", escape(str(error)), highlight=False)
-        sys.exit(2)
+        sys.exit(getattr(error, "exit_code", 2))
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)

@@ -1,65 +1,153 @@
-"""``i2i run``: a recipe in, a trained run directory out, with a readable console."""
+"""``i2i run``: a recipe in, a trained run directory out, with a readable console.
+
+In a terminal: a summary, then a progress bar for the epoch and one for the
+whole run (steps/s, ETA, latest losses), then where everything was written.
+Elsewhere (CI, a file): the same summary and one plain line per log record.
+``quiet``: only the final line.
+"""
 
 from __future__ import annotations
 
-import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 
-from i2i.engine.trainer import Trainer
+from i2i.engine.trainer import Callback, Trainer
 from i2i.recipe import load_recipe
+from i2i.report import REPORT, ReportCallback
 
 
 def _count(module: torch.nn.Module) -> str:
     return f"{sum(p.numel() for p in module.parameters()):,}"
 
 
-def train_from_recipe(recipe_path: Path, overrides: list[str], out: Path | None, resume: bool, console: Console) -> Trainer:
+def format_losses(record: dict[str, Any]) -> str:
+    return "  ".join(f"{k} {v:.3f}" for k, v in record.items() if k.startswith(("G_", "D_")))
+
+
+def format_duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}"
+
+
+class RateColumn(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:.2f} steps/s" if task.speed else "", style="progress.data.speed")
+
+
+class ConsoleCallback(Callback):
+    """Progress bars in a terminal, plain lines elsewhere."""
+
+    def __init__(self, trainer: Trainer, console: Console):
+        self.console = console
+        self.interactive = console.is_terminal
+        self.started = time.perf_counter()
+        self.progress = Progress(
+            TextColumn("{task.description:<12}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            RateColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[losses]}"),
+            console=console,
+            disable=not self.interactive,
+        )
+        self.epochs = -(-trainer.total_steps // trainer.steps_per_epoch)
+        self.epoch_task = self.progress.add_task("epoch", total=trainer.steps_per_epoch, losses="")
+        self.total_task = self.progress.add_task("total", total=trainer.total_steps, losses="")
+        self.epoch = -1
+
+    def on_step(self, trainer: Trainer) -> None:
+        if not self.interactive:
+            return
+        epoch, done_in_epoch = divmod(trainer.step - 1, trainer.steps_per_epoch)
+        if epoch != self.epoch:
+            self.epoch = epoch
+            left = min(trainer.steps_per_epoch, trainer.total_steps - epoch * trainer.steps_per_epoch)
+            self.progress.reset(self.epoch_task, total=left, description=f"epoch {epoch + 1}/{self.epochs}")
+        self.progress.update(self.epoch_task, completed=done_in_epoch + 1)
+        self.progress.update(self.total_task, completed=trainer.step)
+
+    def on_log(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        if self.interactive:
+            self.progress.update(self.total_task, losses=format_losses(record))
+            return
+        elapsed = time.perf_counter() - self.started
+        eta = (trainer.total_steps - record["step"]) / record["steps_per_s"] if record["steps_per_s"] else 0.0
+        print(
+            f"step {record['step']}/{trainer.total_steps}  epoch {record['epoch'] + 1}  "
+            f"{record['steps_per_s']:.2f} steps/s  elapsed {format_duration(elapsed)}  eta {format_duration(eta)}  "
+            f"{format_losses(record)}",
+            flush=True,
+        )
+
+
+def start_summary(trainer: Trainer, tensorboard: bool) -> str:
+    recipe = trainer.recipe
+    return (
+        f"[bold]{recipe.name}[/bold]  {recipe.description}\n"
+        f"  device        {trainer.device}, precision {str(trainer.amp_dtype).removeprefix('torch.')}, torch {torch.__version__}\n"
+        f"  generator     {recipe.model.generator.name} ({_count(trainer.generator)} parameters)\n"
+        f"  discriminator {recipe.model.discriminator.name} ({_count(trainer.discriminator)} parameters)\n"
+        f"  losses        {', '.join(f'{s.weight:g} x {s.name}' for s in recipe.losses)}\n"
+        f"  data          {recipe.data.dataset.name} in {recipe.data.root}: {len(trainer.dataset)} training pairs, "
+        f"{trainer.in_channels}->{trainer.out_channels} channels, {recipe.data.direction}, "
+        f"crop {recipe.data.crop_size}, batch {recipe.train.batch_size}\n"
+        f"  schedule      {trainer.total_steps} steps ({trainer.steps_per_epoch} per epoch), lr {recipe.train.lr:g}\n"
+        f"  run dir       {trainer.run_dir}  (tensorboard {'on' if tensorboard else 'off'})"
+    )
+
+
+def end_summary(trainer: Trainer, losses: dict[str, float], seconds: float, tensorboard: bool) -> str:
+    run_dir = trainer.run_dir
+    lines = [
+        f"[bold green]done[/bold green]: {trainer.step} steps in {format_duration(seconds)}  {format_losses(losses)}",
+        f"  report        {run_dir / REPORT}",
+        f"  samples       {run_dir / 'samples'}",
+        f"  checkpoints   {run_dir / 'checkpoints'}",
+        f"  log           {run_dir / 'log.jsonl'}",
+    ]
+    if tensorboard:
+        lines.append(f"  tensorboard   tensorboard --logdir {run_dir / 'tensorboard'}")
+    return "\n".join(lines)
+
+
+def train_from_recipe(
+    recipe_path: Path,
+    overrides: list[str],
+    out: Path | None,
+    resume: bool,
+    console: Console,
+    quiet: bool = False,
+    tensorboard: bool = True,
+) -> Trainer:
     recipe = load_recipe(recipe_path, overrides)
     if out is not None:
         recipe = recipe.model_copy(update={"output_dir": out})
     trainer = Trainer(recipe)
-    interactive = console.is_terminal and sys.stdout.isatty()
-    console.print(
-        f"[bold]{recipe.name}[/bold]  device {trainer.device}  precision {str(trainer.amp_dtype).removeprefix('torch.')}\n"
-        f"  generator     {recipe.model.generator.name} ({_count(trainer.generator)} parameters)\n"
-        f"  discriminator {recipe.model.discriminator.name} ({_count(trainer.discriminator)} parameters)\n"
-        f"  data          {recipe.data.dataset.name}: {len(trainer.dataset)} training pairs, "
-        f"{trainer.in_channels}->{trainer.out_channels} channels, {recipe.data.direction}\n"
-        f"  schedule      {trainer.total_steps} steps ({trainer.steps_per_epoch} per epoch)\n"
-        f"  run dir       {trainer.run_dir}",
-        highlight=False,
-    )
-    progress = Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not interactive,
-    )
+    tensorboard = tensorboard and recipe.train.tensorboard
+    trainer.callbacks.append(ReportCallback(trainer))
+    if tensorboard:
+        from i2i.engine.tensorboard import TensorBoardCallback
 
-    def show(record: dict) -> None:
-        losses = "  ".join(f"{k} {v:.3f}" for k, v in record.items() if k.startswith(("G_", "D_")))
-        rate = f"{record['steps_per_s']:.2f} steps/s"
-        if interactive:
-            progress.update(task, completed=record["step"], rate=rate, description=f"epoch {record['epoch']}")
-            progress.console.print(f"step {record['step']}  {losses}", highlight=False)
-        else:
-            print(f"step {record['step']}/{trainer.total_steps} epoch {record['epoch']} {rate}  {losses}", flush=True)
-
-    trainer.on_log = show
-    with progress:
-        task = progress.add_task("training", total=trainer.total_steps, rate="")
-        trainer.fit(resume=resume)
-    console.print(
-        f"done: {trainer.step} steps. Checkpoints in {trainer.run_dir / 'checkpoints'}, "
-        f"samples in {trainer.run_dir / 'samples'}, log in {trainer.run_dir / 'log.jsonl'}",
-        highlight=False,
-    )
+        trainer.callbacks.append(TensorBoardCallback(trainer.run_dir / "tensorboard"))
+    started = time.perf_counter()
+    if quiet:
+        losses = trainer.fit(resume=resume)
+    else:
+        console.print(start_summary(trainer, tensorboard), highlight=False)
+        display = ConsoleCallback(trainer, console)
+        trainer.callbacks.append(display)
+        with display.progress:
+            losses = trainer.fit(resume=resume)
+    summary = end_summary(trainer, losses, time.perf_counter() - started, tensorboard)
+    console.print("\n".join(summary.splitlines()[:2]) if quiet else summary, highlight=False)
     return trainer

@@ -1,0 +1,262 @@
+"""``report.html``: one page per run directory to judge a run by eye.
+
+It shows the recipe, the environment, the sample grids over time (input |
+generated | target for the fixed val images), the loss and metric curves as PNG
+plots and the latest values. Everything it references lies in the run directory
+under relative paths, so the page opens from the file system and survives a copy.
+
+During ``i2i run`` the :class:`ReportCallback` rebuilds it at every sample grid
+and at the end; ``i2i report RUN`` rebuilds it from the files alone.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from i2i import __version__
+from i2i.engine.trainer import Callback, Trainer
+from i2i.registry import I2IError
+
+REPORT = "report.html"
+ENVIRONMENT = "environment.json"
+PLOTS = "plots"
+# Grids shown besides the latest one: spread evenly over the run, so the page stays light.
+HISTORY = 11
+# Bookkeeping fields of a log record; every other number is a loss (G_*, D_*) or a metric.
+BOOKKEEPING = {"step", "epoch", "lr", "steps_per_s"}
+
+
+class ReportError(I2IError):
+    pass
+
+
+def read_log(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "log.jsonl"
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break  # half-written while a run appends to it
+            raise ReportError(f"{path}:{number}: not a JSON record") from None
+    return records
+
+
+def is_loss(key: str) -> bool:
+    return key.startswith(("G_", "D_"))
+
+
+def series(records: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
+    """Every logged number other than bookkeeping, as (step, value) pairs in log order."""
+    found: dict[str, list[tuple[int, float]]] = {}
+    for record in records:
+        if "step" not in record:
+            continue
+        for key, value in record.items():
+            if key not in BOOKKEEPING and isinstance(value, (int, float)) and not isinstance(value, bool):
+                found.setdefault(key, []).append((int(record["step"]), float(value)))
+    return found
+
+
+def plot(curves: dict[str, list[tuple[int, float]]], path: Path, title: str) -> Path:
+    """One small panel per curve: losses and metrics live on very different scales."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    columns = min(2, len(curves))
+    rows = -(-len(curves) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 2.6 * rows), squeeze=False)
+    for ax, (name, points) in zip(axes.flat, curves.items()):
+        steps, values = zip(*points)
+        ax.plot(steps, values, marker="o" if len(points) < 20 else None, markersize=3)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(curves) :]:
+        ax.axis("off")
+    figure.suptitle(title)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path
+
+
+def environment(trainer: Trainer) -> dict[str, str]:
+    import torch
+
+    def parameters(module: torch.nn.Module) -> str:
+        return f"{sum(p.numel() for p in module.parameters()):,}"
+
+    recipe = trainer.recipe
+    return {
+        "device": str(trainer.device),
+        "precision": str(trainer.amp_dtype).removeprefix("torch."),
+        "torch": torch.__version__,
+        "i2i": __version__,
+        "python": platform.python_version(),
+        "host": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
+        "generator": f"{recipe.model.generator.name} ({parameters(trainer.generator)} parameters)",
+        "discriminator": f"{recipe.model.discriminator.name} ({parameters(trainer.discriminator)} parameters)",
+        "training pairs": str(len(trainer.dataset)),
+        "planned steps": str(trainer.total_steps),
+    }
+
+
+def sample_grids(run_dir: Path, history: int = HISTORY) -> list[tuple[int, str]]:
+    """(step, relative path) of the newest sample grid and up to ``history`` earlier
+    ones spread evenly over the run, newest first."""
+    grids = []
+    for path in (run_dir / "samples").glob("step_*.png"):
+        step = path.stem.removeprefix("step_")
+        if step.isdigit():
+            grids.append((int(step), path.relative_to(run_dir).as_posix()))
+    grids.sort(reverse=True)
+    if len(grids) <= history + 1:
+        return grids
+    earlier = grids[1:]
+    picks = sorted({round(i * (len(earlier) - 1) / (history - 1)) for i in range(history)})
+    return [grids[0]] + [earlier[i] for i in picks]
+
+
+def build_report(run_dir: Path) -> Path:
+    """Write ``report.html`` (and its plots) into ``run_dir`` from what the run left there."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "recipe.yaml").is_file():
+        raise ReportError(f"{run_dir} is not a run directory (no recipe.yaml); pass the folder `i2i run` wrote")
+    records = read_log(run_dir)
+    curves = series(records)
+    losses = {k: v for k, v in curves.items() if is_loss(k)}
+    metrics = {k: v for k, v in curves.items() if not is_loss(k)}
+    plots = []
+    for name, group in (("losses", losses), ("metrics", metrics)):
+        target = run_dir / PLOTS / f"{name}.png"
+        if group:
+            plots.append(plot(group, target, name).relative_to(run_dir).as_posix())
+        else:
+            target.unlink(missing_ok=True)
+
+    env_path = run_dir / ENVIRONMENT
+    env = json.loads(env_path.read_text()) if env_path.is_file() else {}
+    rates = [r["steps_per_s"] for r in records if isinstance(r.get("steps_per_s"), (int, float))]
+    if rates:
+        env["steps/s (median of log intervals)"] = f"{statistics.median(rates):.3g}"
+    last_step = max((int(r["step"]) for r in records if "step" in r), default=0)
+
+    recipe = (run_dir / "recipe.yaml").read_text()
+    name = (yaml.safe_load(recipe) or {}).get("name", run_dir.resolve().name)
+    page = _page(
+        title=f"{name}: {run_dir.resolve()}",
+        recipe=recipe,
+        env=env,
+        latest={k: v[-1] for k, v in curves.items()},
+        plots=plots,
+        grids=sample_grids(run_dir),
+        last_step=last_step,
+    )
+    target = run_dir / REPORT
+    partial = target.with_suffix(".html.part")
+    partial.write_text(page)
+    os.replace(partial, target)  # a browser reloading mid-write never sees half a page
+    return target
+
+
+def _table(rows: list[tuple[str, str]], header: tuple[str, ...] = ()) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>" for row in rows
+    )
+    return f"<table>{f'<tr>{head}</tr>' if head else ''}{body}</table>"
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { margin-bottom: 0.2em; } .when { color: #666; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+td, th { border: 1px solid #ccc; padding: 0.25em 0.7em; text-align: left; }
+td:nth-child(n+2) { font-variant-numeric: tabular-nums; }
+img { max-width: 100%; border: 1px solid #ddd; }
+figure { margin: 0 0 1.5em; } figcaption { color: #555; }
+/* Sample grids are often small (a 32x32 test run): scale them up without blurring. */
+.latest img { width: min(100%, 800px); image-rendering: pixelated; }
+.history { display: flex; flex-wrap: wrap; gap: 1em; }
+.history figure { width: 250px; margin: 0; }
+.history img { width: 100%; image-rendering: pixelated; }
+pre { background: #f6f6f6; padding: 1em; overflow-x: auto; }
+"""
+
+
+def _page(
+    title: str,
+    recipe: str,
+    env: dict[str, str],
+    latest: dict[str, tuple[int, float]],
+    plots: list[str],
+    grids: list[tuple[int, str]],
+    last_step: int,
+) -> str:
+    e = html.escape
+    values = sorted(latest.items(), key=lambda item: (is_loss(item[0]), item[0]))
+    parts = [
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>",
+        f"<style>{STYLE}</style></head><body>",
+        f"<h1>{e(title)}</h1>",
+        f"<p class='when'>step {last_step} &middot; report written {e(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>",
+        "<h2>Latest values</h2>",
+        _table([(k, f"{v:.4g}", str(step)) for k, (step, v) in values], ("name", "value", "at step"))
+        if values else "<p>No log records yet.</p>",
+        "<h2>Curves</h2>",
+        "".join(f"<figure><img src='{e(p)}' alt='{e(p)}'></figure>" for p in plots) or "<p>No curves yet.</p>",
+        "<h2>Samples</h2><p>Each row is one fixed image: input | generated | target.</p>",
+        "<div class='latest'>" + "".join(_figure(*grid) for grid in grids[:1]) + "</div>"
+        if grids else "<p>No sample grids yet.</p>",
+        "<h3>Over time</h3><div class='history'>" + "".join(_figure(*grid) for grid in grids[1:]) + "</div>"
+        if len(grids) > 1 else "",
+        "<h2>Environment</h2>",
+        _table(list(env.items())) if env else "<p>Not recorded.</p>",
+        f"<h2>Recipe</h2><pre>{e(recipe)}</pre>",
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def _figure(step: int, path: str) -> str:
+    return (
+        f"<figure><img src='{html.escape(path)}' alt='samples at step {step}'>"
+        f"<figcaption>step {step}</figcaption></figure>"
+    )
+
+
+class ReportCallback(Callback):
+    """Keeps ``report.html`` up to date while a run trains."""
+
+    def __init__(self, trainer: Trainer):
+        self.environment = environment(trainer)
+
+    def write(self, trainer: Trainer) -> None:
+        (trainer.run_dir / ENVIRONMENT).write_text(json.dumps(self.environment, indent=2))
+        build_report(trainer.run_dir)
+
+    def on_sample(self, trainer: Trainer, path: Path) -> None:
+        self.write(trainer)
+
+    def on_end(self, trainer: Trainer) -> None:
+        self.write(trainer)
