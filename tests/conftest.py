@@ -107,3 +107,20 @@ def write_recipe(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A finished 4-step ``i2i run`` of ``tiny_recipe`` (shared, do not modify): samples at
+    steps 2 and 4, report.html, TensorBoard events and a checkpoint."""
+    import io
+
+    from rich.console import Console
+
+    from i2i.engine.run import train_from_recipe
+
+    folder = tmp_path_factory.mktemp("tiny_run")
+    recipe = folder / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(train={"max_steps": 4, "sample_every": 2})))
+    train_from_recipe(recipe, [], folder / "run", False, Console(file=io.StringIO()))
+    return folder / "run"
