@@ -87,6 +87,9 @@ class TrainSection(Strict):
     sample_every: int = Field(500, ge=1, description="steps between sample grids")
     checkpoint_every: int = Field(1000, ge=1, description="steps between checkpoints (and one at each epoch end)")
     keep_checkpoints: int = Field(3, ge=1)
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="a NaN/Inf loss or gradient: stop (keeping the last good checkpoint) or skip that update"
+    )
     tensorboard: bool = Field(True, description="log scalars and sample grids to <run dir>/tensorboard")
 
     @model_validator(mode="after")

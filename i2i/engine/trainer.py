@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -30,7 +31,8 @@ from i2i.engine.build import (
     resolve_device,
     resolve_precision,
 )
-from i2i.engine.checkpoint import latest_checkpoint, load_state, load_weights, save_checkpoint, verify_checkpoint
+from i2i.engine.checkpoint import latest_good_checkpoint, load_state, load_weights, save_checkpoint
+from i2i.engine.faults import NonFiniteGuard, StopSignals, TrainingInterrupted, advise_on_out_of_memory
 from i2i.engine.inference import generator_mode
 from i2i.recipe import Recipe
 from i2i.registry import I2IError
@@ -119,6 +121,12 @@ class Trainer:
         self.opt_g = torch.optim.Adam(self.generator.parameters(), **adam)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), **adam)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.guard = NonFiniteGuard(
+            self.cfg.on_nonfinite,
+            {"generator": (self.generator, self.opt_g), "discriminator": (self.discriminator, self.opt_d)},
+            watch_gradients=not self.scaler.is_enabled(),
+        )
+        self.saved_step: int | None = None
         self.G, self.D = self._wrap(self.generator), self._wrap(self.discriminator)
 
         self.sampler = EpochSampler(len(self.dataset), self.cfg.seed, rank, world_size)
@@ -202,6 +210,10 @@ class Trainer:
                 group["lr"] = self.cfg.lr * self.lr_factor(epoch)
 
     def fit(self, resume: bool = False) -> dict[str, float]:
+        with StopSignals() as self.stop, advise_on_out_of_memory(self.memory_use):
+            return self._fit(resume)
+
+    def _fit(self, resume: bool) -> dict[str, float]:
         if resume:
             self.resume()
         if self.is_main:
@@ -221,41 +233,59 @@ class Trainer:
             for batch in self.loader(epoch):
                 real_a = batch["input"].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
                 real_b = batch["target"].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+                self.guard.begin_step()
                 losses = self.train_step(real_a, real_b)
                 self.step += 1
-                for key, value in losses.items():
-                    totals[key] = totals.get(key, 0.0) + value
-                count += 1
+                if self.guard.end_step(self.step, losses):
+                    for key, value in losses.items():
+                        totals[key] = totals.get(key, 0.0) + value
+                    count += 1
                 end_of_epoch = self.step % self.steps_per_epoch == 0
                 done = self.step >= self.total_steps
                 if self.step % self.cfg.log_every == 0 or done:
                     # The only host sync: loss values are read here, every log_every steps.
+                    self.check_finite()
                     last = {k: float(v) / count for k, v in totals.items()}
-                    self.check_finite(last)
                     now = time.perf_counter()
                     rate = (self.step - tick_step) / max(now - tick, 1e-9)
                     tick, tick_step = now, self.step
                     self.log({"step": self.step, "epoch": epoch, "lr": self.opt_g.param_groups[0]["lr"],
-                              "steps_per_s": rate, **last})
+                              "steps_per_s": rate, **last, **self.guard.counts()})
                     totals, count = {}, 0
                 if self.is_main and (self.step % self.cfg.sample_every == 0 or done):
                     self.save_samples()
                 if self.step % self.cfg.checkpoint_every == 0 or end_of_epoch or done:
                     self.save()
                 self.notify("on_step")
+                if self.stop.requested and not done:
+                    self.stop_on_signal()
                 if done:
                     break
         self.notify("on_end")
         return last
 
-    def check_finite(self, losses: dict[str, float]) -> None:
-        bad = [k for k, v in losses.items() if not math.isfinite(v)]
-        if bad:
-            raise I2IError(
-                f"non-finite loss at step {self.step}: {', '.join(f'{k}={losses[k]}' for k in bad)}. "
-                f"The last good checkpoint is kept in {self.run_dir / 'checkpoints'}; "
-                f"try a lower train.lr or precision fp32"
-            )
+    def check_finite(self) -> None:
+        """Stop on a NaN/Inf loss or gradient since the last check (see ``faults.NonFiniteGuard``)."""
+        self.guard.check(self.run_dir / "checkpoints")
+
+    def stop_on_signal(self) -> None:
+        """At a step boundary after SIGINT/SIGTERM: save unless this step just was, then leave."""
+        if self.saved_step != self.step:
+            self.save()
+        name = signal.Signals(self.stop.requested).name
+        raise TrainingInterrupted(
+            f"stopped by {name} at step {self.step} of {self.total_steps}; checkpoint saved in "
+            f"{self.run_dir / 'checkpoints'}. Continue with --resume",
+            self.stop.requested,
+        )
+
+    def memory_use(self) -> str:
+        """What sets memory use, for the out-of-memory advice."""
+        precision = str(self.amp_dtype).removeprefix("torch.")
+        return (
+            f"step {self.step} on {self.device}: train.batch_size {self.cfg.batch_size}, "
+            f"data.crop_size {self.recipe.data.crop_size}, precision {precision}"
+        )
 
     # ------------------------------------------------------- side outputs
     def log(self, record: dict[str, Any]) -> None:
@@ -310,10 +340,15 @@ class Trainer:
         }
 
     def save(self) -> Path | None:
+        # A model with NaN/Inf in it is never saved: the last good checkpoint stays the newest.
+        self.check_finite()
+        self.guard.check_weights(self.run_dir / "checkpoints")
         if not self.is_main:
             return None
+        self.saved_step = self.step
         state = {
             "step": self.step,
+            "skipped_steps": self.guard.skipped_steps,
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -330,11 +365,10 @@ class Trainer:
         )
 
     def resume(self) -> bool:
-        path = latest_checkpoint(self.run_dir)
+        path = latest_good_checkpoint(self.run_dir, self.log_line)
         if path is None:
             self.log_line(f"no checkpoint in {self.run_dir}; starting from scratch")
             return False
-        verify_checkpoint(path)
         load_weights(self.generator, path / "generator.safetensors")
         load_weights(self.discriminator, path / "discriminator.safetensors")
         state = load_state(path / "state.pt")
@@ -345,5 +379,6 @@ class Trainer:
         if self.device.type == "cuda" and state["rng_cuda"]:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         self.step = int(state["step"])
+        self.guard.skipped_steps = int(state.get("skipped_steps", 0))
         self.log_line(f"resumed from {path} at step {self.step}")
         return True
