@@ -22,6 +22,14 @@ from torch import nn
 from i2i.registry import LOSSES
 
 
+# One logit map, or a list of them from a multi-scale discriminator (finest first).
+Logits = torch.Tensor | list[torch.Tensor]
+
+
+def _scales(logits: Logits) -> list[torch.Tensor]:
+    return list(logits) if isinstance(logits, (list, tuple)) else [logits]
+
+
 class GANParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -33,7 +41,8 @@ class GANParams(BaseModel):
 
 @LOSSES.register("gan", params=GANParams)
 class GANLoss(nn.Module):
-    """vanilla: BCE with logits (pix2pix); lsgan: least squares; hinge; wgan-gp: Wasserstein + gradient penalty."""
+    """vanilla: BCE with logits (pix2pix); lsgan: least squares; hinge; wgan-gp: Wasserstein + gradient penalty.
+    Each method takes one logit map or a list of them (a multi-scale discriminator) and averages over the list."""
 
     role: ClassVar[str] = "adversarial"
 
@@ -47,13 +56,22 @@ class GANLoss(nn.Module):
             return F.binary_cross_entropy_with_logits(logits, target)
         return F.mse_loss(logits, target)
 
-    def generator_loss(self, fake: torch.Tensor) -> torch.Tensor:
+    def generator_loss(self, fake: Logits) -> torch.Tensor:
+        scales = _scales(fake)
+        return sum(self._generator_term(logits) for logits in scales) / len(scales)
+
+    def discriminator_loss(self, real: Logits, fake: Logits) -> tuple[torch.Tensor, torch.Tensor]:
+        """The real and the fake term, each unhalved (the trainer averages them) and each
+        averaged over the scales of a multi-scale discriminator."""
+        terms = [self._discriminator_terms(r, f) for r, f in zip(_scales(real), _scales(fake), strict=True)]
+        return sum(t[0] for t in terms) / len(terms), sum(t[1] for t in terms) / len(terms)
+
+    def _generator_term(self, fake: torch.Tensor) -> torch.Tensor:
         if self.params.mode in ("vanilla", "lsgan"):
             return self._against(fake, self.params.real_label)
         return -fake.mean()
 
-    def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The real and the fake term, each unhalved; the trainer averages them."""
+    def _discriminator_terms(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mode = self.params.mode
         if mode in ("vanilla", "lsgan"):
             return self._against(real, self.params.real_label), self._against(fake, self.params.fake_label)
@@ -67,8 +85,8 @@ class GANLoss(nn.Module):
             return None
         alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
         mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
-        scores = discriminator(mixed)
-        (grad,) = torch.autograd.grad(scores.sum(), mixed, create_graph=True)
+        scales = _scales(discriminator(mixed))
+        (grad,) = torch.autograd.grad(sum(s.sum() for s in scales) / len(scales), mixed, create_graph=True)
         return self.params.gp_weight * ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
 
 

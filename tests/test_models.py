@@ -59,11 +59,11 @@ def test_init_is_normal_002():
     assert abs(bn.mean().item() - 1.0) < 0.01
 
 
-@pytest.mark.parametrize("n_layers,receptive", [(1, 16), (3, 70)])
+@pytest.mark.parametrize("n_layers,receptive", [(1, 16), (3, 70), (5, 286)])
 def test_patchgan_receptive_field(n_layers, receptive):
     """Gradient of the centre logit w.r.t. the input covers exactly the advertised patch."""
     d = DISCRIMINATORS.build("patchgan", {"n_layers": n_layers, "ndf": 4, "norm": "none"}, in_channels=1)
-    x = torch.randn(1, 1, 128, 128, requires_grad=True)
+    x = torch.randn(1, 1, 2 * receptive, 2 * receptive, requires_grad=True)
     out = d(x)
     out[0, 0, out.shape[2] // 2, out.shape[3] // 2].backward()
     rows = x.grad[0, 0].abs().sum(1).nonzero()
