@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from i2i import __version__
+from i2i.data_commands import data_app
 from i2i.registry import REGISTRIES, I2IError
 
 app = typer.Typer(
@@ -22,6 +23,7 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+app.add_typer(data_app, name="data")
 
 SetOption = typer.Option([], "--set", help="override a recipe value: --set train.lr=1e-4 (repeatable)")
 

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
+from i2i.data.download import ensure_data
 from i2i.engine.trainer import Callback, Trainer
 from i2i.recipe import load_recipe
 from i2i.report import REPORT, ReportCallback
@@ -132,6 +133,7 @@ def train_from_recipe(
     recipe = load_recipe(recipe_path, overrides)
     if out is not None:
         recipe = recipe.model_copy(update={"output_dir": out})
+    ensure_data(recipe.data, show_progress=console.is_terminal and not quiet)  # data.download: fetch a missing root
     trainer = Trainer(recipe)
     tensorboard = tensorboard and recipe.train.tensorboard
     trainer.callbacks.append(ReportCallback(trainer))
