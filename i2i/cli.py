@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+import types
+import typing
 from pathlib import Path
 from typing import Optional
 
@@ -104,37 +106,69 @@ def _channels(recipe) -> tuple[int, int]:
 def list_components(
     kind: Optional[str] = typer.Argument(None, help="generators, discriminators, losses or datasets"),
     pattern: str = typer.Argument("*", help="fnmatch pattern, e.g. 'unet*'"),
-    params: bool = typer.Option(False, "--params", help="show each component's parameter schema"),
+    params: bool = typer.Option(False, "--params", help="show each component's parameters"),
 ) -> None:
-    """List registered components, their origin and (with --params) their parameters."""
+    """List components: built-in ones and those of installed plugins, with their origin.
+
+    i2i list generators unet --params   shows what a recipe may set under params.
+    """
     from rich.table import Table
 
-    if kind is not None and kind not in REGISTRIES:
-        raise I2IError(f"unknown kind {kind!r}; choose from {', '.join(REGISTRIES)}")
-    kinds = [kind] if kind else list(REGISTRIES)
-    table = Table("kind", "name", "origin", *(["parameters"] if params else []))
-    failures = []
+    kinds = list(REGISTRIES) if kind is None else [_kind(kind)]
+    found = [(name, entry) for name in kinds for entry in REGISTRIES[name].entries(pattern)]
+    table = Table("kind", "name", "origin")
+    for name, entry in found:
+        table.add_row(name, entry.name, entry.origin)
+    if found:
+        console.print(table)
+    else:
+        err_console.print(f"no {' or '.join(kinds)} match {pattern!r}")
+    if params:
+        for name, entry in found:
+            schema = Table("parameter", "type", "default", "constraints and meaning",
+                           title=f"{name} {entry.name} ({entry.origin})", title_justify="left")
+            for row in _describe_params(entry.params):
+                schema.add_row(*row)
+            console.print(schema)
     for name in kinds:
-        registry = REGISTRIES[name]
-        for entry in registry.entries(pattern):
-            row = [name, entry.name, entry.origin]
-            if params:
-                row.append(_describe_params(entry.params))
-            table.add_row(*row)
-        failures += registry.failures
-    console.print(table)
-    for failure in failures:
-        err_console.print(f"[yellow]warning:[/yellow] {failure}")
+        for failure in REGISTRIES[name].failures:
+            err_console.print(f"[yellow]warning:[/yellow] {escape(str(failure))}", highlight=False)
 
 
-def _describe_params(model) -> str:
-    lines = []
+def _kind(text: str) -> str:
+    """A registry name; the singular ('generator') is accepted too."""
+    for name in REGISTRIES:
+        if text in (name, name.removesuffix("s")):
+            return name
+    raise I2IError(f"unknown kind {text!r}; choose from {', '.join(REGISTRIES)}")
+
+
+def _describe_params(model) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, constraints and description) for each field of a params model."""
+    rows = []
     for field_name, field in model.model_fields.items():
-        annotation = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
         default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
-        note = f"  {field.description}" if field.description else ""
-        lines.append(f"{field_name}: {annotation} = {default}{note}")
-    return "\n".join(lines) or "(none)"
+        bounds = [f"{symbol} {getattr(m, attr)}" for m in field.metadata for attr, symbol in _BOUNDS if hasattr(m, attr)]
+        meaning = ", ".join(bounds) + ("; " if bounds and field.description else "") + (field.description or "")
+        rows.append((field_name, _type_name(field.annotation), default, meaning))
+    return rows
+
+
+_BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+
+
+def _type_name(annotation) -> str:
+    """Types as a recipe author reads them: 'batch' | 'instance' | 'none', int | None, list[int]."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is not None:
+        return f"{getattr(origin, '__name__', origin)}[{', '.join(_type_name(a) for a in args)}]"
+    if annotation is type(None):
+        return "None"
+    return getattr(annotation, "__name__", str(annotation))
 
 
 @app.command()

@@ -124,18 +124,24 @@ class Registry:
         entry = self._entries.get(name)
         if entry is not None:
             if allowed is not None and entry.distribution is not None and entry.distribution not in allowed:
-                raise RegistryError(
-                    f"{self.kind} '{name}' comes from {entry.origin}, which is not among the allowed "
-                    f"plugin distributions ({', '.join(sorted(allowed)) or 'none'}; see I2I_PLUGINS and the recipe's plugins)"
-                )
+                raise RegistryError(self._not_allowed(name, entry.origin, allowed))
             return entry
         failed = [f for f in self.failures if f.name == name]
         if failed:
             raise RegistryError(str(failed[-1]))
+        excluded = self._entry_points(None).get(name) if allowed is not None else None
+        if excluded:
+            raise RegistryError(self._not_allowed(name, _distribution_label(excluded[0]), allowed))
         known = sorted(set(self._entries) | set(points))
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise RegistryError(f"unknown {self.kind} '{name}'.{hint} Available: {', '.join(known) or 'none'}")
+
+    def _not_allowed(self, name: str, origin: str, allowed: set[str]) -> str:
+        return (
+            f"{self.kind} '{name}' comes from {origin}, which is not among the allowed plugin "
+            f"distributions ({', '.join(sorted(allowed)) or 'none'}; set by I2I_PLUGINS and the recipe's plugins)"
+        )
 
     def __contains__(self, name: str) -> bool:
         try:

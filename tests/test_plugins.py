@@ -1,0 +1,157 @@
+"""Plugins through entry points: lazy loading, origins, broken plugins, double claims, allow-lists.
+
+Each test installs throwaway distributions as ``*.dist-info`` folders in a temp
+dir on sys.path, which is all ``importlib.metadata`` needs to find them.
+"""
+
+import sys
+import textwrap
+
+import pytest
+from typer.testing import CliRunner
+
+from i2i.cli import _describe_params, app
+from i2i.engine.build import build_generator
+from i2i.recipe import RecipeError, validate_recipe
+from i2i.registry import GENERATORS, REGISTRIES, RegistryError
+
+from conftest import SMALL_PARAMS, tiny_recipe
+
+LAZY_MODULE = """
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+from i2i.registry import GENERATORS
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    scale: float = 1.0
+
+@GENERATORS.register("lazy_gen", params=Params)
+class LazyGenerator(nn.Module):
+    def __init__(self, params, in_channels=3, out_channels=3):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 1)
+        self.scale = params.scale
+
+    def forward(self, x):
+        return (self.conv(x) * self.scale).tanh()
+"""
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    """A fresh site dir on sys.path, with the registries and sys.modules restored afterwards."""
+    for registry in REGISTRIES.values():
+        registry.list()  # built-ins and installed plugins load before the snapshot
+        monkeypatch.setattr(registry, "_entries", dict(registry._entries))
+        monkeypatch.setattr(registry, "failures", list(registry.failures))
+    monkeypatch.delenv("I2I_PLUGINS", raising=False)
+    folder = tmp_path / "site"
+    folder.mkdir()
+    monkeypatch.syspath_prepend(str(folder))
+    before = set(sys.modules)
+    yield folder
+    for name in set(sys.modules) - before:
+        if name.startswith("i2i_fake"):
+            del sys.modules[name]
+
+
+def install(site, dist, version, entry_points, modules=None):
+    """Write a distribution's metadata (and its modules) into ``site``."""
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    lines = []
+    for group, points in entry_points.items():
+        lines.append(f"[{group}]")
+        lines += [f"{name} = {value}" for name, value in points.items()]
+    (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+    for module, source in (modules or {}).items():
+        (site / f"{module}.py").write_text(textwrap.dedent(source))
+
+
+def test_plugin_loads_lazily_by_name_with_its_origin(site):
+    install(site, "i2i-lazy", "1.2", {"i2i.generators": {"lazy_gen": "i2i_fake_lazy:LazyGenerator"}},
+            {"i2i_fake_lazy": LAZY_MODULE})
+    validate_recipe(tiny_recipe())
+    GENERATORS.get("unet")
+    assert "i2i_fake_lazy" not in sys.modules, "a plugin is imported only when its name is asked for"
+    entry = GENERATORS.get("lazy_gen")
+    assert "i2i_fake_lazy" in sys.modules
+    assert entry.origin == "i2i-lazy 1.2" and entry.distribution == "i2i-lazy"
+    recipe = validate_recipe(tiny_recipe(model={"generator": {"name": "lazy_gen", "params": {"scale": 2.0}}}))
+    assert build_generator(recipe, 3, 3).scale == 2.0
+
+
+def test_broken_plugin_is_reported_and_everything_else_works(site):
+    install(site, "i2i-broken", "0.3", {
+        "i2i.generators": {"missing_gen": "i2i_fake_nowhere.models:Generator"},
+        "i2i.losses": {"crashing_loss": "i2i_fake_crash:Loss"},
+    }, {"i2i_fake_crash": "raise RuntimeError('needs a GPU driver')\n"})
+    assert "unet" in GENERATORS.list() and "missing_gen" not in GENERATORS.list()
+    (failure,) = [f for f in GENERATORS.failures if f.name == "missing_gen"]
+    assert failure.distribution == "i2i-broken 0.3"
+    assert failure.entry_point == "i2i_fake_nowhere.models:Generator"
+    assert "ModuleNotFoundError" in failure.error
+    with pytest.raises(RegistryError, match=r"i2i-broken 0\.3.*i2i_fake_crash:Loss.*RuntimeError: needs a GPU driver"):
+        REGISTRIES["losses"].get("crashing_loss")
+    # Built-ins, and a recipe made of them, are untouched.
+    GENERATORS.build("unet", SMALL_PARAMS["unet"], in_channels=3, out_channels=3)
+    validate_recipe(tiny_recipe())
+
+
+def test_a_name_claimed_by_a_plugin_and_a_builtin_names_both(site):
+    install(site, "i2i-clash", "2.0", {"i2i.generators": {"unet": "i2i_fake_clash:UNet"}})
+    with pytest.raises(RegistryError, match=r"generator 'unet' is claimed twice: by built-in .*and by i2i-clash 2\.0"):
+        GENERATORS.get("unet")
+    GENERATORS.list()
+    assert any(f.name == "unet" and "claimed twice" in f.error for f in GENERATORS.failures)
+
+
+def test_a_name_claimed_by_two_plugins_names_both(site):
+    install(site, "i2i-one", "1.0", {"i2i.generators": {"twin": "i2i_fake_one:G"}})
+    install(site, "i2i-two", "1.0", {"i2i.generators": {"twin": "i2i_fake_two:G"}})
+    with pytest.raises(RegistryError, match=r"claimed twice: by i2i-(one|two) 1\.0 .* and by i2i-(one|two) 1\.0"):
+        GENERATORS.get("twin")
+
+
+def test_allow_lists_restrict_plugins(site, monkeypatch):
+    install(site, "i2i-clash", "2.0", {"i2i.generators": {"unet": "i2i_fake_clash:UNet"}})
+    install(site, "i2i-lazy", "1.2", {"i2i.generators": {"lazy_gen": "i2i_fake_lazy:LazyGenerator"}},
+            {"i2i_fake_lazy": LAZY_MODULE})
+    # A recipe's plugins list keeps other distributions out, clashes included.
+    recipe = validate_recipe(tiny_recipe(plugins=["I2I_Lazy"]))
+    build_generator(recipe, 3, 3)
+    with pytest.raises(RecipeError, match=r"model.generator.name: generator 'lazy_gen' comes from i2i-lazy 1\.2, which is not among"):
+        validate_recipe(tiny_recipe(plugins=[], model={"generator": {"name": "lazy_gen"}}))
+    # I2I_PLUGINS does the same for the whole process; "" means built-ins only.
+    monkeypatch.setenv("I2I_PLUGINS", "")
+    assert GENERATORS.get("unet").origin == "built-in"
+    with pytest.raises(RegistryError, match="not among the allowed"):
+        GENERATORS.get("lazy_gen")
+
+
+def test_cli_list_shows_origins_params_and_failures(site):
+    install(site, "i2i-lazy", "1.2", {"i2i.generators": {"lazy_gen": "i2i_fake_lazy:LazyGenerator"}},
+            {"i2i_fake_lazy": LAZY_MODULE})
+    install(site, "i2i-broken", "0.3", {"i2i.discriminators": {"missing_d": "i2i_fake_nowhere:D"}})
+    runner = CliRunner()
+    listing = runner.invoke(app, ["list"])
+    assert listing.exit_code == 0, listing.output
+    rows = {tuple(cell.strip() for cell in line.strip("│ ").split("│")) for line in listing.output.splitlines()}
+    assert ("generators", "lazy_gen", "i2i-lazy 1.2") in rows
+    assert ("generators", "unet", "built-in") in rows
+    assert ("discriminators", "multiscale", "built-in") in rows
+    assert "plugin discriminator 'missing_d' from distribution i2i-broken 0.3" in listing.output
+
+    schema = runner.invoke(app, ["list", "generator", "unet", "--params"])
+    assert schema.exit_code == 0, schema.output
+    assert "generators unet (built-in)" in schema.output and "num_downs" in schema.output
+    rows = {row[0]: row for row in _describe_params(GENERATORS.get("unet").params)}
+    assert rows["norm"] == ("norm", "'batch' | 'instance' | 'none'", "'batch'", "")
+    assert rows["num_downs"][3].startswith(">= 2, <= 10; ")
+    timm_rows = {row[0]: row for row in _describe_params(GENERATORS.get("timm_unet").params)}
+    assert timm_rows["pretrained_path"][1:3] == ("Path | None", "None")
+
+    unknown = runner.invoke(app, ["list", "widgets"])
+    assert unknown.exit_code != 0 and "unknown kind 'widgets'" in str(unknown.exception)
