@@ -1,0 +1,142 @@
+"""i2i.translate: any image size, tiles, batches, aligned inputs, modes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from i2i.data.base import DataError
+from i2i.engine.inference import generator_mode, load_generator
+from i2i.translate import (
+    blend_window,
+    pad_to_multiple,
+    run_tiled,
+    tile_starts,
+    to_tensor,
+    translate_batch,
+    translate_paths,
+)
+
+from conftest import SMALL_PARAMS
+
+MULTIPLE = 2 ** SMALL_PARAMS["unet"]["num_downs"]  # what the tiny run's U-Net needs
+
+
+def write_image(path, width, height, seed=0):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("length,tile,overlap", [(10, 32, 8), (32, 32, 8), (100, 32, 8), (96, 32, 0), (200, 64, 63)])
+def test_tiles_cover_everything_and_overlap_enough(length, tile, overlap):
+    starts = tile_starts(length, tile, overlap)
+    covered = np.zeros(length, bool)
+    for start in starts:
+        covered[start : start + tile] = True
+        assert 0 <= start and start + min(tile, length) <= length
+    assert covered.all()
+    assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
+
+
+def test_blend_window_ramps_and_never_vanishes():
+    weights = blend_window(64, 16)
+    assert weights.min() > 0 and weights.max() == 1
+    assert torch.equal(weights, weights.flip(0))
+    assert weights[16:48].eq(1).all() and (weights[:16].diff() > 0).all()
+
+
+def test_tiled_pointwise_generator_equals_whole_image():
+    x = torch.randn(2, 3, 96, 160)
+    whole = torch.tanh(x * 3)
+    tiled = run_tiled(lambda t: torch.tanh(t * 3), x, tile=64, overlap=16, batch_size=3)
+    torch.testing.assert_close(tiled, whole)
+
+
+def test_pad_keeps_content_and_reaches_the_multiple():
+    x = torch.randn(1, 3, 45, 70)
+    padded, size = pad_to_multiple(x, 32)
+    assert padded.shape[-2:] == (64, 96) and size == (45, 70)
+    assert torch.equal(padded[..., :45, :70], x)
+
+
+def test_tiles_of_a_real_generator_agree_with_the_whole_image(tiny_run):
+    generator, _, _ = load_generator(tiny_run)
+    rng = np.random.default_rng(0)
+    x = to_tensor(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8), 3)
+    with generator_mode(generator, "eval"), torch.no_grad():
+        whole = translate_batch(generator, x, MULTIPLE, tile=1024, overlap=0, batch_size=1)
+        error = {
+            overlap: (translate_batch(generator, x, MULTIPLE, tile=64, overlap=overlap, batch_size=4) - whole).abs().mean()
+            for overlap in (0, 32)
+        }
+    # Seams come from each tile's zero-padded border; a wide blended overlap hides them.
+    assert error[32] < error[0] / 2 and error[32] < 1e-3
+
+
+def test_any_size_comes_back_at_its_size(tiny_run, tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    sizes = {"wide": (70, 45), "small": (20, 13), "large": (150, 100)}
+    for seed, (stem, size) in enumerate(sizes.items()):
+        write_image(source / f"{stem}.jpg", *size, seed=seed)
+    (source / "notes.txt").write_text("not an image")
+    written = translate_paths(tiny_run, source, tmp_path / "out", tile=64, overlap=16, batch_size=2)
+    assert sorted(p.name for p in written) == ["large.png", "small.png", "wide.png"]
+    for path in written:
+        with Image.open(path) as image:
+            assert image.size == sizes[path.stem]
+
+
+def test_batches_give_the_same_images_as_one_at_a_time_in_eval_mode(tiny_run, tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    for i in range(3):
+        write_image(source / f"{i}.png", 40, 40, seed=i)
+    progress = []
+    one = translate_paths(tiny_run, source, tmp_path / "one", batch_size=1)
+    three = translate_paths(tiny_run, source, tmp_path / "three", batch_size=3,
+                            on_progress=lambda done, total: progress.append((done, total)))
+    assert progress == [(1, 3), (2, 3), (3, 3)]
+    for a, b in zip(one, three):
+        assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+
+
+def test_aligned_input_uses_the_recipes_input_half(tiny_run, tmp_path):
+    pair = np.zeros((32, 64, 3), np.uint8)
+    pair[:, 32:] = 255  # A black, B white
+    Image.fromarray(pair).save(tmp_path / "pair.png")
+    Image.fromarray(pair[:, :32]).save(tmp_path / "a.png")
+    aligned = translate_paths(tiny_run, tmp_path / "pair.png", tmp_path / "out", aligned=True)[0]
+    plain = translate_paths(tiny_run, tmp_path / "a.png", tmp_path / "out")[0]
+    assert Image.open(aligned).size == (32, 32)
+    assert np.array_equal(np.asarray(Image.open(aligned)), np.asarray(Image.open(plain)))  # tiny_recipe is AtoB
+
+
+def test_mode_decides_between_running_and_batch_statistics(tiny_run, tmp_path):
+    image = write_image(tmp_path / "x.png", 32, 32)
+
+    def pixels(mode, folder):
+        return np.asarray(Image.open(translate_paths(tiny_run, image, tmp_path / folder, mode=mode)[0]), np.int16)
+
+    eval_once, eval_twice, train = pixels("eval", "e1"), pixels("eval", "e2"), pixels("train", "t")
+    assert np.array_equal(eval_once, eval_twice)
+    assert np.abs(eval_once - train).mean() > 1  # a 4-step BatchNorm's running stats are far from the batch's
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [({"mode": "test"}, "--mode must be eval or train"), ({"overlap": 64, "tile": 64}, "overlap < tile"),
+     ({"aligned": True}, "width 33 is odd")],
+)
+def test_bad_requests_are_explained(tiny_run, tmp_path, kwargs, message):
+    image = write_image(tmp_path / "odd.png", 33, 20)
+    with pytest.raises(DataError, match=message):
+        translate_paths(tiny_run, image, tmp_path / "out", **kwargs)
+
+
+def test_missing_input_is_explained(tiny_run, tmp_path):
+    with pytest.raises(DataError, match="input not found"):
+        translate_paths(tiny_run, tmp_path / "nothing", tmp_path / "out")
