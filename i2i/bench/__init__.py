@@ -1,0 +1,6 @@
+"""``i2i bench``: speed (training and inference throughput) and quality (FID, KID, SSIM,
+PSNR) on pinned protocols, recorded as JSON lines under benchmarks/results/."""
+
+from pathlib import Path
+
+RESULTS_DIR = Path("benchmarks") / "results"
