@@ -25,6 +25,9 @@ SMALL_PARAMS: dict[str, dict] = {
     "resnet": {"ngf": 8, "n_blocks": 2},
     "timm_unet": {"backbone": "test_resnet", "decoder_width": 8},
     "multiscale": {"ndf": 8, "n_layers": 2, "num_scales": 2},
+    # the example plugin i2i-hd (plugins/i2i-hd)
+    "hd_local": {"ngf": 4, "n_downsample_global": 2, "n_blocks_global": 1, "n_blocks_local": 1},
+    "sn_resnet": {"ndf": 4, "n_downsampling": 2},
 }
 TINY_SIZE = 32
 
@@ -97,6 +100,16 @@ def fake_data_root(tmp_path) -> Path:
         write_fake_photos(root / split / "A", count, (40, 40), seed=3)
         write_fake_photos(root / split / "B", count, (40, 40), seed=4)
     return root
+
+
+@pytest.fixture
+def one_torch_thread():
+    """For runs of a few tiny steps: on a busy machine a second thread only adds contention
+    (measured 5 to 40 times slower with two threads while other tests ran)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ from i2i.recipe import validate_recipe
 
 from conftest import tiny_recipe
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # 4 steps per epoch; the decay epoch changes the learning rate at step 4. The 64x64
 # U-Net with six downsamplings has a dropout layer, so the restored RNG matters too.
 CASES = {

@@ -1,0 +1,269 @@
+"""Faults during training and loading: signals, NaN/Inf, hostile files, a full disk, no memory."""
+
+import errno
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from i2i.engine import checkpoint as checkpoint_module
+from i2i.engine.checkpoint import CheckpointError, list_checkpoints, load_state, load_weights, verify_checkpoint
+from i2i.engine.faults import NonFiniteError, TrainingInterrupted
+from i2i.engine.trainer import Callback, Trainer
+from i2i.recipe import RecipeError, load_recipe, validate_recipe
+from i2i.registry import I2IError
+
+from conftest import ROOT, tiny_recipe
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def make_trainer(run_dir: Path, **train) -> Trainer:
+    recipe = tiny_recipe()
+    recipe["train"].update({"batch_size": 2, "checkpoint_every": 1, "log_every": 5, **train})
+    return Trainer(validate_recipe(recipe), run_dir=run_dir)
+
+
+class AtStep(Callback):
+    def __init__(self, step: int, action):
+        self.step, self.action = step, action
+
+    def on_step(self, trainer):
+        if trainer.step == self.step:
+            self.action()
+
+
+def steps_saved(run_dir: Path) -> list[int]:
+    return [int(p.name.split("_")[1]) for p in list_checkpoints(run_dir / "checkpoints")]
+
+
+# ------------------------------------------------------------------- signals
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_at_the_step_boundary_and_stops(signum, tmp_path):
+    trainer = make_trainer(tmp_path, checkpoint_every=1000, max_steps=6)
+    trainer.callbacks.append(AtStep(2, lambda: os.kill(os.getpid(), signum)))
+    with pytest.raises(TrainingInterrupted, match=f"stopped by {signal.Signals(signum).name} at step 2") as caught:
+        trainer.fit()
+    assert caught.value.exit_code == 128 + signum
+    assert steps_saved(tmp_path) == [2]
+    assert signal.getsignal(signum) is not trainer.stop._on_signal  # handlers are put back
+
+
+def test_a_second_sigint_stops_at_once_without_saving(tmp_path):
+    trainer = make_trainer(tmp_path, checkpoint_every=1000, max_steps=6)
+    trainer.callbacks.append(AtStep(2, lambda: [os.kill(os.getpid(), signal.SIGINT) for _ in range(2)]))
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert steps_saved(tmp_path) == []
+
+
+def test_ctrl_c_on_i2i_run_saves_and_exits_130(write_recipe, tmp_path):
+    recipe = tiny_recipe(train={"max_steps": 10_000, "checkpoint_every": 1, "log_every": 1})
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "i2i", "run", str(write_recipe(recipe)), "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+    )
+    deadline = time.monotonic() + 120
+    while not steps_saved(out):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "stopped by SIGINT at step" in stderr and "--resume" in stderr
+    stopped_at = int(stderr.split("stopped by SIGINT at step")[1].split()[0])
+    assert steps_saved(out)[-1] == stopped_at
+    verify_checkpoint(list_checkpoints(out / "checkpoints")[-1])
+
+
+# ------------------------------------------------------------------ NaN / Inf
+def poison_batch_at(trainer: Trainer, step: int, value: float) -> None:
+    """The batch of ``step`` (1-based) gets ``value`` in every input pixel."""
+    original = trainer.train_step
+
+    def train_step(real_a, real_b):
+        if trainer.step + 1 == step:
+            real_a = torch.full_like(real_a, value)
+        return original(real_a, real_b)
+
+    trainer.train_step = train_step
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_nonfinite_loss_stops_naming_step_and_term_and_keeps_the_last_good_checkpoint(value, tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=6)
+    poison_batch_at(trainer, 3, value)
+    with pytest.raises(NonFiniteError, match=r"at step 3: .*D_real \(from step 3\)"):
+        trainer.fit()
+    assert steps_saved(tmp_path) == [1, 2]
+    last = list_checkpoints(tmp_path / "checkpoints")[-1]
+    verify_checkpoint(last)
+    assert all(torch.isfinite(t).all() for t in load_file(last / "generator.safetensors").values())
+
+
+def test_a_nonfinite_gradient_with_finite_losses_stops_naming_the_network(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=6)
+    weight = next(trainer.generator.parameters())
+    weight.register_hook(lambda grad: grad * float("nan") if trainer.step + 1 == 3 else grad)
+    with pytest.raises(NonFiniteError, match=r"at step 3: gradient of the generator \(from step 3\)"):
+        trainer.fit()
+    assert steps_saved(tmp_path) == [1, 2]
+
+
+def test_skip_policy_drops_the_poisoned_update_and_counts_it(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=4, on_nonfinite="skip")
+    poison_batch_at(trainer, 3, float("nan"))
+    snapshots = {}
+    for step in (2, 3):
+        trainer.callbacks.append(AtStep(step, lambda step=step: snapshots.__setitem__(step, {
+            net: {k: v.clone() for k, v in getattr(trainer, net).state_dict().items()}
+            for net in ("generator", "discriminator")})))
+    losses = trainer.fit()
+    assert trainer.step == 4 and trainer.guard.skipped_steps == 1
+    assert all(v == v for v in losses.values())
+    assert json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])["skipped_steps"] == 1
+    for net in ("generator", "discriminator"):  # weights and BatchNorm statistics as before step 3
+        assert all(torch.equal(snapshots[2][net][k], snapshots[3][net][k]) for k in snapshots[2][net])
+    assert load_state(tmp_path / "checkpoints" / "step_00000004" / "state.pt")["skipped_steps"] == 1
+
+
+# ------------------------------------------------------------- safe loading
+class RunsCode:
+    """Unpickling this would create ``marker``: what a hostile checkpoint does."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+def test_a_pickle_that_runs_code_is_refused_and_never_run(writer, tmp_path):
+    marker, file = tmp_path / "code-ran", tmp_path / "state.pt"
+    payload = {"step": 1, "opt_g": RunsCode(marker)}
+    if writer == "torch.save":
+        torch.save(payload, file)
+    else:
+        file.write_bytes(pickle.dumps(payload, protocol=2))
+    with pytest.raises(CheckpointError, match="refusing to load .*would run code"):
+        load_state(file)
+    assert not marker.exists()
+
+
+def test_resume_refuses_a_hostile_state_file_even_with_a_matching_manifest(tmp_path):
+    make_trainer(tmp_path, max_steps=1).fit()
+    checkpoint = list_checkpoints(tmp_path / "checkpoints")[-1]
+    marker = tmp_path / "code-ran"
+    torch.save({"step": 1, "opt_g": RunsCode(marker)}, checkpoint / "state.pt")
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    manifest["files"]["state.pt"] = checkpoint_module.sha256_file(checkpoint / "state.pt")
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        make_trainer(tmp_path, max_steps=2).fit(resume=True)
+    assert not marker.exists()
+
+
+def test_a_recipe_with_a_python_tag_is_refused(tmp_path):
+    marker = tmp_path / "code-ran"
+    recipe = tmp_path / "evil.yaml"
+    recipe.write_text(f"name: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(recipe)
+    assert not marker.exists()
+
+
+def test_a_checkpoint_of_another_architecture_lists_the_mismatched_tensors(tmp_path):
+    make_trainer(tmp_path, max_steps=1).fit()
+    file = list_checkpoints(tmp_path / "checkpoints")[-1] / "generator.safetensors"
+    recipe = tiny_recipe()
+    recipe["model"]["generator"]["params"] = {"num_downs": 4, "ngf": 4}
+    other = Trainer(validate_recipe(recipe), run_dir=tmp_path / "other").generator
+    with pytest.raises(CheckpointError) as caught:
+        load_weights(other, file)
+    message = str(caught.value)
+    assert "does not fit the model built from the recipe" in message
+    assert "shape of down.0.weight: checkpoint (8, 3, 4, 4), model (4, 3, 4, 4)" in message
+    assert "unexpected down.4." in message
+
+
+def test_a_damaged_newest_checkpoint_is_passed_over_on_resume(tmp_path, capsys):
+    make_trainer(tmp_path, max_steps=2).fit()
+    newest = list_checkpoints(tmp_path / "checkpoints")[-1]
+    (newest / "generator.safetensors").write_bytes(b"\0" * 64)
+    resumed = make_trainer(tmp_path, max_steps=3)
+    resumed.resume()
+    assert resumed.step == 1
+    assert "passing over a damaged checkpoint" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------- resource faults
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    write = checkpoint_module._write_durably
+
+    def fills_the_disk(path, data):
+        if path.parent.name == ".step_00000002.tmp" and path.name == "state.pt":
+            path.write_bytes(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(path, data)
+
+    monkeypatch.setattr(checkpoint_module, "_write_durably", fills_the_disk)
+    with pytest.raises(CheckpointError, match=r"disk full.*step_00000001 is intact"):
+        make_trainer(tmp_path, max_steps=3).fit()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000001"]
+    verify_checkpoint(tmp_path / "checkpoints" / "step_00000001")
+
+
+def test_disk_full_on_a_real_small_file_system(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    # room for one checkpoint of the tiny model (3.3 MB) and not for a second one
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(disk)], capture_output=True
+    ).returncode == 0
+    if not mounted:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        with pytest.raises(CheckpointError, match=r"disk full.*step_00000001 is intact"):
+            make_trainer(disk, max_steps=3).fit()
+        assert [p.name for p in (disk / "checkpoints").iterdir()] == ["step_00000001"]
+        verify_checkpoint(disk / "checkpoints" / "step_00000001")
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.parametrize("error", [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 1073741824 bytes"),
+])
+def test_out_of_memory_at_start_suggests_smaller_settings(error, tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=2)
+
+    def train_step(real_a, real_b):
+        raise error
+
+    trainer.train_step = train_step
+    with pytest.raises(I2IError, match=r"out of memory \(step 0 on cpu: train.batch_size 2, data.crop_size 32, "
+                                       r"precision float32\). Try a smaller train.batch_size or data.crop_size"):
+        trainer.fit()
+
+
+def test_other_runtime_errors_pass_through(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=2)
+
+    def train_step(real_a, real_b):
+        raise RuntimeError("shapes do not match")
+
+    trainer.train_step = train_step
+    with pytest.raises(RuntimeError, match="shapes do not match"):
+        trainer.fit()
