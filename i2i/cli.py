@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from i2i import __version__
+from i2i.bench.cli import app as bench_app
 from i2i.data_commands import data_app
 from i2i.registry import REGISTRIES, I2IError
 
@@ -26,6 +27,7 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 app.add_typer(data_app, name="data")
+app.add_typer(bench_app, name="bench")
 
 SetOption = typer.Option([], "--set", help="override a recipe value: --set train.lr=1e-4 (repeatable)")
 

@@ -91,6 +91,10 @@ class TrainSection(Strict):
         "stop", description="a NaN/Inf loss or gradient: stop (keeping the last good checkpoint) or skip that update"
     )
     tensorboard: bool = Field(True, description="log scalars and sample grids to <run dir>/tensorboard")
+    eval_every: int | None = Field(
+        None, ge=1, description="epochs between FID/SSIM evaluations on the val split (best checkpoint kept in <run dir>/best)"
+    )
+    eval_images: int = Field(50, ge=2, description="val images per evaluation (FID needs at least 2)")
 
     @model_validator(mode="after")
     def _has_length(self) -> TrainSection:

@@ -136,6 +136,10 @@ class Trainer:
         if self.cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, self.cfg.max_steps) if total_epochs else self.cfg.max_steps
         self.step = 0
+        if self.cfg.eval_every and self.is_main:
+            from i2i.bench.during_training import EvaluationCallback
+
+            self.callbacks.append(EvaluationCallback(self))
 
     def _wrap(self, module: nn.Module) -> nn.Module:
         """What the step calls: the module itself, or its compiled form."""

@@ -1,0 +1,110 @@
+"""``i2i bench speed | quality | compare``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from i2i.bench import RESULTS_DIR
+
+app = typer.Typer(help="Measure speed and quality; results are appended to benchmarks/results/*.jsonl.",
+                  no_args_is_help=True)
+console = Console()
+
+
+def _rate(summary: dict[str, Any]) -> str:
+    return f"{summary['median']:.3g} ({summary['min']:.3g}-{summary['max']:.3g})"
+
+
+def speed_table(record: dict[str, Any]) -> Table:
+    baseline, tuned = record["configs"]["baseline"], record["configs"]["tuned"]
+    table = Table(
+        "figure", "baseline", "tuned", "tuned/baseline",
+        title=f"{record['recipe']} at {record['image_size']}x{record['image_size']}, batch {record['batch_size']}, "
+              f"{record['device_name']} ({record['batches']} batches; median (min-max) of {record['repeats']} repeats)",
+    )
+    table.add_row("settings", str(baseline["settings"]), str(tuned["settings"]), "")
+    table.add_row("train steps/s", _rate(baseline["train_steps_per_s"]), _rate(tuned["train_steps_per_s"]),
+                  f"{record['ratio']['train_steps_per_s']:.2f}")
+    for key in baseline["inference_images_per_s"]:
+        table.add_row(f"inference {key} images/s", _rate(baseline["inference_images_per_s"][key]),
+                      _rate(tuned["inference_images_per_s"][key]), f"{record['ratio'][f'inference_{key}']:.2f}")
+    memory = [c["peak_memory_mib"] for c in (baseline, tuned)]
+    table.add_row(f"peak memory MiB ({baseline['peak_memory_kind']})",
+                  *(f"{m:.0f}" if m is not None else "n/a" for m in memory), "")
+    return table
+
+
+@app.command()
+def speed(
+    recipe: Path = typer.Argument(..., help="recipe YAML"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N"),
+    steps: int = typer.Option(10, "--steps", help="timed iterations per repeat"),
+    warmup: int = typer.Option(3, "--warmup", help="untimed iterations before timing"),
+    repeats: int = typer.Option(3, "--repeats", help="timed repeats; the median is reported"),
+    infer_batch: int = typer.Option(8, "--infer-batch", help="the larger inference batch (batch 1 is always timed)"),
+    overrides: list[str] = typer.Option([], "--set", help="override a recipe value: --set data.crop_size=128"),
+    results: Path = typer.Option(RESULTS_DIR / "speed.jsonl", "--results", help="JSON lines file to append to"),
+) -> None:
+    """Training and inference throughput: baseline (eager fp32) against the engine's tuned settings."""
+    from i2i.bench.speed import bench_speed
+
+    record = bench_speed(recipe, overrides, device, steps, warmup, repeats, infer_batch, results,
+                         on_config=lambda name: console.print(f"timing {name} ...", highlight=False))
+    console.print(speed_table(record))
+    console.print(f"appended to {results}", highlight=False)
+
+
+@app.command()
+def quality(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="run directory, checkpoint folder or generator .safetensors"),
+    data: Path = typer.Option(..., "--data", help="data root holding the split (e.g. val/)"),
+    limit: Optional[int] = typer.Option(None, "--limit", min=2, help="only the first N images (default: all)"),
+    mode: str = typer.Option("train", "--mode", help="train (dropout and batch statistics, as the reference tests) or eval"),
+    split: str = typer.Option("val", "--split", help="the split to score; never the one trained on"),
+    device: str = typer.Option("auto", "--device"),
+    results: Path = typer.Option(RESULTS_DIR / "quality.jsonl", "--results", help="JSON lines file to append to"),
+) -> None:
+    """FID, KID, SSIM and PSNR of a trained generator on a split, on the pinned protocol."""
+    from i2i.bench.quality import bench_quality
+
+    record = bench_quality(checkpoint, data, limit, mode, device, split, results)
+    metrics = record["metrics"]
+    table = Table("metric", "value", title=f"{record['recipe']} step {record['steps_trained']}, {metrics['images']} "
+                  f"{split} images, generator mode {mode}")
+    for key in ("fid", "kid", "ssim", "psnr"):
+        table.add_row(key.upper(), f"{metrics[key]:.4g}")
+    for key, value in record.get("bicubic_baseline", {}).items():
+        if key in ("ssim", "psnr"):
+            table.add_row(f"{key.upper()} of the bicubic input", f"{value:.4g}")
+    console.print(table)
+    console.print(f"appended to {results}", highlight=False)
+
+
+@app.command()
+def compare(
+    threshold: float = typer.Option(0.1, "--threshold", help="relative worsening that counts as a regression"),
+    results: Path = typer.Option(RESULTS_DIR, "--results", help="folder with speed.jsonl and quality.jsonl"),
+) -> None:
+    """Flag figures that got worse than the previous result of the same setup; exit 1 if any did."""
+    from i2i.bench.compare import compare_results
+
+    changes = compare_results(results)
+    if not changes:
+        console.print(f"nothing to compare: no setup in {results} has two results yet")
+        return
+    table = Table("setup", "figure", "previous", "latest", "change", "")
+    regressions = 0
+    for change in changes:
+        regressed = change.is_regression(threshold)
+        regressions += regressed
+        table.add_row(change.setup, change.figure, f"{change.previous:.4g}", f"{change.latest:.4g}",
+                      f"{change.relative:+.1%}", "[red]REGRESSION[/red]" if regressed else "ok")
+    console.print(table)
+    if regressions:
+        console.print(f"[red]{regressions} figure(s) worse by more than {threshold:.0%}[/red]")
+        raise typer.Exit(1)

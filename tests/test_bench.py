@@ -1,0 +1,117 @@
+"""``i2i bench``: speed and quality records, regression checks, evaluation during training."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from i2i.bench.compare import compare_results
+from i2i.bench.quality import bicubic_baseline
+from i2i.bench.speed import bench_recipe
+from i2i.cli import app
+from i2i.engine.inference import load_generator
+from i2i.engine.trainer import Trainer
+from i2i.recipe import validate_recipe
+from i2i.registry import I2IError
+
+from conftest import tiny_recipe
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_bench_speed_appends_a_json_line_and_compare_flags_a_slowdown(write_recipe, tmp_path):
+    results = tmp_path / "results"
+    recipe = write_recipe(tiny_recipe())
+    arguments = ["bench", "speed", str(recipe), "--device", "cpu", "--steps", "1", "--warmup", "1", "--repeats", "2",
+                 "--infer-batch", "2", "--results", str(results / "speed.jsonl")]
+    result = invoke(*arguments)
+    assert result.exit_code == 0, result.output
+    assert "train steps/s" in result.output
+    (line,) = (results / "speed.jsonl").read_text().splitlines()
+    record = json.loads(line)
+    assert record["kind"] == "speed" and record["recipe"] == "tiny" and record["device"] == "cpu"
+    assert record["torch"] == torch.__version__ and record["git_commit"]
+    assert record["image_size"] == 32 and record["batches"] == "real"
+    assert record["configs"]["baseline"]["settings"] == {"precision": "fp32", "channels_last": False, "compile": False}
+    for config in record["configs"].values():
+        assert config["train_steps_per_s"]["median"] > 0 and len(config["train_steps_per_s"]["runs"]) == 2
+        assert set(config["inference_images_per_s"]) == {"eval_batch1", "eval_batch2", "train_batch1", "train_batch2"}
+        assert config["peak_memory_mib"] > 0
+    assert record["ratio"]["train_steps_per_s"] > 0
+
+    assert invoke("bench", "compare", "--results", str(results)).exit_code == 0  # one record: nothing to compare
+    slower = json.loads(line)
+    slower["configs"]["tuned"]["train_steps_per_s"]["median"] /= 2
+    with open(results / "speed.jsonl", "a") as handle:
+        handle.write(json.dumps(slower) + "\n")
+    result = invoke("bench", "compare", "--results", str(results), "--threshold", "0.1")
+    assert result.exit_code == 1 and "REGRESSION" in result.output
+    flagged = [c for c in compare_results(results) if c.is_regression(0.1)]
+    assert [c.figure for c in flagged] == ["tuned train steps/s"]
+
+
+def test_speed_uses_random_batches_when_the_data_folder_is_missing(write_recipe, tmp_path):
+    recipe = tiny_recipe(data={"dataset": {"name": "aligned"}, "root": str(tmp_path / "absent")})
+    built, real_data = bench_recipe(write_recipe(recipe), [], torch.device("cpu"))
+    assert not real_data
+    assert built.data.dataset.name == "synthetic" and built.data.crop_size == 32
+
+
+def test_quality_compare_flags_a_worse_fid(tmp_path):
+    base = {"kind": "quality", "device_name": "cpu", "recipe": "r", "steps_trained": 10, "data": "d", "split": "val",
+            "limit": None, "mode": "train", "metrics": {"fid": 50.0, "kid": 0.02, "ssim": 0.5, "psnr": 20.0}}
+    worse = {**base, "metrics": {**base["metrics"], "fid": 60.0, "ssim": 0.52}}
+    (tmp_path / "quality.jsonl").write_text(json.dumps(base) + "\n" + json.dumps(worse) + "\n")
+    changes = {c.figure: c for c in compare_results(tmp_path)}
+    assert changes["fid"].is_regression(0.1) and not changes["fid"].is_regression(0.25)
+    assert changes["ssim"].relative == pytest.approx(0.04) and not changes["ssim"].is_regression(0.1)
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    recipe = validate_recipe(tiny_recipe(train={"max_steps": 2, "batch_size": 2, "tensorboard": False}))
+    Trainer(recipe, run_dir=tmp_path / "run").fit()
+    return tmp_path / "run"
+
+
+def test_bench_quality_on_a_tiny_checkpoint(tiny_run, tmp_path):
+    results = tmp_path / "quality.jsonl"
+    result = invoke("bench", "quality", "--checkpoint", str(tiny_run), "--data", str(tmp_path), "--limit", "2",
+                    "--device", "cpu", "--results", str(results))
+    assert result.exit_code == 0, result.output
+    record = json.loads(results.read_text())
+    assert record["steps_trained"] == 2 and record["mode"] == "train" and record["protocol"]["image_size"] == 256
+    metrics = record["metrics"]
+    assert metrics["images"] == 2 and metrics["fid"] >= 0 and 0 < metrics["psnr"] < 100 and -1 <= metrics["ssim"] <= 1
+
+
+def test_bicubic_baseline_upscales_the_input_to_the_target_size():
+    flat = torch.full((3, 32, 32), 0.2)
+    pairs = [{"input": torch.full((3, 16, 16), 0.2), "target": flat}, {"input": flat, "target": flat}]
+    metrics = bicubic_baseline(pairs)
+    assert metrics["images"] == 2 and metrics["ssim"] == pytest.approx(1.0) and metrics["psnr"] == 100.0
+
+
+def test_evaluation_during_training_logs_fid_and_keeps_the_best_checkpoint(tmp_path):
+    train = {"max_steps": 2, "batch_size": 4, "eval_every": 1, "eval_images": 2, "tensorboard": False}
+    recipe = validate_recipe(tiny_recipe(train=train))
+    Trainer(recipe, run_dir=tmp_path / "run").fit()
+    evaluations = [r for r in map(json.loads, (tmp_path / "run" / "log.jsonl").read_text().splitlines()) if "eval_fid" in r]
+    assert [r["step"] for r in evaluations] == [2] and evaluations[0]["eval_images"] == 2
+    manifest = json.loads((tmp_path / "run" / "best" / "manifest.json").read_text())
+    assert manifest["best"]["fid"] == evaluations[0]["eval_fid"] and manifest["best"]["step"] == 2
+    generator, _, metadata = load_generator(tmp_path / "run" / "best")
+    assert metadata["step"] == "2"
+
+
+def test_eval_every_without_a_val_split_is_a_clear_error(fake_data_root, tmp_path):
+    (fake_data_root / "val").rename(fake_data_root / "elsewhere")
+    data = {"dataset": {"name": "aligned"}, "root": str(fake_data_root)}
+    recipe = validate_recipe(tiny_recipe(data=data, train={"eval_every": 1, "tensorboard": False}))
+    with pytest.raises(I2IError, match="train.eval_every needs a val split"):
+        Trainer(recipe, run_dir=tmp_path / "run")
