@@ -1,6 +1,6 @@
 """``data.on_device``: the whole training set as one uint8 tensor on the training device.
 
-Crop and flip run there as one gather per batch, with the same (top, left,
+Crop and flip run there as tensor slicing, with the same (top, left,
 flip) per sample as the CPU path (``PairedDataset.crop_box``), so a batch is
 the same whichever path made it; only the indices cross from the host.
 """
@@ -26,20 +26,17 @@ class DeviceResidentSet:
             raise DataError("data.on_device needs the decoded set in memory; data.cache must not be 'none'")
         self.dataset = dataset
         self.device = device
-        # N x C x S x S keeps each sample's channels together for the gather below.
-        self.pixels = torch.from_numpy(dataset.cache).to(device).permute(0, 3, 1, 2)
+        self.pixels = torch.from_numpy(dataset.cache).to(device)  # N x S x S x C, uint8
 
     def batch(self, indices: list[int]) -> dict[str, torch.Tensor | list[str]]:
         ds = self.dataset
-        crop = ds.data.crop_size if ds.train else ds.size
-        boxes = [ds.crop_box(i)[:3] for i in indices]
-        top, left, flip = (torch.tensor(column, device=self.device) for column in zip(*boxes))
-        steps = torch.arange(crop, device=self.device)
-        rows = top[:, None] + steps
-        cols = left[:, None] + torch.where(flip[:, None], crop - 1 - steps, steps)
-        samples = torch.tensor(indices, device=self.device)[:, None, None]
-        picked = self.pixels[samples, :, rows[:, :, None], cols[:, None, :]]  # B x crop x crop x C
-        batch = picked.permute(0, 3, 1, 2).float().div_(127.5).sub_(1)
+        size = ds.data.crop_size if ds.train else ds.size
+        crops = []
+        for index in indices:
+            top, left, flip, _ = ds.crop_box(index)
+            crop = self.pixels[index, top : top + size, left : left + size]
+            crops.append(crop.flip(1) if flip else crop)
+        batch = torch.stack(crops).permute(0, 3, 1, 2).float().div_(127.5).sub_(1)
         return {
             "input": batch[:, : ds.in_channels],
             "target": batch[:, ds.in_channels :],
