@@ -145,11 +145,11 @@ def train_from_recipe(
     if quiet:
         losses = trainer.fit(resume=resume)
     else:
-        console.print(start_summary(trainer, tensorboard), highlight=False)
+        console.print(start_summary(trainer, tensorboard), highlight=False, soft_wrap=True)
         display = ConsoleCallback(trainer, console)
         trainer.callbacks.append(display)
         with display.progress:
             losses = trainer.fit(resume=resume)
     summary = end_summary(trainer, losses, time.perf_counter() - started, tensorboard)
-    console.print("\n".join(summary.splitlines()[:2]) if quiet else summary, highlight=False)
+    console.print("\n".join(summary.splitlines()[:2]) if quiet else summary, highlight=False, soft_wrap=True)
     return trainer
