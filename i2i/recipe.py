@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from i2i.registry import DATASETS, DISCRIMINATORS, GENERATORS, LOSSES, I2IError, Registry
+from i2i.registry import DATASETS, DISCRIMINATORS, GENERATORS, LOSSES, I2IError, Registry, missing_distributions
 
 
 class RecipeError(I2IError):
@@ -185,7 +185,7 @@ def validate_recipe(data: Any, source: str = "<recipe>") -> Recipe:
         recipe = Recipe.model_validate(data)
     except ValidationError as error:
         raise RecipeError(source, _format_validation_error(error)) from None
-    problems = []
+    problems = [f"plugins: distribution '{name}' is not installed" for name in missing_distributions(recipe.plugins or [])]
     for path, registry, spec in recipe.components():
         try:
             entry = registry.get(spec.name, recipe.plugins)
@@ -196,9 +196,10 @@ def validate_recipe(data: Any, source: str = "<recipe>") -> Recipe:
             spec.params = entry.params.model_validate(spec.params).model_dump(mode="json")
         except ValidationError as error:
             problems += _format_validation_error(error, f"{path}.params")
-    adversarial = [s.name for _, r, s in recipe.components() if r is LOSSES and _role(s.name, recipe.plugins) == "adversarial"]
-    if not problems and len(adversarial) != 1:
-        problems.append(f"losses: need exactly one adversarial loss (such as 'gan'), found {len(adversarial)}")
+    if not problems:
+        adversarial = [s.name for _, r, s in recipe.components() if r is LOSSES and _role(s.name, recipe.plugins) == "adversarial"]
+        if len(adversarial) != 1:
+            problems.append(f"losses: need exactly one adversarial loss (such as 'gan'), found {len(adversarial)}")
     if problems:
         raise RecipeError(source, problems)
     return recipe

@@ -232,6 +232,12 @@ class Registry:
             self.failures.append(failure)
 
 
+def missing_distributions(names: Iterable[str]) -> list[str]:
+    """Those of ``names`` that are not installed."""
+    installed = {normalize_distribution(dist.metadata["Name"]) for dist in metadata.distributions()}
+    return [name for name in names if normalize_distribution(name) not in installed]
+
+
 def _providing_entry_point(obj: Any) -> metadata.EntryPoint | None:
     """The i2i entry point of the package that defines ``obj`` (None for i2i's own modules),
     so that a plugin's origin is right however its module came to be imported."""

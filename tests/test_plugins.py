@@ -124,6 +124,8 @@ def test_allow_lists_restrict_plugins(site, monkeypatch):
     build_generator(recipe, 3, 3)
     with pytest.raises(RecipeError, match=r"model.generator.name: generator 'lazy_gen' comes from i2i-lazy 1\.2, which is not among"):
         validate_recipe(tiny_recipe(plugins=[], model={"generator": {"name": "lazy_gen"}}))
+    with pytest.raises(RecipeError, match=r"plugins: distribution 'i2i-absent' is not installed"):
+        validate_recipe(tiny_recipe(plugins=["i2i-absent"]))
     # I2I_PLUGINS does the same for the whole process; "" means built-ins only.
     monkeypatch.setenv("I2I_PLUGINS", "")
     assert GENERATORS.get("unet").origin == "built-in"
