@@ -28,6 +28,7 @@ class Server:
         self.files: dict[str, bytes] = {}
         self.ranges: list[str | None] = []
         self.cut_next: int | None = None
+        self.honour_range = True
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -39,8 +40,8 @@ class Server:
                 if body is None:
                     self.send_error(404)
                     return
-                header = self.headers.get("Range")
-                server.ranges.append(header)
+                header = self.headers.get("Range") if server.honour_range else None
+                server.ranges.append(self.headers.get("Range"))
                 start = int(header.removeprefix("bytes=").split("-")[0]) if header else 0
                 if start >= len(body):
                     self.send_response(416)
@@ -127,6 +128,15 @@ def test_cli_download_resumes_a_leftover_part(server, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert server.ranges == ["bytes=1000-"]
     assert len(list((tmp_path / "maps" / "train").iterdir())) == 3
+
+
+@pytest.mark.parametrize("leftover", ["whole", "ignored-range"])
+def test_leftover_part_that_is_whole_or_not_resumable(server, tmp_path, leftover):
+    body = dataset_archive()
+    server.honour_range = leftover == "whole"  # a whole .part gets 416; a server without Range resends all
+    (tmp_path / "maps.tar.gz.part").write_bytes(body if leftover == "whole" else body[:1000])
+    download_dataset("maps", tmp_path, {"maps": entry(server.publish("maps.tar.gz", body))}, show_progress=False)
+    assert len(list((tmp_path / "maps" / "val").iterdir())) == 2
 
 
 def test_offline_message_names_url_and_manual_steps(tmp_path):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 AUTO_CACHE_BYTES = 2 << 30
 
 log = logging.getLogger("i2i.data")
+Side = TypeVar("Side")
 
 
 class DataError(I2IError):
@@ -192,8 +194,8 @@ class FileDataset(PairedDataset):
         gone = set(indices)
         self.files = [f for i, f in enumerate(self.files) if i not in gone]
 
-    def orient(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(input, target) from the A and B sides, following ``data.direction``."""
+    def orient(self, a: Side, b: Side) -> tuple[Side, Side]:
+        """(input, target) from the A and B sides (images or channel counts), following ``data.direction``."""
         return (b, a) if self.data.direction == "BtoA" else (a, b)
 
     def set_channels(self, a: int, b: int) -> None:

@@ -99,7 +99,7 @@ def fetch(entry: Entry, dest: Path, show_progress: bool = True, retries: int = 3
                 if _fetch_once(entry.source, part, have, timeout, lambda n, total: progress.update(task, completed=n, total=total)):
                     os.replace(part, dest)
                     return
-                last_error = ConnectionError(f"connection closed after {part.stat().st_size} bytes")
+                last_error = ConnectionError("the connection closed before the end of the file")
             except HTTPError as error:
                 raise DownloadError(f"{entry.source}: HTTP {error.code} {error.reason}. {manual_steps(entry, dest.parent)}") from None
             except (URLError, OSError, http.client.HTTPException) as error:
@@ -120,7 +120,10 @@ def _fetch_once(url: str, part: Path, have: int, timeout: float, report) -> bool
             return True
         raise
     with response:
-        resumed = response.status == 206 and _range_start(response) == have
+        if response.status == 206 and _range_start(response) != have:
+            part.unlink()  # a range we did not ask for: start over on the next attempt
+            return False
+        resumed = response.status == 206
         start = have if resumed else 0  # a server that ignores Range sends everything again
         length = response.headers.get("Content-Length")
         total = start + int(length) if length is not None else None
