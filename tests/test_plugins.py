@@ -4,10 +4,13 @@ Each test installs throwaway distributions as ``*.dist-info`` folders in a temp
 dir on sys.path, which is all ``importlib.metadata`` needs to find them.
 """
 
+import re
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from i2i.cli import _describe_params, app
@@ -52,7 +55,7 @@ def site(tmp_path, monkeypatch):
     before = set(sys.modules)
     yield folder
     for name in set(sys.modules) - before:
-        if name.startswith("i2i_fake"):
+        if name.startswith(("i2i_fake", "my_i2i")):
             del sys.modules[name]
 
 
@@ -157,3 +160,18 @@ def test_cli_list_shows_origins_params_and_failures(site):
 
     unknown = runner.invoke(app, ["list", "widgets"])
     assert unknown.exit_code != 0 and "unknown kind 'widgets'" in str(unknown.exception)
+
+
+def test_the_guide_example_works(site):
+    """docs/plugins.md's example loss, installed as its entry point says, is usable by name."""
+    guide = (Path(__file__).parents[1] / "docs" / "plugins.md").read_text()
+    source = re.search(r"```python\n# src/my_i2i/losses.py\n(.*?)```", guide, re.S).group(1)
+    name, value = re.search(r'\[project.entry-points."i2i.losses"\]\n(\w+) = "([\w.:]+)"', guide).groups()
+    (site / "my_i2i").mkdir()
+    (site / "my_i2i" / "__init__.py").write_text("")
+    (site / "my_i2i" / "losses.py").write_text(source)
+    install(site, "my-i2i", "0.1.0", {"i2i.losses": {name: value}})
+    recipe = validate_recipe(tiny_recipe(plugins=["my-i2i"], losses=[{"name": "gan"}, {"name": name, "params": {"eps": 0.01}}]))
+    loss = REGISTRIES["losses"].build(name, recipe.losses[1].params)
+    assert REGISTRIES["losses"].get(name).origin == "my-i2i 0.1.0"
+    assert loss(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4)).item() == pytest.approx(0.01)
