@@ -59,12 +59,13 @@ def test_report_references_existing_samples_and_plots(tiny_run):
 
 def test_metric_records_get_their_own_plot_and_table_rows(run_copy):
     with open(run_copy / "log.jsonl", "a") as log:
-        log.write(json.dumps({"step": 2, "fid": 210.5, "ssim": 0.31}) + "\n")
-        log.write(json.dumps({"step": 4, "fid": 180.25, "ssim": 0.42}) + "\n")
+        log.write(json.dumps({"step": 2, "epoch": 0, "eval_images": 8, "eval_fid": 210.5, "eval_ssim": 0.31}) + "\n")
+        log.write(json.dumps({"step": 4, "epoch": 0, "eval_images": 8, "eval_fid": 180.25, "eval_ssim": 0.42}) + "\n")
     refs = references(build_report(run_copy))
     assert "plots/metrics.png" in refs.links and (run_copy / "plots" / "metrics.png").is_file()
     cells = refs.cells
-    assert cells[cells.index("fid") + 1] == "180.2" and cells[cells.index("ssim") + 1] == "0.42"
+    assert cells[cells.index("eval_fid") + 1] == "180.2" and cells[cells.index("eval_ssim") + 1] == "0.42"
+    assert "eval_images" not in cells
 
 
 def test_rebuild_from_files_alone_after_a_copy(run_copy):
