@@ -7,6 +7,7 @@ typo anywhere is reported with its YAML path (``model.generator.params.ngf``).
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -133,12 +134,18 @@ class Recipe(Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+# Bounded reprs of bad values: a YAML alias bomb (lists nested by reference) would
+# otherwise print billions of items.
+SHORT = reprlib.Repr()
+SHORT.maxlevel, SHORT.maxlist, SHORT.maxdict, SHORT.maxstring, SHORT.maxother = 2, 4, 4, 80, 80
+
+
 def _format_validation_error(error: ValidationError, prefix: str = "") -> list[str]:
     problems = []
     for item in error.errors():
         path = ".".join(str(p) for p in (prefix, *item["loc"]) if p != "")
         value = item.get("input")
-        shown = "" if isinstance(value, dict) or item["type"] == "missing" else f" (got {value!r})"
+        shown = "" if isinstance(value, dict) or item["type"] == "missing" else f" (got {SHORT.repr(value)})"
         problems.append(f"{path or '<root>'}: {item['msg']}{shown}")
     return problems
 

@@ -183,6 +183,18 @@ def test_a_recipe_with_a_python_tag_is_refused(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("place", ["name: *x9", "losses: *x9", "train: {betas: *x9}",
+                                   "model: {generator: {name: unet, params: {ngf: *x9}}}"])
+def test_a_yaml_alias_bomb_gives_a_short_error_at_once(place, tmp_path):
+    """Nine levels of nine references: 387 million strings if anything walked or printed it all."""
+    levels = [f"x{i}: &x{i} [{', '.join([f'*x{i - 1}'] * 9)}]" for i in range(1, 10)]
+    recipe = tmp_path / "bomb.yaml"
+    recipe.write_text("\n".join(["x0: &x0 lol", *levels, place]))
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(recipe)
+    assert len(str(caught.value)) < 10_000
+
+
 def test_a_checkpoint_of_another_architecture_lists_the_mismatched_tensors(tmp_path):
     make_trainer(tmp_path, max_steps=1).fit()
     file = list_checkpoints(tmp_path / "checkpoints")[-1] / "generator.safetensors"

@@ -31,7 +31,7 @@ def read_rgb(path: str | Path) -> np.ndarray:
             return _to_rgb(image, path)
     except DataError:
         raise
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise DataError(f"{path}: cannot decode image ({error}); the file is corrupt, truncated or not an image") from None
 
 

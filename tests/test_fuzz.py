@@ -1,0 +1,184 @@
+"""Hostile or broken inputs have two outcomes only: success or a clear error.
+
+Recipes: random YAML structures, random edits of a valid recipe, random ``--set``
+overrides and random text go through ``validate_recipe``/``load_recipe`` and
+raise nothing but ``RecipeError``. Images: random bytes and damaged PNG, JPEG,
+GIF, BMP, TIFF and WebP files go through ``read_rgb`` and the ``aligned``
+dataset and raise nothing but ``DataError``.
+
+Derandomized, so that CI sees the same examples every run.
+"""
+
+import copy
+import io
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from i2i.data.aligned import AlignedDataset, AlignedParams, read_rgb
+from i2i.data.base import DataError
+from i2i.recipe import DataSection, Recipe, RecipeError, TrainSection, load_recipe, validate_recipe
+
+from conftest import tiny_recipe
+
+FUZZ = settings(deadline=None, derandomize=True, database=None, max_examples=100)
+MANY = settings(FUZZ, max_examples=200)
+
+# ------------------------------------------------------------------- recipes
+NAMES = sorted({*Recipe.model_fields, *DataSection.model_fields, *TrainSection.model_fields,
+                "generator", "discriminator", "dataset", "name", "params", "weight", "unet", "patchgan",
+                "gan", "l1", "synthetic", "aligned", "ngf", "num_downs", "mode", "length", "size"})
+KEYS = st.one_of(st.sampled_from(NAMES), st.text(max_size=8))
+SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=12),
+    st.sampled_from(NAMES), st.sampled_from(["AtoB", "BtoA", "cpu", "auto", "fp16", "bf16", "skip", "stop"]),
+)
+VALUES = st.recursive(
+    SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(KEYS, inner, max_size=5), max_leaves=24
+)
+PATHS = st.lists(st.one_of(KEYS, st.sampled_from(["0", "1", "7"])), min_size=1, max_size=4)
+OVERRIDE_VALUES = st.one_of(
+    st.text(max_size=16),
+    st.sampled_from(["[1, 2", "{a: b}", "!!python/object/apply:os.system ['true']", "&a [*a]", "1e999", "-1", "null", "~"]),
+    VALUES.map(lambda v: yaml.safe_dump(v, default_flow_style=True).strip()),
+)
+
+
+def only_recipe_errors(action) -> None:
+    try:
+        action()
+    except RecipeError:
+        pass
+
+
+@MANY
+@given(VALUES)
+def test_random_structures_validate_or_raise_a_recipe_error(data):
+    only_recipe_errors(lambda: validate_recipe(data))
+
+
+def set_path(data, path: list[str], value) -> None:
+    """Put ``value`` at ``path``, making dicts on the way; a path through a scalar stops there."""
+    node = data
+    for part in path[:-1]:
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            node = node.setdefault(part, {})
+        else:
+            return
+    if isinstance(node, dict):
+        node[path[-1]] = value
+    elif isinstance(node, list) and path[-1].isdigit() and int(path[-1]) < len(node):
+        node[int(path[-1])] = value
+
+
+def existing_paths(data, prefix=()) -> list[list[str]]:
+    children = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else []
+    found = []
+    for key, value in children:
+        found.append([*prefix, str(key)])
+        found += existing_paths(value, (*prefix, str(key)))
+    return found
+
+
+EXISTING = existing_paths(tiny_recipe())
+EDITS = st.lists(st.tuples(st.one_of(st.sampled_from(EXISTING), PATHS), VALUES), min_size=1, max_size=3)
+
+
+@MANY
+@given(EDITS)
+def test_random_edits_of_a_valid_recipe_validate_or_raise_a_recipe_error(edits):
+    data = copy.deepcopy(tiny_recipe())
+    for path, value in edits:
+        set_path(data, path, value)
+    only_recipe_errors(lambda: validate_recipe(data))
+
+
+@FUZZ
+@given(EDITS, st.lists(st.tuples(st.one_of(st.sampled_from(EXISTING), PATHS), OVERRIDE_VALUES), max_size=3))
+def test_recipe_files_with_random_overrides_load_or_raise_a_recipe_error(edits, overrides):
+    data = copy.deepcopy(tiny_recipe())
+    for path, value in edits[:1]:
+        set_path(data, path, value)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "recipe.yaml"
+        path.write_text(yaml.safe_dump(data))
+        only_recipe_errors(lambda: load_recipe(path, [f"{'.'.join(p)}={v}" for p, v in overrides]))
+
+
+@FUZZ
+@given(st.one_of(st.text(max_size=200), st.binary(max_size=200).map(lambda b: b.decode("latin-1"))))
+def test_random_text_as_a_recipe_file_loads_or_raises_a_recipe_error(text):
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "recipe.yaml"
+        path.write_text(text, encoding="utf-8", errors="surrogateescape")
+        only_recipe_errors(lambda: load_recipe(path))
+
+
+# -------------------------------------------------------------------- images
+def encoded(fmt: str, mode: str) -> bytes:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (16, 32, 4), dtype=np.uint8)  # 2:1, as an aligned pair
+    image = Image.fromarray(pixels, "RGBA").convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+SEEDS = [encoded(fmt, mode) for fmt, modes in {
+    "PNG": ["RGB", "RGBA", "L", "P", "I;16"], "JPEG": ["RGB", "L"], "GIF": ["P"], "BMP": ["RGB"],
+    "TIFF": ["RGB", "CMYK"], "WEBP": ["RGB"],
+}.items() for mode in modes]
+
+
+@st.composite
+def damaged_images(draw) -> bytes:
+    data = bytearray(draw(st.sampled_from(SEEDS)))
+    for _ in range(draw(st.integers(0, 4))):
+        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    return bytes(data[: draw(st.integers(0, len(data)))])
+
+
+FILES = st.one_of(st.binary(max_size=300), damaged_images())
+# PIL warns about the damage it works around (corrupt EXIF, short tags): expected here.
+PIL_COMPLAINS = pytest.mark.filterwarnings("ignore::UserWarning:PIL", "ignore::RuntimeWarning:PIL")
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fuzz_images")
+
+
+@PIL_COMPLAINS
+@FUZZ
+@given(FILES, st.sampled_from([".png", ".jpg", ".gif", ".bmp", ".tif", ".webp"]))
+def test_damaged_image_files_decode_or_raise_a_data_error(image_folder, data, suffix):
+    path = image_folder / f"image{suffix}"
+    path.write_bytes(data)
+    try:
+        image = read_rgb(path)
+    except DataError:
+        return
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+
+
+@PIL_COMPLAINS
+@FUZZ
+@given(FILES)
+def test_damaged_images_in_an_aligned_dataset_load_or_raise_a_data_error(image_folder, data):
+    split = image_folder / "train"
+    split.mkdir(exist_ok=True)
+    (split / "1.png").write_bytes(data)
+    section = DataSection(dataset={"name": "aligned"}, root=image_folder, load_size=16, crop_size=16, cache="none")
+    try:
+        sample = AlignedDataset(AlignedParams(), section, "train", train=True)[0]
+    except DataError:
+        return
+    assert sample["input"].shape == sample["target"].shape == (3, 16, 16)
