@@ -9,8 +9,12 @@ name together with the pydantic model of its parameters::
 
 Third-party packages add components through the entry-point groups
 ``i2i.generators``, ``i2i.discriminators``, ``i2i.losses`` and ``i2i.datasets``.
-An entry point names a module attribute decorated as above; it is imported
-only when its name is looked up (or when everything is listed).
+An entry point names a module attribute decorated as above (or any callable
+with a pydantic ``Params`` class); it is imported only when its name is looked
+up (or when everything is listed). A plugin that fails to import is recorded in
+``failures`` and breaks nothing else; a name claimed twice is an error naming
+both claimants; ``I2I_PLUGINS`` and a recipe's ``plugins`` restrict which
+distributions may provide components. A newcomer's guide: docs/plugins.md.
 """
 
 from __future__ import annotations
