@@ -87,6 +87,7 @@ class PairedDataset(Dataset):
         self.epoch = 0
         # Training resizes to load_size and crops; evaluation resizes straight to crop_size.
         self.size = data.load_size if train else data.crop_size
+        self.crop = data.crop_size
         self.skipped: list[str] = []
         self.cache: np.ndarray | None = None  # N x size x size x (in + out channels), uint8
         self.device_copy = None  # an i2i.data.device.DeviceResidentSet, made on first use
@@ -163,7 +164,7 @@ class PairedDataset(Dataset):
         rng = np.random.default_rng(sample_seed(self.seed, self.epoch, index))
         if not self.train:
             return 0, 0, False, rng
-        room = self.size - self.data.crop_size
+        room = self.size - self.crop
         top, left = (int(v) for v in rng.integers(0, room + 1, size=2))
         flip = bool(self.data.flip and rng.random() < 0.5)
         return top, left, flip, rng
@@ -171,8 +172,7 @@ class PairedDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         pair = self.cache[index] if self.cache is not None else self.stored_pair(index)
         top, left, flip, rng = self.crop_box(index)
-        crop = self.data.crop_size if self.train else self.size
-        view = pair[top : top + crop, left : left + crop]
+        view = pair[top : top + self.crop, left : left + self.crop]
         if flip:
             view = view[:, ::-1]
         source, target = self.finish(view[..., : self.in_channels], view[..., self.in_channels :], rng)

@@ -30,11 +30,10 @@ class DeviceResidentSet:
 
     def batch(self, indices: list[int]) -> dict[str, torch.Tensor | list[str]]:
         ds = self.dataset
-        size = ds.data.crop_size if ds.train else ds.size
         crops = []
         for index in indices:
             top, left, flip, _ = ds.crop_box(index)
-            crop = self.pixels[index, top : top + size, left : left + size]
+            crop = self.pixels[index, top : top + ds.crop, left : left + ds.crop]
             crops.append(crop.flip(1) if flip else crop)
         batch = torch.stack(crops).permute(0, 3, 1, 2).float().div_(127.5).sub_(1)
         return {
