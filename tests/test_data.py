@@ -199,3 +199,20 @@ def test_sr_eval_scores_the_model_next_to_bicubic(fake_data_root, tmp_path):
     assert result["images"] == 2 and result["scale"] == 4
     assert result["bicubic_psnr"] == pytest.approx(float(torch.stack(by_hand).mean()), abs=1e-3)
     assert 0 < result["model_ssim"] <= 1 and np.isfinite(result["model_psnr"])
+
+
+def test_cli_data_list_and_bench(fake_data_root, write_recipe):
+    from typer.testing import CliRunner
+
+    from i2i.cli import app
+
+    listing = CliRunner().invoke(app, ["data", "list", "--root", str(fake_data_root)])
+    assert listing.exit_code == 0
+    for name in ("maps", "facades", "cityscapes", "edges2shoes", "edges2handbags", "night2day"):
+        assert name in listing.output
+    recipe = tiny_recipe(data={"dataset": {"name": "aligned"}, "root": str(fake_data_root)})
+    bench = CliRunner().invoke(app, ["data", "bench", str(write_recipe(recipe)), "--samples", "8"])
+    assert bench.exit_code == 0, bench.output
+    rates = {line.split("  ")[1].strip(): line.split()[-2] for line in bench.output.splitlines() if line.endswith("samples/s")}
+    assert set(rates) == {"cold (decode per sample)", "warm (cached)", "on device"}
+    assert all(float(rate) > 0 for rate in rates.values())
