@@ -102,7 +102,7 @@ def test_pixelgan_judges_each_pixel():
     assert x.grad[0].abs().sum(0).nonzero().tolist() == [[3, 5]]
 
 
-@pytest.mark.parametrize("backbone", ["test_resnet", "test_efficientnet", "test_convnext"])
+@pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_b0", "convnext_atto"])
 def test_timm_unet_backbones(backbone):
     """Feature strides differ (convnext starts at 4); odd sizes work since the decoder
     upsamples to each skip's size."""
