@@ -66,7 +66,7 @@ def test_a_second_sigint_stops_at_once_without_saving(tmp_path):
 
 
 def test_ctrl_c_on_i2i_run_saves_and_exits_130(write_recipe, tmp_path):
-    recipe = tiny_recipe(train={"max_steps": 10_000, "checkpoint_every": 1, "log_every": 1})
+    recipe = tiny_recipe(train={"epochs": 1000, "checkpoint_every": 1, "log_every": 1})
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
