@@ -6,7 +6,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from i2i.recipe import RecipeError, validate_recipe
-from i2i.registry import DISCRIMINATORS, GENERATORS
+from i2i.registry import DISCRIMINATORS, GENERATORS, I2IError
 
 from conftest import SMALL_PARAMS, tiny_recipe
 
@@ -141,3 +141,12 @@ def test_timm_unet_params_are_checked_at_validation(tmp_path):
     message = str(caught.value)
     assert "model.generator.params.backbone" in message and "did you mean" in message
     assert "model.generator.params.pretrained_path" in message and "none.pth" in message
+
+
+def test_timm_unet_names_a_weights_file_that_does_not_fit(tmp_path):
+    import timm
+
+    weights = tmp_path / "other.safetensors"
+    save_file(timm.create_model("test_efficientnet", pretrained=False).state_dict(), weights)
+    with pytest.raises(I2IError, match=r"cannot build backbone 'test_resnet' from .*other.safetensors"):
+        GENERATORS.build("timm_unet", {"backbone": "test_resnet", "pretrained_path": str(weights)}, in_channels=3, out_channels=3)

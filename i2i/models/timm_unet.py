@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from i2i.models.layers import Norm, conv_bias, init_weights, norm_layer
-from i2i.registry import GENERATORS
+from i2i.registry import GENERATORS, I2IError
 
 
 class TimmUNetParams(BaseModel):
@@ -74,9 +74,13 @@ class TimmUNetGenerator(nn.Module):
         import timm
 
         weights = {"pretrained_cfg_overlay": {"file": str(params.pretrained_path)}} if params.pretrained_path else {}
-        self.encoder = timm.create_model(
-            params.backbone, features_only=True, pretrained=bool(weights), in_chans=in_channels, **weights
-        )
+        try:
+            self.encoder = timm.create_model(
+                params.backbone, features_only=True, pretrained=bool(weights), in_chans=in_channels, **weights
+            )
+        except (RuntimeError, OSError, ValueError, KeyError) as error:
+            source = f" from {params.pretrained_path}" if params.pretrained_path else ""
+            raise I2IError(f"timm_unet: cannot build backbone {params.backbone!r}{source}: {error}") from None
         # Backbones expect ImageNet-normalised input; i2i images are in [-1, 1].
         cfg = self.encoder.pretrained_cfg
         mean = torch.tensor(cfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN))
