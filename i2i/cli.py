@@ -53,11 +53,23 @@ def run(
     resume: bool = typer.Option(False, "--resume", help="continue from the run directory's last checkpoint"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no summary and no progress, only the final lines"),
     tensorboard: bool = typer.Option(True, "--tensorboard/--no-tensorboard", help="log to <run dir>/tensorboard (also train.tensorboard)"),
+    nproc: int = typer.Option(1, "--nproc", help="train in N processes with DistributedDataParallel (starts torchrun)"),
 ) -> None:
     """Train from a recipe; the run directory gets checkpoints, samples, log.jsonl and report.html."""
+    from i2i.engine import distributed
     from i2i.engine.run import train_from_recipe
 
-    train_from_recipe(recipe, overrides, out, resume, console, quiet=quiet, tensorboard=tensorboard)
+    if nproc != 1:
+        distributed.launch(nproc, distributed.without_option(sys.argv[1:], "--nproc"))
+        return
+    run_console = console
+    if distributed.launched_by_torchrun():
+        distributed.init_from_torchrun()
+        run_console = console if distributed.rank_and_world_size()[0] == 0 else Console(quiet=True)
+    try:
+        train_from_recipe(recipe, overrides, out, resume, run_console, quiet=quiet, tensorboard=tensorboard)
+    finally:
+        distributed.leave()
 
 
 @app.command()

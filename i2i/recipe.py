@@ -83,6 +83,14 @@ class TrainSection(Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False
     compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        "default", description="torch.compile mode when train.compile is on"
+    )
+    fused_adam: bool = Field(False, description="one fused kernel per Adam update (CPU and CUDA); the same math")
+    cpu_speedups: bool = Field(
+        False, description="CPU: thin convolutions as matmuls, dense BatchNorm gradients; the same math (docs/engine.md)"
+    )
+    sync_batchnorm: bool = Field(False, description="with several processes: BatchNorm statistics over the global batch")
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (short runs)")
     log_every: int = Field(50, ge=1, description="steps between loss reads and log lines")
     sample_every: int = Field(500, ge=1, description="steps between sample grids")

@@ -31,6 +31,9 @@ from i2i.engine.build import (
     resolve_device,
     resolve_precision,
 )
+from i2i.engine.compiled import CompiledOrEager
+from i2i.engine.cpu_speedups import use_dense_batchnorm_gradients, use_matmul_convolutions
+from i2i.engine.distributed import barrier, rank_and_world_size, wrap_ddp
 from i2i.engine.checkpoint import latest_good_checkpoint, load_state, load_weights, save_checkpoint
 from i2i.engine.faults import NonFiniteGuard, StopSignals, TrainingInterrupted, advise_on_out_of_memory
 from i2i.engine.inference import generator_mode
@@ -89,13 +92,15 @@ class Trainer:
         self,
         recipe: Recipe,
         run_dir: Path | None = None,
-        rank: int = 0,
-        world_size: int = 1,
+        rank: int | None = None,
+        world_size: int | None = None,
         on_log: Callable[[dict[str, Any]], None] | None = None,
     ):
         self.recipe = recipe
         self.cfg = recipe.train
         self.run_dir = Path(run_dir or recipe.run_dir)
+        if rank is None or world_size is None:
+            rank, world_size = rank_and_world_size()  # (0, 1) unless started by torchrun
         self.rank, self.world_size = rank, world_size
         self.is_main = rank == 0
         self.on_log = on_log
@@ -113,11 +118,21 @@ class Trainer:
         self.memory_format = memory_format
         self.generator.to(memory_format=memory_format)
         self.discriminator.to(memory_format=memory_format)
+        if self.cfg.cpu_speedups and self.device.type == "cpu":
+            self.use_cpu_speedups()
+        if self.cfg.sync_batchnorm and world_size > 1:
+            if self.device.type != "cuda":
+                raise I2IError("train.sync_batchnorm needs CUDA (torch's SyncBatchNorm runs on GPUs); "
+                               "on CPU train with norm 'none' or 'instance' instead")
+            self.generator = nn.SyncBatchNorm.convert_sync_batchnorm(self.generator)
+            self.discriminator = nn.SyncBatchNorm.convert_sync_batchnorm(self.discriminator)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # one crop size all run long: pick the fastest kernels once
         (self.gan_loss, self.gan_weight), self.reconstruction = build_losses(recipe)
         self.gan_loss.to(self.device)
 
-        fused = self.device.type == "cuda"
-        adam = dict(lr=self.cfg.lr, betas=self.cfg.betas, **({"fused": True} if fused else {"foreach": True}))
+        implementation = {"fused": True} if self.cfg.fused_adam else {"foreach": True}
+        adam = dict(lr=self.cfg.lr, betas=self.cfg.betas, **implementation)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), **adam)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), **adam)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
@@ -127,7 +142,10 @@ class Trainer:
             watch_gradients=not self.scaler.is_enabled(),
         )
         self.saved_step: int | None = None
-        self.G, self.D = self._wrap(self.generator), self._wrap(self.discriminator)
+        self.G = self._wrap(self.generator, "generator")
+        self.D = self._wrap(self.discriminator, "discriminator")
+        # The G update only reads D: under DDP, D's wrapper would wait for D gradients that never come.
+        self.D_frozen = self._wrap(self.discriminator, "discriminator", ddp=False) if world_size > 1 else self.D
 
         self.sampler = EpochSampler(len(self.dataset), self.cfg.seed, rank, world_size)
         self.steps_per_epoch = math.ceil(len(self.sampler) / self.cfg.batch_size)
@@ -141,15 +159,24 @@ class Trainer:
 
             self.callbacks.append(EvaluationCallback(self))
 
-    def _wrap(self, module: nn.Module) -> nn.Module:
-        """What the step calls: the module itself, or its compiled form."""
-        if not self.cfg.compile:
-            return module
-        try:
-            return torch.compile(module)
-        except Exception as error:  # compile support varies by platform; eager is always correct
-            self.log_line(f"torch.compile unavailable ({type(error).__name__}: {error}); training eagerly")
-            return module
+    def _wrap(self, module: nn.Module, name: str, ddp: bool = True) -> Callable[..., torch.Tensor]:
+        """What the step calls: the module, under DDP with several processes, compiled if asked."""
+        if ddp and self.world_size > 1:
+            module = wrap_ddp(module, self.device)
+        if self.cfg.compile:
+            return CompiledOrEager(module, self.cfg.compile_mode, name, self.log_line)
+        return module
+
+    def use_cpu_speedups(self) -> None:
+        """The CPU rewrites of ``cpu_speedups`` (same math), sized on this run's crops."""
+        size, batch = self.recipe.data.crop_size, self.cfg.batch_size
+        example = torch.zeros(batch, self.in_channels, size, size).contiguous(memory_format=self.memory_format)
+        pair = torch.zeros(batch, self.in_channels + self.out_channels, size, size).contiguous(
+            memory_format=self.memory_format
+        )
+        for network, probe in ((self.generator, example), (self.discriminator, pair)):
+            use_matmul_convolutions(network, probe)
+            use_dense_batchnorm_gradients(network)
 
     def autocast(self):
         if self.amp_dtype == torch.float32:
@@ -179,7 +206,7 @@ class Trainer:
         self.discriminator.requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
         with self.autocast():
-            g_gan = self.gan_loss.generator_loss(self.D(torch.cat([real_a, fake_b], 1))) * self.gan_weight
+            g_gan = self.gan_loss.generator_loss(self.D_frozen(torch.cat([real_a, fake_b], 1))) * self.gan_weight
             terms = {f"G_{name}": weight * loss(fake_b.float(), real_b) for name, loss, weight in self.reconstruction}
             loss_g = g_gan + sum(terms.values())
         self.scaler.scale(loss_g).backward()
@@ -348,10 +375,12 @@ class Trainer:
         self.check_finite()
         self.guard.check_weights(self.run_dir / "checkpoints")
         if not self.is_main:
+            barrier()  # the other ranks go on once rank 0's checkpoint is complete
             return None
         self.saved_step = self.step
         state = {
             "step": self.step,
+            "world_size": self.world_size,
             "skipped_steps": self.guard.skipped_steps,
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
@@ -359,7 +388,7 @@ class Trainer:
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
         }
-        return save_checkpoint(
+        path = save_checkpoint(
             self.run_dir / "checkpoints",
             self.step,
             {"generator": self.generator, "discriminator": self.discriminator},
@@ -367,6 +396,8 @@ class Trainer:
             self.metadata(),
             keep=self.cfg.keep_checkpoints,
         )
+        barrier()
+        return path
 
     def resume(self) -> bool:
         path = latest_good_checkpoint(self.run_dir, self.log_line)
@@ -382,7 +413,18 @@ class Trainer:
         torch.set_rng_state(state["rng_cpu"])
         if self.device.type == "cuda" and state["rng_cuda"]:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
-        self.step = int(state["step"])
+        self.step = self.step_for_world_size(int(state["step"]), int(state.get("world_size", 1)))
         self.guard.skipped_steps = int(state.get("skipped_steps", 0))
         self.log_line(f"resumed from {path} at step {self.step}")
         return True
+
+    def step_for_world_size(self, step: int, saved_world_size: int) -> int:
+        """A step saved with another number of processes, as a step of this run: the same
+        epoch, and the same number of samples into it."""
+        if saved_world_size == self.world_size:
+            return step
+        saved_per_epoch = math.ceil(math.ceil(len(self.dataset) / saved_world_size) / self.cfg.batch_size)
+        epoch, offset = divmod(step, saved_per_epoch)
+        converted = epoch * self.steps_per_epoch + offset * saved_world_size // self.world_size
+        self.log_line(f"checkpoint step {step} of {saved_world_size} process(es) is step {converted} of {self.world_size}")
+        return converted

@@ -1,0 +1,147 @@
+"""Two CPU rewrites of the training step that keep its math.
+
+1. Convolutions over few positions as one plain matrix product. In the U-Net's inner blocks (512 channels at 1x1 to 16x16) a convolution is a
+thin product against a large weight (4-8M values). On the CPU, oneDNN spends
+that layer's time reordering the weight into its blocked layout, forward and
+backward, every step; ``unfold``/``fold`` around one ``matmul`` reads the weight
+where it lies. Where the product is thin enough to be bound by reading the
+weight, fp32 beats casting the weight to bf16 first. The math is the same
+convolution; only the summation order differs.
+
+2. Dense gradients into BatchNorm. With channels_last, the gradient that reaches
+a block feeding a skip concatenation is a channel slice of the concatenation's
+gradient; BatchNorm's backward takes a slow strided path on it (32 ms instead of
+4 ms at 64x128x128). One copy into the output's own layout avoids that.
+
+Both measured in ``benchmarks/profile_step.py`` (docs/engine.md).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Columns of the product (batch x positions it runs over) up to which ...
+FP32_WIDTH = 16  # ... an fp32 product beats casting the weight to the autocast dtype
+MATMUL_WIDTH = 64  # ... a matmul beats oneDNN's convolution
+
+
+def _compute_dtype(layer: nn.Module, x: torch.Tensor) -> torch.dtype:
+    device = x.device.type
+    if torch.is_autocast_enabled(device) and not layer.fp32_product:
+        return torch.get_autocast_dtype(device)
+    return layer.weight.dtype
+
+
+class MatmulConv2d(nn.Conv2d):
+    fp32_product = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        out_h, out_w = (
+            (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+            for size, pad, dil, k, stride in zip((h, w), self.padding, self.dilation, self.kernel_size, self.stride)
+        )
+        with torch.autocast(x.device.type, enabled=False):
+            dtype = _compute_dtype(self, x)
+            cols = F.unfold(x.to(dtype), self.kernel_size, self.dilation, self.padding, self.stride)
+            out = cols.transpose(1, 2) @ self.weight.to(dtype).flatten(1).t()  # (n, positions, out channels)
+            if self.bias is not None:
+                out = out + self.bias.to(dtype)
+        return out.reshape(n, out_h, out_w, -1).permute(0, 3, 1, 2)  # a channels_last view
+
+
+class MatmulConvTranspose2d(nn.ConvTranspose2d):
+    fp32_product = False
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        n, channels, h, w = x.shape
+        output_padding = self._output_padding(x, output_size, self.stride, self.padding, self.kernel_size, 2, self.dilation)
+        size = [
+            (length - 1) * stride - 2 * pad + dil * (k - 1) + extra + 1
+            for length, stride, pad, dil, k, extra in zip(
+                (h, w), self.stride, self.padding, self.dilation, self.kernel_size, output_padding
+            )
+        ]
+        with torch.autocast(x.device.type, enabled=False):
+            dtype = _compute_dtype(self, x)
+            rows = x.to(dtype).permute(0, 2, 3, 1).reshape(n, h * w, channels)
+            cols = rows @ self.weight.to(dtype).flatten(1)  # (n, positions, out channels x kernel)
+            out = F.fold(cols.transpose(1, 2), size, self.kernel_size, self.dilation, self.padding, self.stride)
+            if self.bias is not None:
+                out = out + self.bias.to(dtype)[:, None, None]
+        return out
+
+
+SWAPS = {nn.Conv2d: MatmulConv2d, nn.ConvTranspose2d: MatmulConvTranspose2d}
+
+
+def product_widths(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, int]:
+    """Each plain convolution's product width on ``example``'s shape: output positions
+    for a convolution, input positions for a transposed one, times the batch."""
+    widths: dict[nn.Module, int] = {}
+
+    def record(layer, inputs, output):
+        source = output if isinstance(layer, nn.Conv2d) else inputs[0]
+        widths[layer] = source.shape[0] * source.shape[2] * source.shape[3]
+
+    layers = [
+        layer for layer in model.modules()
+        if type(layer) in SWAPS and layer.groups == 1 and layer.padding_mode == "zeros"
+    ]
+    hooks = [layer.register_forward_hook(record) for layer in layers]
+    was_training = model.training
+    try:
+        model.eval()  # eval: the probe must not move BatchNorm's running statistics
+        with torch.inference_mode():
+            model(example)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return widths
+
+
+def use_matmul_convolutions(model: nn.Module, example: torch.Tensor) -> int:
+    """Turn the convolutions that run over at most ``MATMUL_WIDTH`` columns on
+    ``example``'s shape into their matmul form, in place (same parameters, same
+    state_dict); returns how many were turned. Their weights go back to the
+    contiguous layout the product reads."""
+    swapped = 0
+    for layer, width in product_widths(model, example).items():
+        if width > MATMUL_WIDTH:
+            continue
+        layer.__class__ = SWAPS[type(layer)]
+        layer.fp32_product = width <= FP32_WIDTH
+        layer.weight.data = layer.weight.data.contiguous()
+        swapped += 1
+    return swapped
+
+
+class _DenseGradient(torch.autograd.Function):
+    """Identity forward; backward hands on the gradient densely in ``memory_format``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+        ctx.memory_format = memory_format
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad.contiguous(memory_format=ctx.memory_format), None
+
+
+def _dense_output_gradient(layer: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+    if not output.requires_grad:
+        return output
+    channels_last = output.dim() == 4 and output.is_contiguous(memory_format=torch.channels_last)
+    return _DenseGradient.apply(output, torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def use_dense_batchnorm_gradients(model: nn.Module) -> int:
+    """Hook every BatchNorm so the gradient reaching it is dense; returns how many."""
+    layers = [layer for layer in model.modules() if isinstance(layer, nn.modules.batchnorm._BatchNorm)]
+    for layer in layers:
+        layer.register_forward_hook(_dense_output_gradient)
+    return len(layers)

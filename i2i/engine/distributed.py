@@ -1,0 +1,87 @@
+"""Several processes, one run: DistributedDataParallel over NCCL (GPU) or gloo (CPU).
+
+``torchrun --nproc-per-node N -m i2i run RECIPE`` starts the processes itself;
+``i2i run --nproc N RECIPE`` calls torchrun for you. Each process reads its
+rank from torchrun's environment, takes its shard of every epoch
+(``EpochSampler``) and averages gradients with the others; rank 0 alone writes
+logs, samples and checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from i2i.registry import I2IError
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_from_torchrun() -> None:
+    """Join the process group torchrun describes in the environment (once)."""
+    if dist.is_initialized():
+        return
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend, timeout=timedelta(minutes=30))
+
+
+def rank_and_world_size() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def leave() -> None:
+    """Close the process group, if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
+    """DDP over ``module``: averages its gradients across processes in each backward."""
+    device_ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=device_ids)
+
+
+def torchrun_command(nproc: int, cli_args: list[str]) -> list[str]:
+    """``torchrun --standalone --nproc-per-node N -m i2i <cli_args>`` with this interpreter."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "i2i", *cli_args]
+
+
+def launch(nproc: int, cli_args: list[str]) -> None:
+    """Run ``i2i <cli_args>`` in ``nproc`` processes under torchrun and wait for them."""
+    if nproc < 2:
+        raise I2IError(f"--nproc {nproc}: give 2 or more processes (1 trains in this process)")
+    result = subprocess.run(torchrun_command(nproc, cli_args))
+    if result.returncode:
+        raise I2IError(f"distributed run failed: torchrun exited with status {result.returncode} (see the ranks' output above)")
+
+
+def without_option(args: list[str], option: str) -> list[str]:
+    """``args`` less ``option VALUE`` / ``option=VALUE`` (what the ranks must not see again)."""
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            kept.append(arg)
+    return kept

@@ -1,0 +1,102 @@
+"""The engine's speed settings keep the math: bf16 tracks fp32, the CPU rewrites equal
+the layers they replace, torch.compile trains and falls back to eager."""
+
+import pytest
+import torch
+from torch import nn
+
+from i2i.engine.build import tuned_settings
+from i2i.engine.compiled import CompiledOrEager
+from i2i.engine.cpu_speedups import (
+    MatmulConv2d,
+    MatmulConvTranspose2d,
+    use_dense_batchnorm_gradients,
+    use_matmul_convolutions,
+)
+from i2i.engine.trainer import Trainer
+from i2i.recipe import validate_recipe
+
+from conftest import tiny_recipe
+
+
+def l1_terms(train: dict, tmp_path, steps: int = 5) -> list[float]:
+    """The G_l1 term of each of ``steps`` steps on one batch, from the same initialisation."""
+    recipe = validate_recipe(tiny_recipe(train={"batch_size": 2, **train}))
+    trainer = Trainer(recipe, run_dir=tmp_path)
+    real_a, real_b = (
+        torch.stack([trainer.dataset[i][key] for i in range(2)]).contiguous(memory_format=trainer.memory_format)
+        for key in ("input", "target")
+    )
+    return [float(trainer.train_step(real_a, real_b)["G_l1"]) for _ in range(steps)]
+
+
+def test_tuned_cpu_training_tracks_fp32(tmp_path):
+    settings = {**tuned_settings(torch.device("cpu")), "precision": "bf16"}
+    fp32 = l1_terms({}, tmp_path / "fp32")
+    tuned = l1_terms(settings, tmp_path / "tuned")
+    assert fp32[-1] < fp32[0], "the reference run must learn for the comparison to mean something"
+    for reference, candidate in zip(fp32, tuned):
+        assert abs(candidate - reference) / reference < 0.03
+
+
+@pytest.mark.parametrize("stride,padding,bias", [(2, 1, False), (1, 1, True), (2, 0, True)])
+def test_matmul_convolutions_equal_the_layers_they_replace(stride, padding, bias):
+    torch.manual_seed(0)
+    for plain in (nn.Conv2d(6, 5, 4, stride, padding, bias=bias), nn.ConvTranspose2d(6, 5, 4, stride, padding, bias=bias)):
+        swapped = type(plain)(6, 5, 4, stride, padding, bias=bias)
+        swapped.load_state_dict(plain.state_dict())
+        swapped.__class__ = MatmulConv2d if isinstance(plain, nn.Conv2d) else MatmulConvTranspose2d
+        x = torch.randn(2, 6, 7, 7, requires_grad=True)
+        expected, got = plain(x), swapped(x)
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        grad = torch.randn_like(expected)
+        expected_grads = torch.autograd.grad(expected, [x, plain.weight], grad)
+        got_grads = torch.autograd.grad(got, [x, swapped.weight], grad)
+        for e, g in zip(expected_grads, got_grads):
+            torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
+
+
+def test_cpu_speedups_leave_a_unet_step_unchanged():
+    from i2i.models.unet import UNetGenerator, UNetParams
+
+    torch.manual_seed(0)
+    plain = UNetGenerator(UNetParams(num_downs=5, ngf=8, dropout=0.0))
+    fast = UNetGenerator(UNetParams(num_downs=5, ngf=8, dropout=0.0))
+    fast.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    assert use_matmul_convolutions(fast, x) > 0
+    assert use_dense_batchnorm_gradients(fast) > 0
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    for model in (plain, fast):
+        model.to(memory_format=torch.channels_last)
+        model(x).square().mean().backward()
+    torch.testing.assert_close(fast(x), plain(x), atol=1e-5, rtol=1e-4)
+    for (name, p), q in zip(plain.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_compile_falls_back_to_eager_with_a_log_line(monkeypatch):
+    lines = []
+
+    def broken_compile(module, mode):
+        def call(*args):
+            raise RuntimeError("backend exploded")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    layer = nn.Linear(3, 2)
+    wrapped = CompiledOrEager(layer, "default", "generator", lines.append)
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(wrapped(x), layer(x))
+    torch.testing.assert_close(wrapped(x), layer(x))
+    assert len(lines) == 1 and "generator" in lines[0] and "backend exploded" in lines[0] and "eagerly" in lines[0]
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path):
+    """torch.compile of a tiny G and D on the CPU (a cold compile takes tens of seconds)."""
+    eager = l1_terms({}, tmp_path / "eager", steps=2)
+    compiled = l1_terms({"compile": True}, tmp_path / "compiled", steps=2)
+    assert compiled == pytest.approx(eager, rel=1e-3)
