@@ -120,8 +120,8 @@ class NonFiniteGuard:
     def _end_skipped_step(self, step: int, losses: dict[str, torch.Tensor]) -> bool:
         bad_losses = [k for k, v in losses.items() if not torch.isfinite(v).all()]
         for name in self.dropped:
-            module = self.networks[name][0]
-            torch._foreach_copy_(list(module.buffers()), self._buffers[name])
+            for live, saved in zip(self.networks[name][0].buffers(), self._buffers[name]):
+                live.copy_(saved)
         if not (self.dropped or bad_losses):
             return True
         if self.dropped:
