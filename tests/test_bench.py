@@ -37,7 +37,10 @@ def test_bench_speed_appends_a_json_line_and_compare_flags_a_slowdown(write_reci
     assert record["kind"] == "speed" and record["recipe"] == "tiny" and record["device"] == "cpu"
     assert record["torch"] == torch.__version__ and record["git_commit"]
     assert record["image_size"] == 32 and record["batches"] == "real"
-    assert record["configs"]["baseline"]["settings"] == {"precision": "fp32", "channels_last": False, "compile": False}
+    baseline = record["configs"]["baseline"]["settings"]
+    assert {k: baseline[k] for k in ("precision", "channels_last", "compile")} == {
+        "precision": "fp32", "channels_last": False, "compile": False}
+    assert set(baseline) == set(record["configs"]["tuned"]["settings"])
     for config in record["configs"].values():
         assert config["train_steps_per_s"]["median"] > 0 and len(config["train_steps_per_s"]["runs"]) == 2
         assert set(config["inference_images_per_s"]) == {"eval_batch1", "eval_batch2", "train_batch1", "train_batch2"}

@@ -27,16 +27,23 @@ def speed_table(record: dict[str, Any]) -> Table:
         title=f"{record['recipe']} at {record['image_size']}x{record['image_size']}, batch {record['batch_size']}, "
               f"{record['device_name']} ({record['batches']} batches; median (min-max) of {record['repeats']} repeats)",
     )
-    table.add_row("settings", str(baseline["settings"]), str(tuned["settings"]), "")
     table.add_row("train steps/s", _rate(baseline["train_steps_per_s"]), _rate(tuned["train_steps_per_s"]),
                   f"{record['ratio']['train_steps_per_s']:.2f}")
     for key in baseline["inference_images_per_s"]:
-        table.add_row(f"inference {key} images/s", _rate(baseline["inference_images_per_s"][key]),
+        table.add_row(f"inference {key.replace('_', ' ')} images/s", _rate(baseline["inference_images_per_s"][key]),
                       _rate(tuned["inference_images_per_s"][key]), f"{record['ratio'][f'inference_{key}']:.2f}")
     memory = [c["peak_memory_mib"] for c in (baseline, tuned)]
-    table.add_row(f"peak memory MiB ({baseline['peak_memory_kind']})",
-                  *(f"{m:.0f}" if m is not None else "n/a" for m in memory), "")
+    table.add_row("peak memory MiB", *(f"{m:.0f}" if m is not None else "n/a" for m in memory), "")
     return table
+
+
+def describe_settings(record: dict[str, Any]) -> str:
+    lines = []
+    for name, config in record["configs"].items():
+        settings = " ".join(f"{key}={value}" for key, value in config["settings"].items())
+        lines.append(f"{name}: {settings} (autocast {config['autocast']})")
+    memory = record["configs"]["baseline"]["peak_memory_kind"]
+    return "\n".join(lines) + f"\npeak memory: {memory.replace('_', ' ')}"
 
 
 @app.command()
@@ -56,6 +63,7 @@ def speed(
     record = bench_speed(recipe, overrides, device, steps, warmup, repeats, infer_batch, results,
                          on_config=lambda name: console.print(f"timing {name} ...", highlight=False))
     console.print(speed_table(record))
+    console.print(describe_settings(record), highlight=False)
     console.print(f"appended to {results}", highlight=False)
 
 

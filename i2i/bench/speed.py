@@ -25,7 +25,7 @@ from i2i.bench.records import append_record, environment
 from i2i.engine.build import build_dataset, resolve_device, tuned_settings
 from i2i.engine.inference import generator_mode
 from i2i.engine.trainer import Trainer
-from i2i.recipe import Recipe, load_recipe, validate_recipe
+from i2i.recipe import Recipe, TrainSection, load_recipe, validate_recipe
 from i2i.registry import I2IError
 
 BASELINE = {"precision": "fp32", "channels_last": False, "compile": False}
@@ -33,7 +33,12 @@ INFERENCE_MODES = ("eval", "train")
 
 
 def configurations(device: torch.device) -> dict[str, dict[str, Any]]:
-    return {"baseline": dict(BASELINE), "tuned": {**BASELINE, **tuned_settings(device)}}
+    """Every setting the tuned configuration changes is pinned in the baseline too: to the
+    reference's value, or else to the recipe schema's default, whatever the recipe says."""
+    tuned = tuned_settings(device)
+    defaults = {key: TrainSection.model_fields[key].default for key in tuned if key in TrainSection.model_fields}
+    baseline = {**defaults, **BASELINE}
+    return {"baseline": baseline, "tuned": {**baseline, **tuned}}
 
 
 def _synchronize(device: torch.device) -> None:
