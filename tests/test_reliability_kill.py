@@ -85,7 +85,7 @@ def test_kill_9_at_random_moments_loses_nothing(tmp_path):
         if kill % 2:
             leftovers = saves_in_progress(folder)
             wait_for(lambda: saves_in_progress(folder) - leftovers, process)  # a save has begun: kill it part-way
-            time.sleep(rng.uniform(0, 0.004))
+            time.sleep(rng.uniform(0, 0.001))
             kills_during_save += bool(saves_in_progress(folder) - leftovers)
         else:
             wait_for(lambda: newest_step(folder) > before, process)
