@@ -196,6 +196,7 @@ def translate(
     tile: int = typer.Option(1024, "--tile", help="larger images are translated in overlapping tiles of this size"),
     overlap: int = typer.Option(64, "--overlap", help="pixels shared by neighbouring tiles (blended)"),
     batch_size: int = typer.Option(1, "--batch-size", help="images (of one size) or tiles per forward pass"),
+    backend: str = typer.Option("torch", "--backend", help="torch, or onnxruntime (the eval-mode generator, exported on the fly unless --checkpoint is an .onnx file)"),
 ) -> None:
     """Translate images with a trained generator, at their own size (PNG, same file stem)."""
     from rich.progress import Progress
@@ -207,8 +208,26 @@ def translate(
         written = translate_paths(
             checkpoint, input, output, aligned=aligned, mode=mode, device=device, tile=tile, overlap=overlap,
             batch_size=batch_size, on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            backend=backend,
         )
     console.print(f"wrote {len(written)} image(s) to {output}", highlight=False)
+
+
+@app.command("export")
+def export_command(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="run directory, checkpoint folder or generator .safetensors"),
+    format: str = typer.Option("onnx", "--format", help="onnx or pt2 (torch.export)"),
+    output: Optional[Path] = typer.Option(None, "--output", help="file to write (default: <recipe name>_generator.<format>)"),
+    size: Optional[int] = typer.Option(None, "--size", help="side of the check image (default: the recipe's crop size)"),
+) -> None:
+    """Export the eval-mode generator (ONNX or torch.export), checked against PyTorch."""
+    from i2i.export import TOLERANCE, export_generator
+
+    exported = export_generator(checkpoint, format, output, size)
+    console.print(
+        f"wrote {exported.path}: max abs difference to PyTorch {exported.max_abs_diff:.1e} (limit {TOLERANCE})",
+        highlight=False,
+    )
 
 
 def main() -> None:

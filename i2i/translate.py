@@ -146,6 +146,7 @@ def translate_paths(
     overlap: int = 64,
     batch_size: int = 1,
     on_progress: Callable[[int, int], None] | None = None,
+    backend: str = "torch",
 ) -> list[Path]:
     """Translate an image file or every image in a folder into ``output`` (PNG, same stem);
     ``on_progress(done, total)`` follows each written image."""
@@ -154,7 +155,14 @@ def translate_paths(
     if batch_size < 1 or tile < 1 or not 0 <= overlap < tile:
         raise DataError(f"need batch size >= 1, tile >= 1 and 0 <= overlap < tile (got {batch_size}, {tile}, {overlap})")
     torch_device = resolve_device(device)
-    generator, recipe, metadata = load_generator(checkpoint, torch_device)
+    if backend == "onnxruntime":
+        from i2i.export import onnxruntime_generator
+
+        generator, recipe, metadata = onnxruntime_generator(checkpoint, mode)
+    elif backend == "torch":
+        generator, recipe, metadata = load_generator(checkpoint, torch_device)
+    else:
+        raise DataError(f"--backend must be torch or onnxruntime, got {backend!r}")
     in_channels = int(metadata["in_channels"])
     num_downs = recipe.model.generator.params.get("num_downs")
     multiple = 2**num_downs if isinstance(num_downs, int) else DEFAULT_MULTIPLE

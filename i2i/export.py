@@ -1,0 +1,131 @@
+"""``i2i export``: a trained generator as an ONNX model or a ``torch.export`` program.
+
+What exports is the eval-mode generator: BatchNorm with its running statistics
+and no dropout, a fixed function of each image. The pix2pix reference's
+test-time mode (batch statistics, live dropout) depends on the batch and on
+random draws, so it does not export as such; ``i2i translate --mode train``
+runs it. Batch, height and width stay dynamic (height and width must be
+multiples of the generator's downsampling, as in training). Each export is
+checked against the PyTorch generator on a random input before it is kept.
+TorchScript is not offered: ``torch.jit`` is deprecated in favour of
+``torch.export``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from i2i.engine.inference import load_generator, resolve_generator_file
+from i2i.recipe import Recipe, validate_recipe
+from i2i.registry import I2IError
+
+FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}
+TOLERANCE = 1e-3  # max abs difference to PyTorch, in [-1, 1] output units, fp32
+METADATA_FILE = "i2i_metadata.json"
+
+
+class ExportError(I2IError):
+    pass
+
+
+@dataclass
+class Exported:
+    path: Path
+    max_abs_diff: float
+
+
+def _dynamic_image_dims() -> tuple[dict[int, object]]:
+    dynamic = torch.export.Dim.DYNAMIC
+    return ({0: dynamic, 2: dynamic, 3: dynamic},)
+
+
+def _export_onnx(generator: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, str]) -> None:
+    program = torch.onnx.export(
+        generator, (example,), dynamo=True, input_names=["input"], output_names=["output"],
+        dynamic_shapes=_dynamic_image_dims(), verbose=False,
+    )
+    program.model.metadata_props.update(metadata)
+    program.save(str(path))
+
+
+def _export_pt2(generator: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, str]) -> None:
+    program = torch.export.export(generator, (example,), dynamic_shapes=_dynamic_image_dims())
+    torch.export.save(program, path, extra_files={METADATA_FILE: json.dumps(metadata)})
+
+
+def _run_pt2(path: Path, x: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return torch.export.load(path).module()(x).numpy()
+
+
+def export_generator(checkpoint: Path, format: str = "onnx", output: Path | None = None, size: int | None = None) -> Exported:
+    """Export the eval-mode generator of ``checkpoint`` (run dir, checkpoint folder or
+    generator .safetensors) and check it against PyTorch on a ``size`` x ``size`` image."""
+    if format not in FORMATS:
+        raise ExportError(f"--format must be one of {', '.join(FORMATS)}; got {format!r}")
+    generator, recipe, metadata = load_generator(checkpoint, "cpu")
+    generator.eval()
+    size = size or recipe.data.crop_size
+    output = Path(output or f"{recipe.name}_generator{FORMATS[format]}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # batch 2: torch.export specialises a dimension that is 1 in the example
+    example = torch.rand(2, int(metadata["in_channels"]), size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    try:
+        if format == "onnx":
+            _export_onnx(generator, example, output, metadata)
+            produced = OnnxRuntimeGenerator(output)(example).numpy()
+        else:
+            _export_pt2(generator, example, output, metadata)
+            produced = _run_pt2(output, example)
+    except I2IError:
+        raise
+    except Exception as error:  # the exporters raise many types; the message is what matters
+        raise ExportError(f"exporting {resolve_generator_file(checkpoint)} as {format} failed: {error}") from error
+    with torch.no_grad():
+        expected = generator(example).numpy()
+    diff = float(np.abs(produced - expected).max())
+    if not diff < TOLERANCE:
+        output.unlink(missing_ok=True)
+        raise ExportError(f"the {format} export differs from PyTorch by {diff:.2e} (limit {TOLERANCE}); not kept")
+    return Exported(output, diff)
+
+
+class OnnxRuntimeGenerator(nn.Module):
+    """An exported ONNX generator behind the module interface ``i2i translate`` calls
+    (no parameters; train/eval switch nothing: the export is the eval-mode generator)."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        import onnxruntime
+
+        available = onnxruntime.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        self.session = onnxruntime.InferenceSession(str(path), providers=providers)
+        self.metadata = self.session.get_modelmeta().custom_metadata_map
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (y,) = self.session.run(None, {"input": x.detach().float().cpu().numpy()})
+        return torch.from_numpy(y).to(x.device)
+
+
+def onnxruntime_generator(checkpoint: Path, mode: str) -> tuple[OnnxRuntimeGenerator, Recipe, dict[str, str]]:
+    """For ``i2i translate --backend onnxruntime``: an .onnx file from ``i2i export`` as is,
+    anything else exported first (into a temporary folder)."""
+    if mode != "eval":
+        raise ExportError("--backend onnxruntime runs the exported eval-mode generator; use --mode eval")
+    checkpoint = Path(checkpoint)
+    if checkpoint.suffix != ".onnx":
+        checkpoint = export_generator(checkpoint, "onnx", Path(tempfile.mkdtemp(prefix="i2i-onnx-")) / "generator.onnx").path
+    generator = OnnxRuntimeGenerator(checkpoint)
+    if "recipe" not in generator.metadata:
+        raise ExportError(f"{checkpoint} has no recipe in its metadata; export it with `i2i export`")
+    recipe = validate_recipe(yaml.safe_load(generator.metadata["recipe"]), f"{checkpoint} (embedded recipe)")
+    return generator, recipe, dict(generator.metadata)

@@ -1,0 +1,59 @@
+"""Exports run in onnxruntime / torch.export as in PyTorch, and translate runs on onnxruntime."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from i2i.cli import app
+from i2i.engine.inference import load_generator
+from i2i.engine.trainer import Trainer
+from i2i.export import TOLERANCE, OnnxRuntimeGenerator, export_generator, onnxruntime_generator
+from i2i.recipe import validate_recipe
+from i2i.registry import I2IError
+
+from conftest import tiny_recipe
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    Trainer(validate_recipe(tiny_recipe(train={"max_steps": 1, "tensorboard": False})), run_dir=run_dir).fit()
+    return run_dir
+
+
+def test_onnx_export_matches_pytorch_at_another_size_and_batch(trained_run, tmp_path):
+    exported = export_generator(trained_run, "onnx", tmp_path / "g.onnx")
+    assert exported.max_abs_diff < TOLERANCE
+    generator, _, _ = load_generator(trained_run)
+    x = torch.rand(3, 3, 64, 96) * 2 - 1
+    with torch.no_grad():
+        expected = generator.eval()(x)
+    torch.testing.assert_close(OnnxRuntimeGenerator(exported.path)(x), expected, atol=TOLERANCE, rtol=0)
+
+
+def test_pt2_export_via_the_cli(trained_run, tmp_path):
+    result = CliRunner().invoke(app, ["export", "--checkpoint", str(trained_run), "--format", "pt2",
+                                      "--output", str(tmp_path / "g.pt2")])
+    assert result.exit_code == 0, result.output
+    assert "max abs difference to PyTorch" in " ".join(result.output.split())
+    program = torch.export.load(tmp_path / "g.pt2").module()
+    assert program(torch.zeros(2, 3, 32, 32)).shape == (2, 3, 32, 32)
+
+
+def test_translate_with_onnxruntime_matches_torch(trained_run, tmp_path):
+    from i2i.translate import translate_paths
+
+    source = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(source)
+    onnx_file = export_generator(trained_run, "onnx", tmp_path / "g.onnx").path
+    (by_torch,) = translate_paths(trained_run, source, tmp_path / "torch", device="cpu")
+    (by_onnx,) = translate_paths(onnx_file, source, tmp_path / "onnx", device="cpu", backend="onnxruntime")
+    difference = np.abs(np.asarray(Image.open(by_torch), int) - np.asarray(Image.open(by_onnx), int))
+    assert difference.max() <= 1  # uint8 rounding of outputs that agree within 1e-3
+
+
+def test_onnxruntime_refuses_train_mode(trained_run):
+    with pytest.raises(I2IError, match="eval-mode"):
+        onnxruntime_generator(trained_run, "train")
