@@ -239,6 +239,12 @@ def _page(
     return "\n".join(parts)
 
 
+def _run_state(run_dir: Path) -> tuple[int, Path | None]:
+    """What the report is made of: the log's length and the newest sample grid."""
+    log = run_dir / "log.jsonl"
+    return (log.stat().st_size if log.is_file() else 0, max((run_dir / "samples").glob("step_*.png"), default=None))
+
+
 def _figure(step: int, path: str) -> str:
     return (
         f"<figure><img src='{html.escape(path)}' alt='samples at step {step}'>"
@@ -251,10 +257,16 @@ class ReportCallback(Callback):
 
     def __init__(self, trainer: Trainer):
         self.environment = environment(trainer)
+        self.written_for: tuple | None = None
 
     def write(self, trainer: Trainer) -> None:
+        # The end of a run usually follows its last sample grid: nothing new to show then.
+        state = _run_state(trainer.run_dir)
+        if state == self.written_for:
+            return
         (trainer.run_dir / ENVIRONMENT).write_text(json.dumps(self.environment, indent=2))
         build_report(trainer.run_dir)
+        self.written_for = state
 
     def on_sample(self, trainer: Trainer, path: Path) -> None:
         self.write(trainer)
