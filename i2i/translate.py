@@ -159,11 +159,17 @@ def translate_paths(
         from i2i.export import onnxruntime_generator
 
         generator, recipe, metadata = onnxruntime_generator(checkpoint, mode)
-    elif backend == "torch":
+    elif backend in ("torch", "fast"):
         generator, recipe, metadata = load_generator(checkpoint, torch_device)
     else:
-        raise DataError(f"--backend must be torch or onnxruntime, got {backend!r}")
+        raise DataError(f"--backend must be torch, fast or onnxruntime, got {backend!r}")
     in_channels = int(metadata["in_channels"])
+    run = generator
+    if backend == "fast":
+        from i2i.engine.fast_inference import fast_generator
+
+        crop = recipe.data.crop_size
+        run = fast_generator(generator, mode, torch.zeros(1, in_channels, crop, crop, device=torch_device))
     num_downs = recipe.model.generator.params.get("num_downs")
     multiple = 2**num_downs if isinstance(num_downs, int) else DEFAULT_MULTIPLE
     if not source.exists():
@@ -183,7 +189,7 @@ def translate_paths(
     written = []
     with generator_mode(generator, mode):
         for group, x in batches(files, load, batch_size):
-            y = translate_batch(generator, x, multiple, tile, overlap, batch_size)
+            y = translate_batch(run, x, multiple, tile, overlap, batch_size)
             for file, image in zip(group, to_uint8(y)):
                 target = output / f"{file.stem}.png"
                 Image.fromarray(image).save(target)

@@ -100,3 +100,22 @@ def test_compiled_training_matches_eager(tmp_path):
     eager = l1_terms({}, tmp_path / "eager", steps=2)
     compiled = l1_terms({"compile": True}, tmp_path / "compiled", steps=2)
     assert compiled == pytest.approx(eager, rel=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_fast_generator_matches_the_fp32_generator(mode):
+    from i2i.engine.fast_inference import fast_generator
+    from i2i.engine.inference import generator_mode
+    from i2i.models.unet import UNetGenerator, UNetParams
+
+    torch.manual_seed(0)
+    generator = UNetGenerator(UNetParams(num_downs=5, ngf=8, dropout=0.0))
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    run = fast_generator(generator, mode, x, precision="bf16")
+    with torch.no_grad(), generator_mode(generator, mode):
+        expected = generator(x)
+    got = run(x)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, atol=3e-2, rtol=0)
+    assert all(p.dtype == torch.float32 for p in generator.parameters()), "the trained generator is left as it was"
+    assert not any(isinstance(layer, (MatmulConv2d, MatmulConvTranspose2d)) for layer in generator.modules())

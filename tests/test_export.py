@@ -57,3 +57,14 @@ def test_translate_with_onnxruntime_matches_torch(trained_run, tmp_path):
 def test_onnxruntime_refuses_train_mode(trained_run):
     with pytest.raises(I2IError, match="eval-mode"):
         onnxruntime_generator(trained_run, "train")
+
+
+def test_translate_fast_backend_matches_torch(trained_run, tmp_path):
+    from i2i.translate import translate_paths
+
+    source = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(source)
+    (by_torch,) = translate_paths(trained_run, source, tmp_path / "torch", device="cpu")
+    (by_fast,) = translate_paths(trained_run, source, tmp_path / "fast", device="cpu", backend="fast")
+    difference = np.abs(np.asarray(Image.open(by_torch), int) - np.asarray(Image.open(by_fast), int))
+    assert difference.max() <= 4  # bf16 rounding, in uint8 steps

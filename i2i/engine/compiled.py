@@ -13,11 +13,14 @@ class CompiledOrEager:
     ``torch.compile()``, so that call is the one that may fail: on failure this
     says so once and calls the module eagerly from then on."""
 
-    def __init__(self, module: nn.Module, mode: str, name: str, log_line: Callable[[str], None]):
+    def __init__(self, module: nn.Module, mode: str, name: str, log_line: Callable[[str], None], freeze: bool = False):
+        """``freeze``: inference only; parameters become constants that inductor folds and prepacks."""
         self.module, self.name, self.log_line = module, name, log_line
         self.tried = False
         try:
-            self.call: Callable[..., Any] = torch.compile(module, mode=mode)
+            # torch.compile takes a mode or inductor options, not both
+            compiled = torch.compile(module, options={"freezing": True}) if freeze else torch.compile(module, mode=mode)
+            self.call: Callable[..., Any] = compiled
         except Exception as error:  # platforms without compile support fail right here
             self._fall_back(error)
 

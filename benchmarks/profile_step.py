@@ -1,0 +1,159 @@
+"""Where the flagship's training step and inference spend their time, and what each
+engine setting buys: configurations timed interleaved in one process, as ratios.
+
+    .venv/bin/python benchmarks/profile_step.py                 # train + inference ratios
+    .venv/bin/python benchmarks/profile_step.py --threads 1     # CPU time is steadier on a busy machine
+    .venv/bin/python benchmarks/profile_step.py --profile tuned # torch.profiler table of one configuration
+    .venv/bin/python benchmarks/profile_step.py --part infer --compile  # adds compiled inference (slow to build)
+
+Every configuration is a set of ``train.*`` overrides on recipes/pix2pix_maps.yaml
+(256x256, batch 1, random tensors: data loading is not part of the figures). Each
+round runs every configuration in turn, so a noisy neighbour slows all of them
+alike; the ratio to the baseline is taken per round, then the median over rounds.
+Both wall time and process CPU time are reported: with other work on the machine,
+CPU time (at --threads 1) is the steadier measure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from i2i.engine.build import tuned_settings  # noqa: E402
+from i2i.engine.fast_inference import fast_generator  # noqa: E402
+from i2i.engine.inference import generator_mode  # noqa: E402
+from i2i.engine.trainer import Trainer  # noqa: E402
+from i2i.recipe import validate_recipe  # noqa: E402
+
+BASELINE = {"precision": "fp32", "channels_last": False, "compile": False}
+TUNED = {**BASELINE, **tuned_settings(torch.device("cpu"))}
+TRAIN_CONFIGS = {
+    "baseline": BASELINE,
+    "bf16+channels_last+fused_adam": {**BASELINE, "precision": "bf16", "channels_last": True, "fused_adam": True},
+    "tuned": TUNED,
+    "tuned, no channels_last": {**TUNED, "channels_last": False},
+    "tuned, foreach adam": {**TUNED, "fused_adam": False},
+}
+INFER_CONFIGS = {"baseline": BASELINE, "tuned": TUNED}
+
+
+def build(settings: dict, size: int) -> Trainer:
+    recipe = yaml.safe_load((ROOT / "recipes" / "pix2pix_maps.yaml").read_text())
+    recipe["data"] = {"dataset": {"name": "synthetic", "params": {"length": 1, "size": size}}, "load_size": size, "crop_size": size}
+    recipe["train"].update(device="cpu", tensorboard=False, **settings)
+    return Trainer(validate_recipe(recipe), run_dir=Path(tempfile.gettempdir()) / "i2i-profile-step")
+
+
+def inputs(trainer: Trainer, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return tuple(
+        (torch.rand(1, 3, size, size, generator=generator) * 2 - 1).contiguous(memory_format=trainer.memory_format)
+        for _ in range(2)
+    )
+
+
+def train_call(trainer: Trainer, size: int):
+    real_a, real_b = inputs(trainer, size)
+    trainer.generator.train()
+    trainer.discriminator.train()
+    return lambda: trainer.train_step(real_a, real_b)
+
+
+def infer_call(trainer: Trainer, size: int, mode: str):
+    real_a, _ = inputs(trainer, size)
+
+    def forward():
+        with torch.no_grad(), trainer.autocast(), generator_mode(trainer.generator, mode):
+            return trainer.G(real_a)
+
+    return forward
+
+
+def fast_call(trainer: Trainer, size: int, mode: str, compile: bool):
+    real_a, _ = inputs(trainer, size)
+    run = fast_generator(trainer.generator, mode, real_a, compile=compile)
+    return lambda: run(real_a)
+
+
+def timed(call, iterations: int) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) per call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(iterations):
+        call()
+    return (time.perf_counter() - wall) / iterations, (time.process_time() - cpu) / iterations
+
+
+def compare(calls: dict[str, object], rounds: int, iterations: int, title: str) -> None:
+    for call in calls.values():
+        call()  # warm-up: oneDNN primitive creation, allocator
+    times = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            times[name].append(timed(call, iterations))
+    base = times["baseline"]
+    print(f"\n{title}  ({rounds} rounds x {iterations} calls, torch threads {torch.get_num_threads()})")
+    print(f"{'configuration':34s} {'wall s':>8s} {'cpu s':>8s} {'wall x':>7s} {'cpu x':>7s}")
+    for name, runs in times.items():
+        wall = statistics.median(w for w, _ in runs)
+        cpu = statistics.median(c for _, c in runs)
+        wall_ratio = statistics.median(b[0] / r[0] for b, r in zip(base, runs))
+        cpu_ratio = statistics.median(b[1] / r[1] for b, r in zip(base, runs))
+        print(f"{name:34s} {wall:8.3f} {cpu:8.3f} {wall_ratio:7.2f} {cpu_ratio:7.2f}", flush=True)
+
+
+def profile(settings: dict, size: int) -> None:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    trainer = build(settings, size)
+    step = train_call(trainer, size)
+    for _ in range(2):
+        step()
+    with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as result:
+        for _ in range(3):
+            step()
+    print(result.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+    print(result.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=20))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=("train", "infer", "both"), default="both")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--iterations", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--compile", action="store_true", help="also time fast_generator compiled (eval: with freezing)")
+    parser.add_argument("--profile", choices=sorted(TRAIN_CONFIGS), help="print a torch.profiler table of one configuration's step")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.profile:
+        profile(TRAIN_CONFIGS[args.profile], args.size)
+        return
+    if args.part in ("train", "both"):
+        trainers = {name: build(settings, args.size) for name, settings in TRAIN_CONFIGS.items()}
+        compare({name: train_call(t, args.size) for name, t in trainers.items()}, args.rounds, args.iterations,
+                "training step, 256x256 batch 1")
+        del trainers
+    if args.part in ("infer", "both"):
+        trainers = {name: build(settings, args.size) for name, settings in INFER_CONFIGS.items()}
+        for mode in ("eval", "train"):
+            calls = {name: infer_call(t, args.size, mode) for name, t in trainers.items()}
+            calls["fast_generator"] = fast_call(trainers["baseline"], args.size, mode, compile=False)
+            if args.compile:
+                calls["fast_generator, compiled"] = fast_call(trainers["baseline"], args.size, mode, compile=True)
+            compare(calls, args.rounds, 4 * args.iterations, f"inference, {mode}-mode BatchNorm, 256x256 batch 1")
+
+
+if __name__ == "__main__":
+    main()
