@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
@@ -94,7 +95,7 @@ class ConsoleCallback(Callback):
 def start_summary(trainer: Trainer, tensorboard: bool) -> str:
     recipe = trainer.recipe
     return (
-        f"[bold]{recipe.name}[/bold]  {recipe.description}\n"
+        f"[bold]{escape(recipe.name)}[/bold]{'  ' + escape(recipe.description) if recipe.description else ''}\n"
         f"  device        {trainer.device}, precision {str(trainer.amp_dtype).removeprefix('torch.')}, torch {torch.__version__}\n"
         f"  generator     {recipe.model.generator.name} ({_count(trainer.generator)} parameters)\n"
         f"  discriminator {recipe.model.discriminator.name} ({_count(trainer.discriminator)} parameters)\n"
