@@ -1,18 +1,25 @@
 """The generator for inference only, as fast as the device runs it.
 
-A private copy of the generator, switched once into its inference mode, in
-channels_last, with its thin convolutions as matmuls on the CPU
-(``cpu_speedups``) and its weights stored in the low precision the device
-computes natively, so that no call casts the weights again. On request it is
-compiled; in eval mode with freezing, which turns the weights into constants
-that inductor folds and prepacks (the best eval-mode figure, after a compile of
-a minute or more on a small CPU). Train-mode inference (the reference's batch
-statistics and live dropout) is not frozen: its BatchNorm reads the batch.
+A private copy of the generator, switched once into its inference mode and
+into channels_last. Two ways to run it (measured in benchmarks/profile_step.py,
+docs/engine.md):
+
+- eager: the thin convolutions as matmuls on the CPU (``cpu_speedups``) and the
+  weights stored in the low precision the device computes natively, so that no
+  call casts them again;
+- compiled (eval mode only): ``torch.compile`` with freezing under autocast.
+  Freezing makes the weights constants that inductor casts and prepacks for
+  oneDNN once, which removes the per-call weight reorders the matmul rewrite
+  works around; it costs a compile of a minute or more on a small CPU. Train-mode
+  inference (the reference's batch statistics and live dropout) is not frozen:
+  its BatchNorm reads the batch.
+
 Outputs match the fp32 generator to bf16 rounding (about 1e-3).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Callable
 
@@ -43,13 +50,19 @@ def fast_generator(
         if isinstance(layer, nn.modules.batchnorm._BatchNorm):
             layer.momentum = 0.0  # train mode: batch statistics without moving the running ones
     model.to(memory_format=torch.channels_last)
-    if device.type == "cpu":
-        use_matmul_convolutions(model, example.contiguous(memory_format=torch.channels_last))
-    model.to(dtype)
-    call = CompiledOrEager(model, "default", "generator", log_line, freeze=mode == "eval") if compile else model
+    if compile and mode == "train":
+        log_line("compiled inference is eval mode only (freezing); train mode runs eagerly")
+    if compile and mode == "eval":
+        call = CompiledOrEager(model, "default", "generator", log_line, freeze=True)
+        autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    else:
+        if device.type == "cpu":
+            use_matmul_convolutions(model, example.contiguous(memory_format=torch.channels_last))
+        call = model.to(dtype)
+        autocast = contextlib.nullcontext()
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast:
             return call(x.to(dtype).contiguous(memory_format=torch.channels_last)).float()
 
     return run
