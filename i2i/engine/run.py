@@ -138,7 +138,7 @@ def train_from_recipe(
     trainer = Trainer(recipe)
     tensorboard = tensorboard and recipe.train.tensorboard
     trainer.callbacks.append(ReportCallback(trainer))
-    if tensorboard:
+    if tensorboard and trainer.is_main:  # a writer makes its event file at once, rank 0's alone is wanted
         from i2i.engine.tensorboard import TensorBoardCallback
 
         trainer.callbacks.append(TensorBoardCallback(trainer.run_dir / "tensorboard"))
