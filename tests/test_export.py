@@ -23,8 +23,13 @@ def trained_run(tmp_path_factory):
     return run_dir
 
 
-def test_onnx_export_matches_pytorch_at_another_size_and_batch(trained_run, tmp_path):
-    exported = export_generator(trained_run, "onnx", tmp_path / "g.onnx")
+@pytest.fixture(scope="module")
+def onnx_export(trained_run, tmp_path_factory):
+    return export_generator(trained_run, "onnx", tmp_path_factory.mktemp("onnx") / "g.onnx")
+
+
+def test_onnx_export_matches_pytorch_at_another_size_and_batch(trained_run, onnx_export):
+    exported = onnx_export
     assert exported.max_abs_diff < TOLERANCE
     generator, _, _ = load_generator(trained_run)
     x = torch.rand(3, 3, 64, 96) * 2 - 1
@@ -42,14 +47,13 @@ def test_pt2_export_via_the_cli(trained_run, tmp_path):
     assert program(torch.zeros(2, 3, 32, 32)).shape == (2, 3, 32, 32)
 
 
-def test_translate_with_onnxruntime_matches_torch(trained_run, tmp_path):
+def test_translate_with_onnxruntime_matches_torch(trained_run, onnx_export, tmp_path):
     from i2i.translate import translate_paths
 
     source = tmp_path / "in.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(source)
-    onnx_file = export_generator(trained_run, "onnx", tmp_path / "g.onnx").path
     (by_torch,) = translate_paths(trained_run, source, tmp_path / "torch", device="cpu")
-    (by_onnx,) = translate_paths(onnx_file, source, tmp_path / "onnx", device="cpu", backend="onnxruntime")
+    (by_onnx,) = translate_paths(onnx_export.path, source, tmp_path / "onnx", device="cpu", backend="onnxruntime")
     difference = np.abs(np.asarray(Image.open(by_torch), int) - np.asarray(Image.open(by_onnx), int))
     assert difference.max() <= 1  # uint8 rounding of outputs that agree within 1e-3
 
