@@ -67,8 +67,14 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """HxWxC uint8 -> CxHxW float in [-1, 1]."""
-    return torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1).div_(127.5).sub_(1)
+    """HxWxC uint8 -> contiguous CxHxW float in [-1, 1].
+
+    In numpy on purpose: torch splits these small element-wise ops over its
+    intra-op threads, which on a busy CPU made loading 50x slower."""
+    out = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
+    out *= 1 / 127.5
+    out -= 1
+    return torch.from_numpy(out)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

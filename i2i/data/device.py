@@ -35,7 +35,7 @@ class DeviceResidentSet:
             top, left, flip, _ = ds.crop_box(index)
             crop = self.pixels[index, top : top + ds.crop, left : left + ds.crop]
             crops.append(crop.flip(1) if flip else crop)
-        batch = torch.stack(crops).permute(0, 3, 1, 2).float().div_(127.5).sub_(1)
+        batch = torch.stack(crops).permute(0, 3, 1, 2).float().mul_(1 / 127.5).sub_(1)  # as base.to_tensor
         return {
             "input": batch[:, : ds.in_channels],
             "target": batch[:, ds.in_channels :],
