@@ -55,11 +55,8 @@ def match_pairs(folder_a: Path, folder_b: Path) -> list[tuple[Path, Path]]:
     return [(a[stem], b[stem]) for stem in sorted(a, key=lambda stem: natural_key(a[stem]))]
 
 
-@DATASETS.register("paired_folders", params=PairedFoldersParams)
-class PairedFoldersDataset(FileDataset):
-    def __init__(self, params: PairedFoldersParams, data: DataSection, split: str = "train", train: bool = True, seed: int = 0):
-        super().__init__(data, split, train, seed)
-        self.files = match_pairs(data.root / split / params.a, data.root / split / params.b)
+class FilePairsDataset(FileDataset):
+    """Samples are (A file, B file) pairs in ``self.files``; subclasses only find the pairs."""
 
     def describe(self, index: int) -> str:
         a, b = self.files[index]
@@ -68,3 +65,10 @@ class PairedFoldersDataset(FileDataset):
     def load_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         a, b = self.files[index]
         return self.orient(read_rgb(a), read_rgb(b))
+
+
+@DATASETS.register("paired_folders", params=PairedFoldersParams)
+class PairedFoldersDataset(FilePairsDataset):
+    def __init__(self, params: PairedFoldersParams, data: DataSection, split: str = "train", train: bool = True, seed: int = 0):
+        super().__init__(data, split, train, seed)
+        self.files = match_pairs(data.root / split / params.a, data.root / split / params.b)
