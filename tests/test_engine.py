@@ -76,6 +76,20 @@ def test_cpu_speedups_leave_a_unet_step_unchanged():
         torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_dense_batchnorm_gradients_allow_an_inplace_activation_after_the_norm():
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(inplace=True))
+    hooked = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(inplace=True))
+    hooked.load_state_dict(plain.state_dict())
+    use_dense_batchnorm_gradients(hooked)
+    x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    for model in (plain, hooked):
+        model.to(memory_format=torch.channels_last)
+        model(x)[:, :2].sum().backward()  # a channel slice: the strided gradient the hook densifies
+    for p, q in zip(plain.parameters(), hooked.parameters()):
+        torch.testing.assert_close(q.grad, p.grad)
+
+
 def test_compile_falls_back_to_eager_with_a_log_line(monkeypatch):
     lines = []
 

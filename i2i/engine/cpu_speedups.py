@@ -119,24 +119,15 @@ def use_matmul_convolutions(model: nn.Module, example: torch.Tensor) -> int:
     return swapped
 
 
-class _DenseGradient(torch.autograd.Function):
-    """Identity forward; backward hands on the gradient densely in ``memory_format``."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
-        ctx.memory_format = memory_format
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return grad.contiguous(memory_format=ctx.memory_format), None
-
-
-def _dense_output_gradient(layer: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+def _dense_output_gradient(layer: nn.Module, inputs, output: torch.Tensor) -> None:
     if not output.requires_grad:
-        return output
+        return
     channels_last = output.dim() == 4 and output.is_contiguous(memory_format=torch.channels_last)
-    return _DenseGradient.apply(output, torch.channels_last if channels_last else torch.contiguous_format)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    # A tensor hook, not a wrapping Function: the output stays the same tensor, so an
+    # in-place activation after it (timm's ReLU(inplace=True)) still works, and the
+    # hook still sees the gradient that enters BatchNorm's backward.
+    output.register_hook(lambda grad: grad.contiguous(memory_format=memory_format))
 
 
 def use_dense_batchnorm_gradients(model: nn.Module) -> int:
