@@ -1,7 +1,8 @@
 """Two CPU rewrites of the training step that keep its math.
 
-1. Convolutions over few positions as one plain matrix product. In the U-Net's inner blocks (512 channels at 1x1 to 16x16) a convolution is a
-thin product against a large weight (4-8M values). On the CPU, oneDNN spends
+1. Convolutions over few positions as one plain matrix product. In the U-Net's
+inner blocks (512 channels at 1x1 to 16x16) a convolution is a thin product
+against a large weight (4-8M values). On the CPU, oneDNN spends
 that layer's time reordering the weight into its blocked layout, forward and
 backward, every step; ``unfold``/``fold`` around one ``matmul`` reads the weight
 where it lies. Where the product is thin enough to be bound by reading the

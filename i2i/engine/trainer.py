@@ -31,10 +31,10 @@ from i2i.engine.build import (
     resolve_device,
     resolve_precision,
 )
+from i2i.engine.checkpoint import latest_good_checkpoint, load_state, load_weights, save_checkpoint
 from i2i.engine.compiled import CompiledOrEager
 from i2i.engine.cpu_speedups import use_dense_batchnorm_gradients, use_matmul_convolutions
 from i2i.engine.distributed import barrier, rank_and_world_size, wrap_ddp
-from i2i.engine.checkpoint import latest_good_checkpoint, load_state, load_weights, save_checkpoint
 from i2i.engine.faults import NonFiniteGuard, StopSignals, TrainingInterrupted, advise_on_out_of_memory
 from i2i.engine.inference import generator_mode
 from i2i.recipe import Recipe
