@@ -78,9 +78,15 @@ def quality(
     results: Path = typer.Option(RESULTS_DIR / "quality.jsonl", "--results", help="JSON lines file to append to"),
 ) -> None:
     """FID, KID, SSIM and PSNR of a trained generator on a split, on the pinned protocol."""
+    from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
+
     from i2i.bench.quality import bench_quality
 
-    record = bench_quality(checkpoint, data, limit, mode, device, split, results)
+    with Progress(*Progress.get_default_columns()[:2], MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("translating and scoring", total=None)
+        record = bench_quality(checkpoint, data, limit, mode, device, split, results,
+                               on_image=lambda done, count: progress.update(task, completed=done, total=count))
     metrics = record["metrics"]
     table = Table("metric", "value", title=f"{record['recipe']} step {record['steps_trained']}, {metrics['images']} "
                   f"{split} images, generator mode {mode}")

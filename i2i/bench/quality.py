@@ -12,7 +12,7 @@ PSNR against the ground truth, averaged over images.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -55,10 +55,12 @@ def evaluate(
     limit: int | None = None,
     seed: int = 0,
     real_features: torch.Tensor | None = None,
+    on_image: Callable[[int, int], None] | None = None,
 ) -> dict[str, float]:
     """Translate the first ``limit`` samples one at a time and score them. Dropout in train
     mode draws from a seeded RNG forked off the global one, so evaluating never shifts a
-    training run's random stream. ``real_features`` (one row per sample) skips extracting them."""
+    training run's random stream. ``real_features`` (one row per sample) skips extracting them;
+    ``on_image(done, count)`` follows the progress."""
     count = len(dataset) if limit is None else min(limit, len(dataset))
     with torch.random.fork_rng(devices=_rng_devices(device)), generator_mode(generator, mode):
         torch.manual_seed(seed)
@@ -67,6 +69,8 @@ def evaluate(
             fake = generator(item["input"][None].to(device)).float()
             known = None if real_features is None else real_features[index : index + 1]
             meter.update(fake, item["target"][None], known)
+            if on_image:
+                on_image(index + 1, count)
     return meter.compute()
 
 
@@ -105,6 +109,7 @@ def bench_quality(
     split: str = "val",
     results: Path | None = RESULTS_DIR / "quality.jsonl",
     extractor: nn.Module | None = None,
+    on_image: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Score a trained generator on ``split`` of ``data_root``; append the record to ``results``."""
     if mode not in ("train", "eval"):
@@ -116,7 +121,7 @@ def bench_quality(
     if count < 2:
         raise I2IError(f"FID needs at least 2 images; {data_root} split {split} gives {count}")
     meter = QualityMeter(extractor if extractor is not None else inception_extractor(torch_device))
-    metrics = evaluate(generator, dataset, meter, mode, torch_device, limit, recipe.train.seed)
+    metrics = evaluate(generator, dataset, meter, mode, torch_device, limit, recipe.train.seed, on_image=on_image)
     record = {
         **environment(torch_device),
         "kind": "quality",
