@@ -174,6 +174,31 @@ def test_resume_refuses_a_hostile_state_file_even_with_a_matching_manifest(tmp_p
     assert not marker.exists()
 
 
+def test_a_state_file_of_plain_but_wrong_data_is_a_clear_error(tmp_path):
+    make_trainer(tmp_path, max_steps=1).fit()
+    checkpoint = list_checkpoints(tmp_path / "checkpoints")[-1]
+    torch.save({"step": 1}, checkpoint / "state.pt")
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    manifest["files"]["state.pt"] = checkpoint_module.sha256_file(checkpoint / "state.pt")
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="not a training state.*KeyError"):
+        make_trainer(tmp_path, max_steps=2).fit(resume=True)
+
+
+def test_generator_weights_with_hostile_metadata_are_a_clear_error(tmp_path):
+    from safetensors.torch import save_file
+
+    from i2i.engine.inference import load_generator
+
+    file = tmp_path / "g.safetensors"
+    save_file({"w": torch.zeros(1)}, file, metadata={"recipe": "name: x", "in_channels": "three", "out_channels": "3"})
+    with pytest.raises(CheckpointError, match="lacks readable i2i metadata"):
+        load_generator(file)
+    save_file({"w": torch.zeros(1)}, file)
+    with pytest.raises(CheckpointError, match="not written by i2i"):
+        load_generator(file)
+
+
 def test_a_recipe_with_a_python_tag_is_refused(tmp_path):
     marker = tmp_path / "code-ran"
     recipe = tmp_path / "evil.yaml"

@@ -57,9 +57,15 @@ def load_generator(checkpoint: Path, device: torch.device | str = "cpu") -> tupl
 
     file = resolve_generator_file(checkpoint)
     metadata = read_metadata(file)
-    if "recipe" not in metadata:
-        raise CheckpointError(f"{file} has no recipe in its metadata; it was not written by i2i")
-    recipe = validate_recipe(yaml.safe_load(metadata["recipe"]), f"{file} (embedded recipe)")
-    generator = build_generator(recipe, int(metadata["in_channels"]), int(metadata["out_channels"]))
+    try:
+        recipe_data = yaml.safe_load(metadata["recipe"])
+        channels = int(metadata["in_channels"]), int(metadata["out_channels"])
+    except (KeyError, ValueError, yaml.YAMLError) as error:
+        raise CheckpointError(
+            f"{file} lacks readable i2i metadata (recipe, in_channels, out_channels): "
+            f"{type(error).__name__}: {str(error)[:200]}; it was not written by i2i"
+        ) from None
+    recipe = validate_recipe(recipe_data, f"{file} (embedded recipe)")
+    generator = build_generator(recipe, *channels)
     load_weights(generator, file)
     return generator.to(device), recipe, metadata

@@ -31,7 +31,7 @@ from i2i.engine.build import (
     resolve_device,
     resolve_precision,
 )
-from i2i.engine.checkpoint import latest_good_checkpoint, load_state, load_weights, save_checkpoint
+from i2i.engine.checkpoint import CheckpointError, latest_good_checkpoint, load_state, load_weights, save_checkpoint
 from i2i.engine.compiled import CompiledOrEager
 from i2i.engine.cpu_speedups import use_dense_batchnorm_gradients, use_matmul_convolutions
 from i2i.engine.distributed import barrier, rank_and_world_size, wrap_ddp
@@ -407,14 +407,20 @@ class Trainer:
         load_weights(self.generator, path / "generator.safetensors")
         load_weights(self.discriminator, path / "discriminator.safetensors")
         state = load_state(path / "state.pt")
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng_cpu"])
-        if self.device.type == "cuda" and state["rng_cuda"]:
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
-        self.step = self.step_for_world_size(int(state["step"]), int(state.get("world_size", 1)))
-        self.guard.skipped_steps = int(state.get("skipped_steps", 0))
+        try:
+            self.opt_g.load_state_dict(state["opt_g"])
+            self.opt_d.load_state_dict(state["opt_d"])
+            self.scaler.load_state_dict(state["scaler"])
+            torch.set_rng_state(state["rng_cpu"])
+            if self.device.type == "cuda" and state["rng_cuda"]:
+                torch.cuda.set_rng_state_all(state["rng_cuda"])
+            self.step = self.step_for_world_size(int(state["step"]), int(state.get("world_size", 1)))
+            self.guard.skipped_steps = int(state.get("skipped_steps", 0))
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise CheckpointError(
+                f"{path / 'state.pt'} is not a training state this recipe can resume from "
+                f"({type(error).__name__}: {str(error)[:200]})"
+            ) from None
         self.log_line(f"resumed from {path} at step {self.step}")
         return True
 
