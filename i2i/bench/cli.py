@@ -88,8 +88,9 @@ def quality(
         record = bench_quality(checkpoint, data, limit, mode, device, split, results,
                                on_image=lambda done, count: progress.update(task, completed=done, total=count))
     metrics = record["metrics"]
-    table = Table("metric", "value", title=f"{record['recipe']} step {record['steps_trained']}, {metrics['images']} "
-                  f"{split} images, generator mode {mode}")
+    console.print(f"{record['recipe']} step {record['steps_trained']}: {metrics['images']} {split} images, "
+                  f"generator mode {mode}", highlight=False)
+    table = Table("metric", "value")
     for key in ("fid", "kid", "ssim", "psnr"):
         table.add_row(key.upper(), f"{metrics[key]:.4g}")
     for key, value in record.get("bicubic_baseline", {}).items():
