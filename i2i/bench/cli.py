@@ -41,7 +41,7 @@ def describe_settings(record: dict[str, Any]) -> str:
     lines = []
     for name, config in record["configs"].items():
         settings = " ".join(f"{key}={value}" for key, value in config["settings"].items())
-        lines.append(f"{name}: {settings} (autocast {config['autocast']})")
+        lines.append(f"{name}: {settings} (autocast {config['autocast']}; inference through {config['inference_path']})")
     memory = record["configs"]["baseline"]["peak_memory_kind"]
     return "\n".join(lines) + f"\npeak memory: {memory.replace('_', ' ')}"
 
@@ -56,12 +56,14 @@ def speed(
     infer_batch: int = typer.Option(8, "--infer-batch", help="the larger inference batch (batch 1 is always timed)"),
     overrides: list[str] = typer.Option([], "--set", help="override a recipe value: --set data.crop_size=128"),
     results: Path = typer.Option(RESULTS_DIR / "speed.jsonl", "--results", help="JSON lines file to append to"),
+    compile_inference: bool = typer.Option(False, "--compile-inference", help="tuned eval-mode inference compiled with freezing (a minute or more of compiling)"),
 ) -> None:
     """Training and inference throughput: baseline (eager fp32) against the engine's tuned settings."""
     from i2i.bench.speed import bench_speed
 
     record = bench_speed(recipe, overrides, device, steps, warmup, repeats, infer_batch, results,
-                         on_config=lambda name: console.print(f"timing {name} ...", highlight=False))
+                         on_config=lambda name: console.print(f"timing {name} ...", highlight=False),
+                         compile_inference=compile_inference)
     console.print(speed_table(record))
     console.print(describe_settings(record), highlight=False)
     console.print(f"appended to {results}", highlight=False)

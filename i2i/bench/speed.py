@@ -5,6 +5,9 @@ reference's way (eager fp32, contiguous tensors) and ``tuned`` adds the engine's
 ``tuned_settings(device)``. Training is timed through ``Trainer.train_step`` on
 one fixed batch of the recipe's crop size (a real one when the data folder is
 there, random tensors otherwise), so data loading is not part of the figure.
+Inference is timed on the plain generator for ``baseline`` and through the
+engine's inference path (``fast_generator``; compiled with freezing in eval mode
+with ``--compile-inference``) for ``tuned``.
 Each figure is timed ``repeats`` times after ``warmup`` untimed iterations, with
 the device synchronized before every clock read; the median and the range are kept.
 """
@@ -23,6 +26,7 @@ import torch
 from i2i.bench import RESULTS_DIR
 from i2i.bench.records import append_record, environment
 from i2i.engine.build import build_dataset, resolve_device, tuned_settings
+from i2i.engine.fast_inference import fast_generator
 from i2i.engine.inference import generator_mode
 from i2i.engine.trainer import Trainer
 from i2i.recipe import Recipe, TrainSection, load_recipe, validate_recipe
@@ -125,8 +129,21 @@ def first_batch(trainer: Trainer, real_data: bool) -> tuple[torch.Tensor, torch.
     return tuple(t.to(trainer.device).contiguous(memory_format=trainer.memory_format) for t in (real_a, real_b))
 
 
+def plain_forward(trainer: Trainer, images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad(), trainer.autocast():
+        return trainer.G(images)
+
+
 def measure(
-    recipe: Recipe, settings: dict[str, Any], real_data: bool, steps: int, warmup: int, repeats: int, infer_batch: int
+    recipe: Recipe,
+    settings: dict[str, Any],
+    real_data: bool,
+    steps: int,
+    warmup: int,
+    repeats: int,
+    infer_batch: int,
+    fast_inference: bool = False,
+    compile_inference: bool = False,
 ) -> dict[str, Any]:
     """Every figure of one configuration."""
     configured = recipe.model_dump(mode="json")
@@ -151,14 +168,16 @@ def measure(
     for mode in INFERENCE_MODES:
         for batch in sorted({1, infer_batch}):
             images = real_a[:1].expand(batch, -1, -1, -1).contiguous(memory_format=trainer.memory_format)
-
-            def forward() -> torch.Tensor:
-                with torch.no_grad(), trainer.autocast():
-                    return trainer.G(images)
-
-            with generator_mode(trainer.generator, mode):
-                seconds = time_per_iteration(forward, steps, warmup, repeats, device)
+            if fast_inference:
+                # The engine's inference path (what `i2i translate --backend fast` runs).
+                forward = fast_generator(trainer.generator, mode, images, configured.train.precision,
+                                         compile=compile_inference and mode == "eval", log_line=lambda line: None)
+                seconds = time_per_iteration(lambda: forward(images), steps, warmup, repeats, device)
+            else:
+                with generator_mode(trainer.generator, mode):
+                    seconds = time_per_iteration(lambda: plain_forward(trainer, images), steps, warmup, repeats, device)
             result["inference_images_per_s"][f"{mode}_batch{batch}"] = rate_summary(seconds, batch)
+    result["inference_path"] = ("fast_generator" + (" compiled (eval)" if compile_inference else "")) if fast_inference else "generator"
     result["peak_memory_mib"] = memory.read_mib()
     result["peak_memory_kind"] = memory.kind
     del trainer, real_a, real_b
@@ -186,6 +205,7 @@ def bench_speed(
     infer_batch: int = 8,
     results: Path | None = RESULTS_DIR / "speed.jsonl",
     on_config: Callable[[str], None] | None = None,
+    compile_inference: bool = False,
 ) -> dict[str, Any]:
     """Time baseline and tuned on ``recipe_path``; append the record to ``results``."""
     if min(steps, repeats, infer_batch) < 1 or warmup < 0:
@@ -197,7 +217,9 @@ def bench_speed(
     for name, settings in configurations(torch_device).items():
         if on_config:
             on_config(name)
-        configs[name] = measure(recipe, settings, real_data, steps, warmup, repeats, infer_batch)
+        tuned = name == "tuned"
+        configs[name] = measure(recipe, settings, real_data, steps, warmup, repeats, infer_batch,
+                                fast_inference=tuned, compile_inference=tuned and compile_inference)
     record = {
         **environment(torch_device),
         "kind": "speed",
