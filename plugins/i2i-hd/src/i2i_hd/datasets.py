@@ -16,11 +16,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from i2i.data.base import DataError, FileDataset, list_images, natural_key
-from i2i.data.images import read_rgb
+from i2i.data.base import DataError, list_images, natural_key
+from i2i.data.paired_folders import FilePairsDataset
 from i2i.recipe import DataSection
 from i2i.registry import DATASETS
 
@@ -62,18 +61,10 @@ def pair_by_name(folder_a: Path, folder_b: Path, a_suffix: str, b_suffix: str) -
 
 
 @DATASETS.register("cyclegan_folders", params=CycleGANFoldersParams)
-class CycleGANFoldersDataset(FileDataset):
+class CycleGANFoldersDataset(FilePairsDataset):
     def __init__(
         self, params: CycleGANFoldersParams, data: DataSection, split: str = "train", train: bool = True, seed: int = 0
     ):
         super().__init__(data, split, train, seed)
         prefix = data.root / split_folder(data.root, split)
         self.files = pair_by_name(Path(f"{prefix}A"), Path(f"{prefix}B"), params.a_suffix, params.b_suffix)
-
-    def describe(self, index: int) -> str:
-        a, b = self.files[index]
-        return f"{a} + {b}"
-
-    def load_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        a, b = self.files[index]
-        return self.orient(read_rgb(a), read_rgb(b))
