@@ -103,9 +103,13 @@ def test_bicubic_baseline_upscales_the_input_to_the_target_size():
 def test_evaluation_during_training_logs_fid_and_keeps_the_best_checkpoint(tmp_path):
     train = {"max_steps": 2, "batch_size": 4, "eval_every": 1, "eval_images": 2, "tensorboard": False}
     recipe = validate_recipe(tiny_recipe(train=train))
-    Trainer(recipe, run_dir=tmp_path / "run").fit()
+    trainer = Trainer(recipe, run_dir=tmp_path / "run")
+    seen = []
+    trainer.on_log = seen.append  # evaluation records go through trainer.log like the losses
+    trainer.fit()
     evaluations = [r for r in map(json.loads, (tmp_path / "run" / "log.jsonl").read_text().splitlines()) if "eval_fid" in r]
     assert [r["step"] for r in evaluations] == [2] and evaluations[0]["eval_images"] == 2
+    assert [r for r in seen if "eval_fid" in r] == evaluations
     manifest = json.loads((tmp_path / "run" / "best" / "manifest.json").read_text())
     assert manifest["best"]["fid"] == evaluations[0]["eval_fid"] and manifest["best"]["step"] == 2
     generator, _, metadata = load_generator(tmp_path / "run" / "best")

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 from i2i.bench.inception import inception_extractor
 from i2i.bench.metrics import QualityMeter
 from i2i.bench.quality import evaluate
-from i2i.bench.records import append_record
 from i2i.engine.build import build_dataset
 from i2i.engine.checkpoint import MANIFEST
 from i2i.engine.trainer import Callback
@@ -47,8 +46,14 @@ def keep_as_best(checkpoint: Path, run_dir: Path, figures: dict) -> Path:
     manifest = json.loads((tmp / MANIFEST).read_text())
     manifest["best"] = figures
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    shutil.rmtree(best, ignore_errors=True)
+    # Two renames instead of delete-then-rename: the window without a best/ is two
+    # metadata operations, not a whole folder's deletion.
+    old = run_dir / f".{BEST}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if best.exists():
+        os.replace(best, old)
     os.replace(tmp, best)
+    shutil.rmtree(old, ignore_errors=True)
     return best
 
 
@@ -79,7 +84,7 @@ class EvaluationCallback(Callback):
         self.real_features = meter.real_features_all()
         record = {"step": trainer.step, "epoch": epochs_done - 1, "eval_images": metrics["images"],
                   **{f"eval_{key}": metrics[key] for key in ("fid", "kid", "ssim", "psnr")}}
-        append_record(trainer.run_dir / "log.jsonl", record)
+        trainer.log(record)  # log.jsonl, the console, TensorBoard and the report
         line = f"eval at step {trainer.step}: FID {metrics['fid']:.2f}  SSIM {metrics['ssim']:.4f}  PSNR {metrics['psnr']:.2f}"
         if self.best is None or metrics["fid"] < self.best:
             self.best = metrics["fid"]

@@ -79,6 +79,8 @@ class ConsoleCallback(Callback):
         self.progress.update(self.total_task, completed=trainer.step)
 
     def on_log(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        if "steps_per_s" not in record:
+            return  # an evaluation record: the evaluation prints its own line
         if self.interactive:
             self.progress.update(self.total_task, losses=format_losses(record))
             return
