@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from i2i.data.download import ensure_data
+from i2i.engine.distributed import barrier, rank_and_world_size
 from i2i.engine.trainer import Callback, Trainer
 from i2i.recipe import load_recipe
 from i2i.report import REPORT, ReportCallback
@@ -136,7 +137,9 @@ def train_from_recipe(
     recipe = load_recipe(recipe_path, overrides)
     if out is not None:
         recipe = recipe.model_copy(update={"output_dir": out})
-    ensure_data(recipe.data, show_progress=console.is_terminal and not quiet)  # data.download: fetch a missing root
+    if rank_and_world_size()[0] == 0:  # data.download: one process fetches a missing root ...
+        ensure_data(recipe.data, show_progress=console.is_terminal and not quiet)
+    barrier()  # ... while the others wait for it
     trainer = Trainer(recipe)
     tensorboard = tensorboard and recipe.train.tensorboard
     trainer.callbacks.append(ReportCallback(trainer))
