@@ -10,6 +10,8 @@ import pytest
 import torch
 import yaml
 
+from i2i.engine.trainer import Callback
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 MAPS = ROOT.parent / "shared" / "data" / "maps"
@@ -110,6 +112,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+
+class RecordLogs(Callback):
+    """Keeps every record ``trainer.log`` writes."""
+
+    def __init__(self):
+        self.records: list[dict] = []
+
+    def on_log(self, trainer, record):
+        self.records.append(record)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from i2i.engine.trainer import Trainer
 from i2i.recipe import validate_recipe
 from i2i.registry import I2IError
 
-from conftest import tiny_recipe
+from conftest import RecordLogs, tiny_recipe
 
 runner = CliRunner()
 
@@ -104,12 +104,12 @@ def test_evaluation_during_training_logs_fid_and_keeps_the_best_checkpoint(tmp_p
     train = {"max_steps": 2, "batch_size": 4, "eval_every": 1, "eval_images": 2, "tensorboard": False}
     recipe = validate_recipe(tiny_recipe(train=train))
     trainer = Trainer(recipe, run_dir=tmp_path / "run")
-    seen = []
-    trainer.on_log = seen.append  # evaluation records go through trainer.log like the losses
+    logs = RecordLogs()
+    trainer.callbacks.append(logs)  # evaluation records go through trainer.log like the losses
     trainer.fit()
     evaluations = [r for r in map(json.loads, (tmp_path / "run" / "log.jsonl").read_text().splitlines()) if "eval_fid" in r]
     assert [r["step"] for r in evaluations] == [2] and evaluations[0]["eval_images"] == 2
-    assert [r for r in seen if "eval_fid" in r] == evaluations
+    assert [r for r in logs.records if "eval_fid" in r] == evaluations
     manifest = json.loads((tmp_path / "run" / "best" / "manifest.json").read_text())
     assert manifest["best"]["fid"] == evaluations[0]["eval_fid"] and manifest["best"]["step"] == 2
     generator, _, metadata = load_generator(tmp_path / "run" / "best")

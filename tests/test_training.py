@@ -10,7 +10,7 @@ from i2i.cli import app
 from i2i.engine.trainer import EpochSampler, Trainer, linear_decay
 from i2i.recipe import validate_recipe
 
-from conftest import MAPS, tiny_recipe
+from conftest import MAPS, RecordLogs, tiny_recipe
 
 
 def test_overfits_one_pair(tmp_path):
@@ -37,10 +37,10 @@ def test_linear_decay_matches_reference():
 def test_lr_follows_the_schedule_across_epochs(tmp_path):
     recipe = validate_recipe(tiny_recipe(train={"epochs": 1, "epochs_decay": 2, "lr": 1.0, "batch_size": 8}))
     trainer = Trainer(recipe, run_dir=tmp_path)
-    seen = []
-    trainer.on_log = lambda record: seen.append(record["lr"])
+    logs = RecordLogs()
+    trainer.callbacks.append(logs)
     trainer.fit()
-    assert seen == pytest.approx([1.0, 1 - 1 / 3, 1 - 2 / 3])
+    assert [record["lr"] for record in logs.records] == pytest.approx([1.0, 1 - 1 / 3, 1 - 2 / 3])
 
 
 def test_epoch_sampler_is_a_permutation_per_epoch_and_resumable():

@@ -94,7 +94,6 @@ class Trainer:
         run_dir: Path | None = None,
         rank: int | None = None,
         world_size: int | None = None,
-        on_log: Callable[[dict[str, Any]], None] | None = None,
     ):
         self.recipe = recipe
         self.cfg = recipe.train
@@ -103,7 +102,6 @@ class Trainer:
             rank, world_size = rank_and_world_size()  # (0, 1) unless started by torchrun
         self.rank, self.world_size = rank, world_size
         self.is_main = rank == 0
-        self.on_log = on_log
         self.callbacks: list[Callback] = []
         self.device = resolve_device(self.cfg.device)
         self.amp_dtype = resolve_precision(self.cfg.precision, self.device)
@@ -324,8 +322,6 @@ class Trainer:
             return
         with open(self.run_dir / "log.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
-        if self.on_log:
-            self.on_log(record)
         self.notify("on_log", record)
 
     def notify(self, event: str, *args: Any) -> None:
