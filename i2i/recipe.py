@@ -88,7 +88,9 @@ class TrainSection(Strict):
     )
     fused_adam: bool = Field(False, description="one fused kernel per Adam update (CPU and CUDA); the same math")
     cpu_speedups: bool = Field(
-        False, description="CPU: thin convolutions as matmuls, dense BatchNorm gradients; the same math (docs/engine.md)"
+        False,
+        description="CPU: thin convolutions as matmuls, dense BatchNorm gradients, freed memory kept "
+        "in the process; the same math (docs/engine.md)",
     )
     sync_batchnorm: bool = Field(False, description="with several processes: BatchNorm statistics over the global batch")
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (short runs)")

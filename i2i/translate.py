@@ -159,17 +159,18 @@ def translate_paths(
         from i2i.export import onnxruntime_generator
 
         generator, recipe, metadata = onnxruntime_generator(checkpoint, mode)
-    elif backend in ("torch", "fast"):
+    elif backend in ("torch", "fast", "compiled"):
         generator, recipe, metadata = load_generator(checkpoint, torch_device)
     else:
-        raise DataError(f"--backend must be torch, fast or onnxruntime, got {backend!r}")
+        raise DataError(f"--backend must be torch, fast, compiled or onnxruntime, got {backend!r}")
     in_channels = int(metadata["in_channels"])
     run = generator
-    if backend == "fast":
+    if backend in ("fast", "compiled"):
         from i2i.engine.fast_inference import fast_generator
 
         crop = recipe.data.crop_size
-        run = fast_generator(generator, mode, torch.zeros(1, in_channels, crop, crop, device=torch_device))
+        example = torch.zeros(1, in_channels, crop, crop, device=torch_device)
+        run = fast_generator(generator, mode, example, compile=backend == "compiled")
     num_downs = recipe.model.generator.params.get("num_downs")
     multiple = 2**num_downs if isinstance(num_downs, int) else DEFAULT_MULTIPLE
     if not source.exists():

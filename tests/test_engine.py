@@ -1,6 +1,10 @@
 """The engine's speed settings keep the math: bf16 tracks fp32, the CPU rewrites equal
 the layers they replace, torch.compile trains and falls back to eager."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -133,3 +137,78 @@ def test_fast_generator_matches_the_fp32_generator(mode):
     torch.testing.assert_close(got, expected, atol=3e-2, rtol=0)
     assert all(p.dtype == torch.float32 for p in generator.parameters()), "the trained generator is left as it was"
     assert not any(isinstance(layer, (MatmulConv2d, MatmulConvTranspose2d)) for layer in generator.modules())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_compiled_fast_generator_matches_the_generator(mode):
+    """Compiled with freezing, both modes: train mode reads batch statistics (no
+    dropout here, so the output is a fixed function of the batch)."""
+    from i2i.engine.fast_inference import fast_generator
+    from i2i.engine.inference import generator_mode
+    from i2i.models.unet import UNetGenerator, UNetParams
+
+    torch.manual_seed(0)
+    generator = UNetGenerator(UNetParams(num_downs=5, ngf=8, dropout=0.0))
+    generator.train()
+    for _ in range(3):  # running statistics away from their initial values, so eval and train differ
+        generator(torch.rand(2, 3, 32, 32) * 2 - 1)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    state = {key: value.clone() for key, value in generator.state_dict().items()}
+    logs = []
+    run = fast_generator(generator, mode, x, precision="bf16", compile=True, log_line=logs.append)
+    got = run(x)
+    assert logs == [], "compilation must not have fallen back to eager"
+    for key, value in generator.state_dict().items():
+        assert torch.equal(value, state[key]), f"the trained generator is left as it was ({key})"
+    with torch.no_grad(), generator_mode(generator, mode):
+        expected = generator(x)
+    other_mode = "train" if mode == "eval" else "eval"
+    with torch.no_grad(), generator_mode(generator, other_mode):
+        other = generator(x)
+    torch.testing.assert_close(got, expected, atol=3e-2, rtol=0)
+    assert (got - other).abs().max() > 0.1, f"the output must follow {mode} mode, not {other_mode}"
+
+
+@pytest.mark.slow
+def test_compiled_train_mode_keeps_dropout_live():
+    from i2i.engine.fast_inference import fast_generator
+    from i2i.models.unet import UNetGenerator, UNetParams
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 64, 64) * 2 - 1  # num_downs 6: one 8*ngf decoder block, which has the dropout
+    run = fast_generator(UNetGenerator(UNetParams(num_downs=6, ngf=8, dropout=0.5)), "train", x, compile=True)
+    assert (run(x) - run(x)).abs().max() > 1e-2, "dropout draws anew on every call"
+
+
+RESIDENT_AFTER_FREE = """
+import sys
+from pathlib import Path
+import torch
+from i2i.engine.cpu_speedups import keep_freed_memory
+
+def resident_mib():
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+before = resident_mib()
+block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+del block
+print(resident_mib() - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the resident set from /proc")
+def test_keep_freed_memory_reuses_pages_instead_of_returning_them():
+    """In a fresh process each, since the setting is process-wide: by default glibc
+    unmaps a freed 64 MiB block; after ``keep_freed_memory`` the pages stay mapped
+    for the next allocation."""
+    kept = {}
+    for setting in ("default", "keep"):
+        done = subprocess.run([sys.executable, "-c", RESIDENT_AFTER_FREE, setting], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        kept[setting] = float(done.stdout)
+    assert kept["default"] < 16, kept
+    assert kept["keep"] > 48, kept

@@ -63,12 +63,13 @@ def test_onnxruntime_refuses_train_mode(trained_run):
         onnxruntime_generator(trained_run, "train")
 
 
-def test_translate_fast_backend_matches_torch(trained_run, tmp_path):
+@pytest.mark.parametrize("backend", ["fast", pytest.param("compiled", marks=pytest.mark.slow)])
+def test_translate_fast_backends_match_torch(trained_run, tmp_path, backend):
     from i2i.translate import translate_paths
 
     source = tmp_path / "in.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(source)
     (by_torch,) = translate_paths(trained_run, source, tmp_path / "torch", device="cpu")
-    (by_fast,) = translate_paths(trained_run, source, tmp_path / "fast", device="cpu", backend="fast")
+    (by_fast,) = translate_paths(trained_run, source, tmp_path / backend, device="cpu", backend=backend)
     difference = np.abs(np.asarray(Image.open(by_torch), int) - np.asarray(Image.open(by_fast), int))
     assert difference.max() <= 4  # bf16 rounding, in uint8 steps

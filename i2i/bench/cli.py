@@ -42,6 +42,7 @@ def describe_settings(record: dict[str, Any]) -> str:
     for name, config in record["configs"].items():
         settings = " ".join(f"{key}={value}" for key, value in config["settings"].items())
         lines.append(f"{name}: {settings} (autocast {config['autocast']}; inference through {config['inference_path']})")
+        lines.extend(f"  {note}" for note in dict.fromkeys(config.get("inference_notes", [])))
     memory = record["configs"]["baseline"]["peak_memory_kind"]
     return "\n".join(lines) + f"\npeak memory: {memory.replace('_', ' ')}"
 
@@ -56,7 +57,7 @@ def speed(
     infer_batch: int = typer.Option(8, "--infer-batch", help="the larger inference batch (batch 1 is always timed)"),
     overrides: list[str] = typer.Option([], "--set", help="override a recipe value: --set data.crop_size=128"),
     results: Path = typer.Option(RESULTS_DIR / "speed.jsonl", "--results", help="JSON lines file to append to"),
-    compile_inference: bool = typer.Option(False, "--compile-inference", help="tuned eval-mode inference compiled with freezing (a minute or more of compiling)"),
+    compile_inference: bool = typer.Option(False, "--compile-inference", help="tuned inference compiled with freezing (a minute or more of compiling)"),
 ) -> None:
     """Training and inference throughput: baseline (eager fp32) against the engine's tuned settings."""
     from i2i.bench.speed import bench_speed

@@ -6,8 +6,8 @@ reference's way (eager fp32, contiguous tensors) and ``tuned`` adds the engine's
 one fixed batch of the recipe's crop size (a real one when the data folder is
 there, random tensors otherwise), so data loading is not part of the figure.
 Inference is timed on the plain generator for ``baseline`` and through the
-engine's inference path (``fast_generator``; compiled with freezing in eval mode
-with ``--compile-inference``) for ``tuned``.
+engine's inference path (``fast_generator``; compiled with freezing with
+``--compile-inference``) for ``tuned``.
 Each figure is timed ``repeats`` times after ``warmup`` untimed iterations, with
 the device synchronized before every clock read; the median and the range are kept.
 """
@@ -164,6 +164,7 @@ def measure(
         "train_steps_per_s": rate_summary(train),
         "train_images_per_s": rate_summary(train, trainer.cfg.batch_size),
         "inference_images_per_s": {},
+        "inference_notes": [],  # e.g. a compile that fell back to eager: the figure is then eager's
     }
     for mode in INFERENCE_MODES:
         for batch in sorted({1, infer_batch}):
@@ -171,13 +172,13 @@ def measure(
             if fast_inference:
                 # The engine's inference path (what `i2i translate --backend fast` runs).
                 forward = fast_generator(trainer.generator, mode, images, configured.train.precision,
-                                         compile=compile_inference and mode == "eval", log_line=lambda line: None)
+                                         compile=compile_inference, log_line=result["inference_notes"].append)
                 seconds = time_per_iteration(lambda: forward(images), steps, warmup, repeats, device)
             else:
                 with generator_mode(trainer.generator, mode):
                     seconds = time_per_iteration(lambda: plain_forward(trainer, images), steps, warmup, repeats, device)
             result["inference_images_per_s"][f"{mode}_batch{batch}"] = rate_summary(seconds, batch)
-    result["inference_path"] = ("fast_generator" + (" compiled (eval)" if compile_inference else "")) if fast_inference else "generator"
+    result["inference_path"] = ("fast_generator" + (" compiled" if compile_inference else "")) if fast_inference else "generator"
     result["peak_memory_mib"] = memory.read_mib()
     result["peak_memory_kind"] = memory.kind
     del trainer, real_a, real_b

@@ -1,4 +1,4 @@
-"""Two CPU rewrites of the training step that keep its math.
+"""Two CPU rewrites of the training step that keep its math, and one allocator setting.
 
 1. Convolutions over few positions as one plain matrix product. In the U-Net's
 inner blocks (512 channels at 1x1 to 16x16) a convolution is a thin product
@@ -14,10 +14,16 @@ a block feeding a skip concatenation is a channel slice of the concatenation's
 gradient; BatchNorm's backward takes a slow strided path on it (32 ms instead of
 4 ms at 64x128x128). One copy into the output's own layout avoids that.
 
-Both measured in ``benchmarks/profile_step.py`` (docs/engine.md).
+3. Freed memory kept in the process (glibc). By default glibc serves big blocks
+(an activation or gradient of several MiB) with fresh ``mmap`` pages and unmaps them
+on free, so every step faults in and zeroes the same hundreds of MiB again.
+
+All measured in ``benchmarks/profile_step.py`` (docs/engine.md).
 """
 
 from __future__ import annotations
+
+import ctypes
 
 import torch
 import torch.nn.functional as F
@@ -137,3 +143,18 @@ def use_dense_batchnorm_gradients(model: nn.Module) -> int:
     for layer in layers:
         layer.register_forward_hook(_dense_output_gradient)
     return len(layers)
+
+
+# mallopt parameters from glibc's malloc.h
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+
+
+def keep_freed_memory() -> bool:
+    """Process-wide: big allocations come from the heap instead of ``mmap`` and freed
+    memory is not returned to the system, so each step reuses pages already mapped.
+    The process keeps its peak memory. Returns False where the C library is not glibc."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))

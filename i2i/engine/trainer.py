@@ -33,8 +33,8 @@ from i2i.engine.build import (
 )
 from i2i.engine.checkpoint import CheckpointError, latest_good_checkpoint, load_state, load_weights, save_checkpoint
 from i2i.engine.compiled import CompiledOrEager
-from i2i.engine.cpu_speedups import use_dense_batchnorm_gradients, use_matmul_convolutions
-from i2i.engine.distributed import barrier, rank_and_world_size, wrap_ddp
+from i2i.engine.cpu_speedups import keep_freed_memory, use_dense_batchnorm_gradients, use_matmul_convolutions
+from i2i.engine.distributed import barrier, rank_and_world_size, sum_over_ranks, wrap_ddp
 from i2i.engine.faults import NonFiniteGuard, StopSignals, TrainingInterrupted, advise_on_out_of_memory
 from i2i.engine.inference import generator_mode
 from i2i.recipe import Recipe
@@ -166,7 +166,9 @@ class Trainer:
         return module
 
     def use_cpu_speedups(self) -> None:
-        """The CPU rewrites of ``cpu_speedups`` (same math), sized on this run's crops."""
+        """The CPU rewrites of ``cpu_speedups`` (same math), sized on this run's crops, and
+        the allocator setting (for the whole process)."""
+        keep_freed_memory()
         size, batch = self.recipe.data.crop_size, self.cfg.batch_size
         example = torch.zeros(batch, self.in_channels, size, size).contiguous(memory_format=self.memory_format)
         pair = torch.zeros(batch, self.in_channels + self.out_channels, size, size).contiguous(
@@ -274,7 +276,7 @@ class Trainer:
                 if self.step % self.cfg.log_every == 0 or done:
                     # The only host sync: loss values are read here, every log_every steps.
                     self.check_finite()
-                    last = {k: float(v) / count for k, v in totals.items()}
+                    last = self.mean_losses(totals, count, list(losses))
                     now = time.perf_counter()
                     rate = (self.step - tick_step) / max(now - tick, 1e-9)
                     tick, tick_step = now, self.step
@@ -296,6 +298,15 @@ class Trainer:
     def check_finite(self) -> None:
         """Stop on a NaN/Inf loss or gradient since the last check (see ``faults.NonFiniteGuard``)."""
         self.guard.check(self.run_dir / "checkpoints")
+
+    def mean_losses(self, totals: dict[str, torch.Tensor], count: int, keys: list[str]) -> dict[str, float]:
+        """The logged losses: the mean over the steps kept since the last log, of every rank."""
+        # The keys come from the latest step, not from totals: a rank whose steps were all skipped
+        # has no totals, yet must add as many values as the others.
+        zero = torch.zeros((), device=self.device)
+        sums = [totals.get(key, zero).float() for key in keys] + [torch.tensor(float(count), device=self.device)]
+        *sums, kept = sum_over_ranks(torch.stack(sums)).tolist()
+        return {key: value / kept for key, value in zip(keys, sums)} if kept else {}
 
     def stop_on_signal(self) -> None:
         """At a step boundary after SIGINT/SIGTERM: save unless this step just was, then leave."""
