@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from i2i.engine.distributed import rank_and_world_size
 from i2i.registry import LOSSES
 
 
@@ -83,7 +84,11 @@ class GANLoss(nn.Module):
         """WGAN-GP's penalty on (|grad D(x_hat)| - 1)^2 at random interpolates; None for other modes."""
         if self.params.mode != "wgan-gp" or self.params.gp_weight == 0:
             return None
-        alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
+        # Every rank draws the whole global batch's alphas and keeps its own samples' (EpochSampler
+        # deals samples out round-robin), so N processes at batch b draw per sample what one process
+        # at batch N x b draws.
+        rank, world_size = rank_and_world_size()
+        alpha = torch.rand(real.shape[0] * world_size, 1, 1, 1, device=real.device, dtype=real.dtype)[rank::world_size]
         mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
         scales = _scales(discriminator(mixed))
         (grad,) = torch.autograd.grad(sum(s.sum() for s in scales) / len(scales), mixed, create_graph=True)

@@ -1,10 +1,15 @@
-"""Two CPU processes (gloo) with batch b train the same weights as one process with batch 2b."""
+"""Two CPU processes (gloo) with batch b train the same weights as one process with batch 2b,
+and log the losses of both."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import yaml
 from safetensors.torch import load_file
 
@@ -16,23 +21,28 @@ from i2i.recipe import validate_recipe
 from conftest import ROOT, tiny_recipe
 
 
-def without_batchnorm(batch_size: int) -> dict:
+def without_batchnorm(batch_size: int, gan_mode: str = "vanilla") -> dict:
     """No BatchNorm and no dropout: the per-process batches then add up to the global one exactly."""
-    recipe = tiny_recipe(train={"batch_size": batch_size, "epochs": 1, "epochs_decay": 0, "tensorboard": False})
+    recipe = tiny_recipe(train={"batch_size": batch_size, "epochs": 1, "epochs_decay": 0, "tensorboard": False},
+                         losses=[{"name": "gan", "params": {"mode": gan_mode}}, {"name": "l1", "weight": 100.0}])
     for role in ("generator", "discriminator"):
         recipe["model"][role]["params"]["norm"] = "none"
     recipe["model"]["generator"]["params"]["dropout"] = 0.0
     return recipe
 
 
-def test_two_processes_match_one_with_twice_the_batch(tmp_path):
+# wgan-gp: the penalty's double backward goes through DDP, and its per-sample interpolation
+# weights must be the ones one process draws for the same samples.
+@pytest.mark.parametrize("gan_mode", ["vanilla", "wgan-gp"])
+def test_two_processes_match_one_with_twice_the_batch(tmp_path, gan_mode):
     recipe_file = tmp_path / "recipe.yaml"
-    recipe_file.write_text(yaml.safe_dump(without_batchnorm(batch_size=2)))
+    recipe_file.write_text(yaml.safe_dump(without_batchnorm(batch_size=2, gan_mode=gan_mode)))
     command = [sys.executable, "-m", "i2i", "run", str(recipe_file), "--nproc", "2", "--out", str(tmp_path / "ddp"), "--quiet"]
     subprocess.run(command, check=True, cwd=ROOT, timeout=600)
 
-    init = Trainer(validate_recipe(without_batchnorm(batch_size=4)), run_dir=tmp_path / "init").generator.state_dict()
-    single = Trainer(validate_recipe(without_batchnorm(batch_size=4)), run_dir=tmp_path / "single")
+    recipe = validate_recipe(without_batchnorm(batch_size=4, gan_mode=gan_mode))
+    init = Trainer(recipe, run_dir=tmp_path / "init").generator.state_dict()
+    single = Trainer(recipe, run_dir=tmp_path / "single")
     single.fit()
     checkpoint = latest_checkpoint(tmp_path / "ddp")
     assert int(checkpoint.name.removeprefix("step_")) == single.step == 2
@@ -41,6 +51,39 @@ def test_two_processes_match_one_with_twice_the_batch(tmp_path):
         moved = (weight - init[name]).abs().max()
         assert moved > 1e-5, f"{name} did not train"
         assert (distributed[name] - weight).abs().max() < 1e-3 * moved, name
+
+
+def train_and_record_losses(rank: int, world_size: int, recipe: dict, folder: Path) -> None:
+    """One rank of a gloo run; writes the losses this rank computed at each step."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{folder / 'store'}", rank=rank, world_size=world_size)
+    trainer = Trainer(validate_recipe(recipe), run_dir=folder / "run", rank=rank, world_size=world_size)
+    step, computed = trainer.train_step, []
+
+    def recorded_step(real_a, real_b):
+        losses = step(real_a, real_b)
+        computed.append({key: float(value) for key, value in losses.items()})
+        return losses
+
+    trainer.train_step = recorded_step
+    trainer.fit()
+    (folder / f"rank{rank}.json").write_text(json.dumps(computed))
+    dist.destroy_process_group()
+
+
+def test_logged_losses_are_the_mean_over_ranks(tmp_path):
+    recipe = without_batchnorm(batch_size=2)
+    recipe["train"].update(epochs=2, log_every=2)  # 4 steps, 2 records of 2 steps each
+    mp.spawn(train_and_record_losses, args=(2, recipe, tmp_path), nprocs=2)
+
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in records] == [2, 4]
+    for record in records:
+        window = [losses for computed in ranks for losses in computed[record["step"] - 2 : record["step"]]]
+        for key in ("G_GAN", "G_l1", "D_real", "D_fake"):
+            assert record[key] == pytest.approx(sum(losses[key] for losses in window) / len(window), rel=1e-6)
+    assert ranks[0][0]["G_l1"] != pytest.approx(ranks[1][0]["G_l1"]), "the ranks see different images"
 
 
 def test_launch_drops_the_nproc_option_for_the_ranks():

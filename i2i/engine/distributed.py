@@ -54,6 +54,13 @@ def barrier() -> None:
         dist.barrier()
 
 
+def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` summed over all processes, in place (unchanged in a single process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor
+
+
 def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
     """DDP over ``module``: averages its gradients across processes in each backward."""
     device_ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
