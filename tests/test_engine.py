@@ -212,3 +212,55 @@ def test_keep_freed_memory_reuses_pages_instead_of_returning_them():
         kept[setting] = float(done.stdout)
     assert kept["default"] < 16, kept
     assert kept["keep"] > 48, kept
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("size", [1, 3, 6])
+def test_subpixel_form_equals_the_transposed_convolution(bias, size):
+    from i2i.engine.fast_inference import SubpixelConvTranspose2d
+
+    torch.manual_seed(size)
+    layer = nn.ConvTranspose2d(8, 5, 4, 2, 1, bias=bias)
+    x = torch.randn(2, 8, size, size + 1)
+    torch.testing.assert_close(SubpixelConvTranspose2d(layer)(x), layer(x), atol=1e-5, rtol=0)
+
+
+def test_folded_batchnorm_computes_the_eval_network():
+    from i2i.engine.fast_inference import fold_batchnorm
+
+    torch.manual_seed(0)
+    network = nn.Sequential(
+        nn.Conv2d(3, 6, 4, 2, 1, bias=False), nn.BatchNorm2d(6), nn.LeakyReLU(0.2),
+        nn.ConvTranspose2d(6, 4, 4, 2, 1), nn.BatchNorm2d(4), nn.ReLU(),
+    )
+    network.train()
+    for _ in range(3):
+        network(torch.randn(4, 3, 16, 16))
+    network.eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = network(x)
+        assert fold_batchnorm(network) == 2
+        assert not any(isinstance(layer, nn.BatchNorm2d) for layer in network.modules())
+        torch.testing.assert_close(network(x), expected, atol=1e-5, rtol=0)
+
+
+def test_subpixel_swap_keeps_the_generator_output(monkeypatch):
+    import itertools
+
+    import i2i.engine.fast_inference as fast_inference
+    from i2i.engine.fast_inference import SubpixelConvTranspose2d, use_subpixel_where_faster
+    from i2i.models.unet import UNetGenerator, UNetParams
+
+    # each layer times the subpixel form first, then the plain one: make the subpixel form win
+    timings = itertools.cycle([0.0, 1.0])
+    monkeypatch.setattr(fast_inference, "_seconds", lambda call: next(timings))
+    torch.manual_seed(0)
+    generator = UNetGenerator(UNetParams(num_downs=5, ngf=8, dropout=0.0)).eval()
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        expected = generator(x)
+        swapped = use_subpixel_where_faster(generator, x, torch.float32)
+        got = generator(x)
+    assert swapped == 5 == sum(isinstance(layer, SubpixelConvTranspose2d) for layer in generator.modules())
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
