@@ -97,7 +97,7 @@ def test_dense_batchnorm_gradients_allow_an_inplace_activation_after_the_norm():
 def test_compile_falls_back_to_eager_with_a_log_line(monkeypatch):
     lines = []
 
-    def broken_compile(module, mode):
+    def broken_compile(module, mode, dynamic=None):
         def call(*args):
             raise RuntimeError("backend exploded")
 
@@ -264,3 +264,22 @@ def test_subpixel_swap_keeps_the_generator_output(monkeypatch):
         got = generator(x)
     assert swapped == 5 == sum(isinstance(layer, SubpixelConvTranspose2d) for layer in generator.modules())
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_training_rewrites_come_off_for_inference():
+    """A trainer's generator carries the CPU training rewrites; the compiled inference copy
+    needs plain layers (inductor prepacks their weights) and no gradient hooks."""
+    from i2i.engine.cpu_speedups import undo_training_rewrites
+    from i2i.models.unet import UNetGenerator, UNetParams
+
+    torch.manual_seed(0)
+    generator = UNetGenerator(UNetParams(num_downs=5, ngf=8, dropout=0.0)).eval()
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        expected = generator(x)
+    assert use_matmul_convolutions(generator, x) > 0 and use_dense_batchnorm_gradients(generator) > 0
+    undo_training_rewrites(generator)
+    assert not any(isinstance(layer, (MatmulConv2d, MatmulConvTranspose2d)) for layer in generator.modules())
+    assert not any(layer._forward_hooks for layer in generator.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(generator(x), expected, atol=1e-5, rtol=0)

@@ -24,7 +24,8 @@ class CompiledOrEager:
         self.freeze = freeze
         self.tried = False
         try:
-            self.call: Callable[..., Any] = torch.compile(module, mode=mode)
+            # frozen (inference): one static graph per input shape, never a shape-generic one
+            self.call: Callable[..., Any] = torch.compile(module, mode=mode, dynamic=False if freeze else None)
         except Exception as error:  # platforms without compile support fail right here
             self._fall_back(error)
 

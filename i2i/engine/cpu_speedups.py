@@ -145,6 +145,17 @@ def use_dense_batchnorm_gradients(model: nn.Module) -> int:
     return len(layers)
 
 
+def undo_training_rewrites(model: nn.Module) -> None:
+    """Both rewrites off again, in place (for an inference copy of a trained network)."""
+    plain = {rewritten: original for original, rewritten in SWAPS.items()}
+    for layer in model.modules():
+        if type(layer) in plain:
+            layer.__class__ = plain[type(layer)]
+        for key, hook in list(layer._forward_hooks.items()):
+            if hook is _dense_output_gradient:
+                del layer._forward_hooks[key]
+
+
 # mallopt parameters from glibc's malloc.h
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 

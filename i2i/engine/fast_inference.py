@@ -38,7 +38,7 @@ from torch import nn
 
 from i2i.engine.build import resolve_precision
 from i2i.engine.compiled import CompiledOrEager
-from i2i.engine.cpu_speedups import keep_freed_memory, use_matmul_convolutions
+from i2i.engine.cpu_speedups import keep_freed_memory, undo_training_rewrites, use_matmul_convolutions
 from i2i.engine.inference import Mode
 
 
@@ -169,6 +169,7 @@ def fast_generator(
     if device.type == "cpu":
         keep_freed_memory()
     model = copy.deepcopy(generator).requires_grad_(False)
+    undo_training_rewrites(model)  # a trainer's generator may carry them, sized for its training batch
     model.train(mode == "train")
     if mode == "eval":
         fold_batchnorm(model)
