@@ -120,6 +120,19 @@ def test_compiled_training_matches_eager(tmp_path):
     assert compiled == pytest.approx(eager, rel=1e-3)
 
 
+@pytest.mark.slow
+def test_compiled_training_with_a_gradient_penalty(tmp_path):
+    """wgan-gp differentiates D twice: the penalty runs D eagerly, the rest compiled."""
+    losses = [{"name": "gan", "params": {"mode": "wgan-gp"}}, {"name": "l1", "weight": 100.0}]
+    trainer = Trainer(validate_recipe(tiny_recipe(losses=losses, train={"compile": True})), run_dir=tmp_path)
+    real_a, real_b = torch.rand(2, 1, 3, 32, 32) * 2 - 1
+    for _ in range(2):
+        losses = trainer.train_step(real_a, real_b)
+    assert all(torch.isfinite(value) for value in losses.values())
+    for compiled, module in ((trainer.G, trainer.generator), (trainer.D, trainer.discriminator)):
+        assert compiled.call is not module, "compilation fell back to eager"
+
+
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_fast_generator_matches_the_fp32_generator(mode):
     from i2i.engine.fast_inference import fast_generator

@@ -144,6 +144,10 @@ class Trainer:
         self.D = self._wrap(self.discriminator, "discriminator")
         # The G update only reads D: under DDP, D's wrapper would wait for D gradients that never come.
         self.D_frozen = self._wrap(self.discriminator, "discriminator", ddp=False) if world_size > 1 else self.D
+        # wgan-gp differentiates D twice, which compiled graphs cannot; DDP needs no wrapper here
+        # (the penalty's gradient is taken with respect to the images, and the D loss's
+        # backward reduces all of D's gradients).
+        self.D_penalty = self.discriminator
 
         self.sampler = EpochSampler(len(self.dataset), self.cfg.seed, rank, world_size)
         self.steps_per_epoch = math.ceil(len(self.sampler) / self.cfg.batch_size)
@@ -196,7 +200,7 @@ class Trainer:
             real_pair = torch.cat([real_a, real_b], 1)
             d_real, d_fake = self.gan_loss.discriminator_loss(self.D(real_pair), self.D(fake_pair))
             loss_d = 0.5 * (d_real + d_fake) * self.gan_weight
-            penalty = self.gan_loss.gradient_penalty(self.D, real_pair, fake_pair)
+            penalty = self.gan_loss.gradient_penalty(self.D_penalty, real_pair, fake_pair)
             if penalty is not None:
                 loss_d = loss_d + penalty
         self.scaler.scale(loss_d).backward()
