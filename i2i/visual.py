@@ -9,12 +9,17 @@ import torch
 from PIL import Image
 
 
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """NCHW in [-1, 1] -> uint8 NCHW on the same device, rounded half to even as when saving an image."""
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """NCHW in [-1, 1] -> NHWC uint8 with 3 channels (gray is repeated)."""
-    images = images.detach().float().cpu()
+    """NCHW in [-1, 1] -> NHWC uint8 numpy with 3 channels (gray is repeated), the layout PIL saves."""
+    images = quantize(images).cpu()
     if images.shape[1] == 1:
         images = images.repeat(1, 3, 1, 1)
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return images.permute(0, 2, 3, 1).numpy()
 
 
 def save_grid(columns: list[torch.Tensor], path: Path, gap: int = 2) -> Path:

@@ -15,9 +15,9 @@ from i2i.bench.metrics import (
     QualityMeter,
     frechet_distance,
     psnr_per_image,
-    quantize,
     ssim_per_image,
 )
+from i2i.visual import quantize
 
 SSIM_C1 = (0.01 * 255) ** 2
 

@@ -17,14 +17,11 @@ from torch import nn
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from i2i.visual import quantize
+
 PSNR_CAP_DB = 100.0
 KID_SUBSET_SIZE = 1000
 KID_SUBSETS = 100
-
-
-def quantize(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] float NCHW -> uint8 NCHW, rounded as when saving an image."""
-    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def psnr_per_image(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:

@@ -20,11 +20,12 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 from i2i.data.base import DataError
 from i2i.engine.build import build_dataset, resolve_device
 from i2i.engine.inference import Mode, generator_mode, load_generator
+from i2i.visual import quantize
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] floats -> [0, 1] on the 8-bit grid."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round() / 255.0
+    """[-1, 1] floats -> [0, 1] floats on the 8-bit grid: torchmetrics' PSNR and SSIM here take data_range=1."""
+    return quantize(images).float() / 255.0
 
 
 @torch.no_grad()
