@@ -106,3 +106,22 @@ def test_real_maps_smoke(tmp_path):
     assert item["input"].shape == (3, 64, 64) and -1 <= item["input"].min() and item["input"].max() <= 1
     trainer.fit()
     assert trainer.step == 2
+
+
+def test_sample_grids_leave_the_run_as_it_was(tmp_path):
+    """Samples are drawn as the reference tests (train mode, dropout): neither the
+    generator's state (running statistics and their counter) nor the training RNG may move,
+    and the same weights give the same grid."""
+    recipe = tiny_recipe(data={"dataset": {"name": "synthetic", "params": {"length": 4, "size": 64}},
+                               "load_size": 64, "crop_size": 64})
+    recipe["model"]["generator"]["params"].update(num_downs=6, dropout=0.5)  # one 8*ngf block: dropout
+    trainer = Trainer(validate_recipe(recipe), run_dir=tmp_path)
+    trainer._sample_batch = trainer.sample_inputs()  # what fit() sets up
+    state = {key: value.clone() for key, value in trainer.generator.state_dict().items()}
+    rng = torch.get_rng_state()
+    first = trainer.save_samples().read_bytes()
+    assert torch.equal(torch.get_rng_state(), rng)
+    for key, value in trainer.generator.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    assert trainer.generator.training
+    assert trainer.save_samples().read_bytes() == first

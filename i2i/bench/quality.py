@@ -41,10 +41,6 @@ PROTOCOL = {
 }
 
 
-def _rng_devices(device: torch.device) -> list[int]:
-    return [device.index or 0] if device.type == "cuda" else []
-
-
 @torch.no_grad()
 def evaluate(
     generator: nn.Module,
@@ -62,8 +58,7 @@ def evaluate(
     training run's random stream. ``real_features`` (one row per sample) skips extracting them;
     ``on_image(done, count)`` follows the progress."""
     count = len(dataset) if limit is None else min(limit, len(dataset))
-    with torch.random.fork_rng(devices=_rng_devices(device)), generator_mode(generator, mode):
-        torch.manual_seed(seed)
+    with generator_mode(generator, mode, seed):
         for index in range(count):
             item = dataset[index]
             fake = generator(item["input"][None].to(device)).float()

@@ -17,24 +17,36 @@ Mode = Literal["train", "eval"]
 
 
 @contextlib.contextmanager
-def generator_mode(model: nn.Module, mode: Mode) -> Iterator[nn.Module]:
+def generator_mode(model: nn.Module, mode: Mode, seed: int | None = None) -> Iterator[nn.Module]:
     """``eval``: running BatchNorm statistics, no dropout. ``train``: what pix2pix does at
-    test time, batch statistics and dropout, without touching the running statistics."""
+    test time, batch statistics and dropout, leaving the running statistics (and their
+    counter) as they were. ``seed``: dropout draws from an RNG forked off the global one
+    and seeded, so the draws repeat and a training run's random stream does not move."""
     was_training = model.training
     saved = {}
     if mode == "train":
         model.train()
         for layer in model.modules():
             if isinstance(layer, nn.modules.batchnorm._BatchNorm):
-                saved[layer] = layer.momentum
+                counter = layer.num_batches_tracked
+                saved[layer] = (layer.momentum, None if counter is None else counter.clone())
                 layer.momentum = 0.0  # running stats: r <- (1 - 0) * r + 0 * batch = r
     else:
         model.eval()
+    device = next(model.parameters(), torch.empty(0)).device
+    forked = contextlib.nullcontext()
+    if seed is not None:
+        forked = torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [])
     try:
-        yield model
+        with forked:
+            if seed is not None:
+                torch.manual_seed(seed)
+            yield model
     finally:
-        for layer, momentum in saved.items():
+        for layer, (momentum, counter) in saved.items():
             layer.momentum = momentum
+            if counter is not None:
+                layer.num_batches_tracked.copy_(counter)
         model.train(was_training)
 
 

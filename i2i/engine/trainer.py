@@ -362,11 +362,12 @@ class Trainer:
 
     @torch.no_grad()
     def save_samples(self) -> Path:
-        """A grid: one row per image, input | generated | target."""
+        """A grid: one row per image, input | generated | target. Generated as the reference
+        tests and as ``bench quality`` scores: train mode, one image at a time, seeded dropout."""
         from i2i.visual import save_grid
 
-        with generator_mode(self.generator, "eval"):
-            fake = self.generator(self._sample_batch["input"]).float()
+        with generator_mode(self.generator, "train", seed=self.cfg.seed):
+            fake = torch.cat([self.generator(image[None]) for image in self._sample_batch["input"]]).float()
         path = self.run_dir / "samples" / f"step_{self.step:08d}.png"
         save_grid([self._sample_batch["input"], fake, self._sample_batch["target"]], path)
         self.notify("on_sample", path)
