@@ -31,7 +31,7 @@ from i2i.engine.build import resolve_device
 from i2i.engine.inference import generator_mode, load_generator
 from i2i.visual import to_uint8
 
-DEFAULT_MULTIPLE = 256
+DEFAULT_MULTIPLE = 256  # for generators that do not declare `size_multiple`
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -171,8 +171,7 @@ def translate_paths(
         crop = recipe.data.crop_size
         example = torch.zeros(1, in_channels, crop, crop, device=torch_device)
         run = fast_generator(generator, mode, example, compile=backend == "compiled")
-    num_downs = recipe.model.generator.params.get("num_downs")
-    multiple = 2**num_downs if isinstance(num_downs, int) else DEFAULT_MULTIPLE
+    multiple = int(metadata.get("size_multiple") or getattr(generator, "size_multiple", DEFAULT_MULTIPLE))
     if not source.exists():
         raise DataError(f"input not found: {source}")
     files = [source] if source.is_file() else list_images(source)

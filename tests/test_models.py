@@ -19,6 +19,19 @@ def test_generator_forward(name, channels):
     y.mean().backward()
 
 
+@pytest.mark.parametrize("name", GENERATORS.list())
+def test_generator_declares_the_size_multiple_it_needs(name):
+    """``i2i translate`` pads inputs to ``size_multiple``: two neighbouring multiples (one an
+    odd number of them, where a chain of stride-2 layers would round) keep their size."""
+    model = GENERATORS.build(name, SMALL_PARAMS.get(name, {})).eval()
+    multiple = model.size_multiple
+    assert isinstance(multiple, int) and multiple >= 1
+    smallest = multiple * -(-32 // multiple)  # room for the norms and paddings of tiny maps
+    with torch.no_grad():
+        for side in (smallest, smallest + multiple):
+            assert model(torch.randn(1, 3, side, side)).shape[-2:] == (side, side)
+
+
 @pytest.mark.parametrize("name", DISCRIMINATORS.list())
 def test_discriminator_forward(name):
     model = DISCRIMINATORS.build(name, SMALL_PARAMS.get(name, {}), in_channels=6)

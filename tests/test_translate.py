@@ -140,3 +140,9 @@ def test_bad_requests_are_explained(tiny_run, tmp_path, kwargs, message):
 def test_missing_input_is_explained(tiny_run, tmp_path):
     with pytest.raises(DataError, match="input not found"):
         translate_paths(tiny_run, tmp_path / "nothing", tmp_path / "out")
+
+
+def test_checkpoints_record_the_size_multiple_translate_pads_to(tiny_run):
+    """Exports carry the checkpoint's metadata, so an ONNX file also tells translate how to pad."""
+    _, _, metadata = load_generator(tiny_run, "cpu")
+    assert metadata["size_multiple"] == "32"  # tiny_recipe's U-Net: num_downs 5

@@ -380,6 +380,8 @@ class Trainer:
             "out_channels": str(self.out_channels),
             "step": str(self.step),
             "i2i_version": __version__,
+            # what `i2i translate` pads inputs to, kept where an export has no module to ask
+            **({"size_multiple": str(self.generator.size_multiple)} if hasattr(self.generator, "size_multiple") else {}),
         }
 
     def save(self) -> Path | None:

@@ -62,6 +62,7 @@ class ResnetGenerator(nn.Module):
         super().__init__()
         ngf, norm = params.ngf, params.norm
         bias = conv_bias(norm)
+        self.size_multiple = 2**params.n_downsampling  # input sides must divide by it
         layers: list[nn.Module] = [
             nn.ReflectionPad2d(3),
             nn.Conv2d(in_channels, ngf, 7, bias=bias),

@@ -90,6 +90,8 @@ class TimmUNetGenerator(nn.Module):
         self.register_buffer("mean", mean.view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", std.view(1, -1, 1, 1), persistent=False)
 
+        # Sides that divide by the encoder's total stride keep every skip aligned without resizing.
+        self.size_multiple = self.encoder.feature_info.reduction()[-1]
         skips = [in_channels, *self.encoder.feature_info.channels()[:-1]][::-1]
         below = self.encoder.feature_info.channels()[-1]
         self.decoder = nn.ModuleList()

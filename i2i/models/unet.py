@@ -34,6 +34,7 @@ class UNetGenerator(nn.Module):
         super().__init__()
         n, ngf, norm = params.num_downs, params.ngf, params.norm
         bias = conv_bias(norm)
+        self.size_multiple = 2**n  # input sides must divide by it
         channels = [ngf * min(2**i, 8) for i in range(n)]
 
         down = [nn.Conv2d(in_channels, ngf, 4, 2, 1, bias=bias)]

@@ -32,10 +32,9 @@ class LocalEnhancerParams(BaseModel):
 
 @GENERATORS.register("hd_local", params=LocalEnhancerParams)
 class LocalEnhancerGenerator(nn.Module):
-    """Input sides must be divisible by 2 ** (n_downsample_global + 1)."""
-
     def __init__(self, params: LocalEnhancerParams, in_channels: int = 3, out_channels: int = 3):
         super().__init__()
+        self.size_multiple = 2 ** (params.n_downsample_global + 1)  # input sides must divide by it
         ngf, norm = params.ngf, params.norm
         bias = conv_bias(norm)
         global_params = ResnetParams(
