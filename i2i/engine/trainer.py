@@ -363,11 +363,13 @@ class Trainer:
     @torch.no_grad()
     def save_samples(self) -> Path:
         """A grid: one row per image, input | generated | target. Generated as the reference
-        tests and as ``bench quality`` scores: train mode, one image at a time, seeded dropout."""
+        tests: train mode with seeded dropout, and batch statistics over as many images as a
+        training step sees (one at a time at the reference's batch 1)."""
         from i2i.visual import save_grid
 
+        inputs = self._sample_batch["input"]
         with generator_mode(self.generator, "train", seed=self.cfg.seed):
-            fake = torch.cat([self.generator(image[None]) for image in self._sample_batch["input"]]).float()
+            fake = torch.cat([self.generator(chunk) for chunk in inputs.split(self.cfg.batch_size)]).float()
         path = self.run_dir / "samples" / f"step_{self.step:08d}.png"
         save_grid([self._sample_batch["input"], fake, self._sample_batch["target"]], path)
         self.notify("on_sample", path)
