@@ -46,6 +46,8 @@ def test_bench_speed_appends_a_json_line_and_compare_flags_a_slowdown(write_reci
         assert set(config["inference_images_per_s"]) == {"eval_batch1", "eval_batch2", "train_batch1", "train_batch2"}
         assert config["peak_memory_mib"] > 0
     assert record["ratio"]["train_steps_per_s"] > 0
+    tuned = record["configs"]["tuned"]
+    assert tuned["inference_path"] == "fast_generator compiled" and tuned["inference_notes"] == [], tuned
 
     assert invoke("bench", "compare", "--results", str(results)).exit_code == 0  # one record: nothing to compare
     slower = json.loads(line)

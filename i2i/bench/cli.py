@@ -57,7 +57,7 @@ def speed(
     infer_batch: int = typer.Option(8, "--infer-batch", help="the larger inference batch (batch 1 is always timed)"),
     overrides: list[str] = typer.Option([], "--set", help="override a recipe value: --set data.crop_size=128"),
     results: Path = typer.Option(RESULTS_DIR / "speed.jsonl", "--results", help="JSON lines file to append to"),
-    compile_inference: bool = typer.Option(False, "--compile-inference", help="tuned inference compiled with freezing (a minute or more of compiling)"),
+    compile_inference: bool = typer.Option(True, "--compile-inference/--no-compile-inference", help="tuned inference through the compiled, frozen generator (`translate --backend compiled`; a minute or two of compiling) or its eager form (`--backend fast`)"),
 ) -> None:
     """Training and inference throughput: baseline (eager fp32) against the engine's tuned settings."""
     from i2i.bench.speed import bench_speed

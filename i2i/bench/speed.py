@@ -6,8 +6,8 @@ reference's way (eager fp32, contiguous tensors) and ``tuned`` adds the engine's
 one fixed batch of the recipe's crop size (a real one when the data folder is
 there, random tensors otherwise), so data loading is not part of the figure.
 Inference is timed on the plain generator for ``baseline`` and through the
-engine's inference path (``fast_generator``; compiled with freezing with
-``--compile-inference``) for ``tuned``.
+engine's inference path (``fast_generator``, compiled with freezing unless
+``--no-compile-inference``) for ``tuned``.
 Each figure is timed ``repeats`` times after ``warmup`` untimed iterations, with
 the device synchronized before every clock read; the median and the range are kept.
 """
@@ -206,7 +206,7 @@ def bench_speed(
     infer_batch: int = 8,
     results: Path | None = RESULTS_DIR / "speed.jsonl",
     on_config: Callable[[str], None] | None = None,
-    compile_inference: bool = False,
+    compile_inference: bool = True,
 ) -> dict[str, Any]:
     """Time baseline and tuned on ``recipe_path``; append the record to ``results``."""
     if min(steps, repeats, infer_batch) < 1 or warmup < 0:
