@@ -7,7 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from i2i.bench.compare import compare_results
-from i2i.bench.quality import bicubic_baseline
+from i2i.bench.quality import bench_quality, bicubic_baseline, protocol_dataset
 from i2i.bench.speed import bench_recipe
 from i2i.cli import app
 from i2i.engine.inference import load_generator
@@ -93,6 +93,26 @@ def test_bench_quality_on_a_tiny_checkpoint(tiny_run, tmp_path):
     assert record["steps_trained"] == 2 and record["mode"] == "train" and record["protocol"]["image_size"] == 256
     metrics = record["metrics"]
     assert metrics["images"] == 2 and metrics["fid"] >= 0 and 0 < metrics["psnr"] < 100 and -1 <= metrics["ssim"] <= 1
+
+
+def test_bench_quality_scores_super_resolution_next_to_bicubic(fake_data_root, tmp_path):
+    """On ``degrade`` data the record adds the bicubic input's own scores: the floor a
+    super-resolution model has to beat."""
+    import yaml
+
+    from conftest import ROOT, shrink
+
+    recipe = validate_recipe(shrink(yaml.safe_load((ROOT / "recipes" / "super_resolution_x4.yaml").read_text()), fake_data_root))
+    Trainer(recipe, run_dir=tmp_path / "run").fit()
+    record = bench_quality(tmp_path / "run", fake_data_root, device="cpu", results=None)
+    val = protocol_dataset(recipe, fake_data_root)
+    by_hand = []
+    for i in range(len(val)):
+        low, high = (((val[i][k] + 1) * 127.5).round() for k in ("input", "target"))
+        by_hand.append(10 * torch.log10(255.0**2 / ((low - high) ** 2).mean()))
+    assert record["bicubic_baseline"]["images"] == record["metrics"]["images"] == 2
+    assert record["bicubic_baseline"]["psnr"] == pytest.approx(float(torch.stack(by_hand).mean()), abs=1e-3)
+    assert 0 < record["metrics"]["ssim"] <= 1 and 0 < record["metrics"]["psnr"] < 100
 
 
 def test_bicubic_baseline_upscales_the_input_to_the_target_size():
