@@ -84,29 +84,40 @@ class MatmulConvTranspose2d(nn.ConvTranspose2d):
 SWAPS = {nn.Conv2d: MatmulConv2d, nn.ConvTranspose2d: MatmulConvTranspose2d}
 
 
-def product_widths(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, int]:
-    """Each plain convolution's product width on ``example``'s shape: output positions
-    for a convolution, input positions for a transposed one, times the batch."""
-    widths: dict[nn.Module, int] = {}
+def tensors_seen(
+    model: nn.Module, example: torch.Tensor, layers: list[nn.Module]
+) -> dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    """(input, output) of each of ``layers`` in one forward of ``example``, run in eval
+    mode so that the probe does not move BatchNorm's running statistics."""
+    seen: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def record(layer, inputs, output):
-        source = output if isinstance(layer, nn.Conv2d) else inputs[0]
-        widths[layer] = source.shape[0] * source.shape[2] * source.shape[3]
+    def record(layer: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        seen[layer] = (inputs[0], output)
 
-    layers = [
-        layer for layer in model.modules()
-        if type(layer) in SWAPS and layer.groups == 1 and layer.padding_mode == "zeros"
-    ]
     hooks = [layer.register_forward_hook(record) for layer in layers]
     was_training = model.training
     try:
-        model.eval()  # eval: the probe must not move BatchNorm's running statistics
+        model.eval()
         with torch.inference_mode():
             model(example)
     finally:
         model.train(was_training)
         for hook in hooks:
             hook.remove()
+    return seen
+
+
+def product_widths(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, int]:
+    """Each plain convolution's product width on ``example``'s shape: output positions
+    for a convolution, input positions for a transposed one, times the batch."""
+    layers = [
+        layer for layer in model.modules()
+        if type(layer) in SWAPS and layer.groups == 1 and layer.padding_mode == "zeros"
+    ]
+    widths = {}
+    for layer, (x, y) in tensors_seen(model, example, layers).items():
+        source = y if isinstance(layer, nn.Conv2d) else x
+        widths[layer] = source.shape[0] * source.shape[2] * source.shape[3]
     return widths
 
 

@@ -38,7 +38,7 @@ from torch import nn
 
 from i2i.engine.build import resolve_precision
 from i2i.engine.compiled import CompiledOrEager
-from i2i.engine.cpu_speedups import keep_freed_memory, undo_training_rewrites, use_matmul_convolutions
+from i2i.engine.cpu_speedups import keep_freed_memory, tensors_seen, undo_training_rewrites, use_matmul_convolutions
 from i2i.engine.inference import Mode
 
 
@@ -123,22 +123,8 @@ def use_subpixel_where_faster(model: nn.Module, example: torch.Tensor, dtype: to
     """Swap each transposed convolution ``SubpixelConvTranspose2d.fits`` for its subpixel
     form where that form runs faster on the input it sees for ``example`` (eager, in
     ``dtype``, channels_last); returns how many were swapped."""
-    inputs: dict[nn.Module, torch.Tensor] = {}
-
-    def record(layer: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        inputs[layer] = args[0]
-
-    hooks = [
-        layer.register_forward_hook(record)
-        for layer in model.modules()
-        if SubpixelConvTranspose2d.fits(layer)
-    ]
-    try:
-        with torch.inference_mode():
-            model(example)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    candidates = [layer for layer in model.modules() if SubpixelConvTranspose2d.fits(layer)]
+    inputs = {layer: x for layer, (x, _) in tensors_seen(model, example, candidates).items()}
     swapped = 0
     for parent in list(model.modules()):
         for name, layer in list(parent.named_children()):
