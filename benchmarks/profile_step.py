@@ -29,14 +29,15 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from i2i.engine.build import tuned_settings  # noqa: E402
+from i2i.bench.speed import configurations  # noqa: E402
 from i2i.engine.fast_inference import fast_generator  # noqa: E402
 from i2i.engine.inference import generator_mode  # noqa: E402
 from i2i.engine.trainer import Trainer  # noqa: E402
 from i2i.recipe import validate_recipe  # noqa: E402
 
-BASELINE = {"precision": "fp32", "channels_last": False, "compile": False}
-TUNED = {**BASELINE, **tuned_settings(torch.device("cpu"))}
+# The same two configurations `i2i bench speed` times.
+CONFIGURATIONS = configurations(torch.device("cpu"))
+BASELINE, TUNED = CONFIGURATIONS["baseline"], CONFIGURATIONS["tuned"]
 TRAIN_CONFIGS = {
     "baseline": BASELINE,
     "bf16+channels_last+fused_adam": {**BASELINE, "precision": "bf16", "channels_last": True, "fused_adam": True},
