@@ -16,7 +16,8 @@ from rich.markup import escape
 from i2i import __version__
 from i2i.bench.cli import app as bench_app
 from i2i.data_commands import data_app
-from i2i.registry import REGISTRIES, I2IError
+from i2i.errors import I2IError
+from i2i.registry import REGISTRIES
 
 app = typer.Typer(
     help="Paired image-to-image translation (pix2pix family): train, evaluate, translate.",

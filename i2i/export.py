@@ -25,7 +25,7 @@ from torch import nn
 
 from i2i.engine.inference import load_generator, resolve_generator_file
 from i2i.recipe import Recipe, validate_recipe
-from i2i.registry import I2IError
+from i2i.errors import I2IError
 
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}
 TOLERANCE = 1e-3  # max abs difference to PyTorch, in [-1, 1] output units, fp32

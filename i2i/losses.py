@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from i2i.engine.distributed import rank_and_world_size
 from i2i.registry import LOSSES
 
 
@@ -80,14 +79,16 @@ class GANLoss(nn.Module):
             return F.relu(1.0 - real).mean(), F.relu(1.0 + fake).mean()
         return -real.mean(), fake.mean()
 
-    def gradient_penalty(self, discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor | None:
-        """WGAN-GP's penalty on (|grad D(x_hat)| - 1)^2 at random interpolates; None for other modes."""
+    def gradient_penalty(
+        self, discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor, rank: int = 0, world_size: int = 1
+    ) -> torch.Tensor | None:
+        """WGAN-GP's penalty on (|grad D(x_hat)| - 1)^2 at random interpolates; None for other modes.
+
+        Every rank draws the whole global batch's interpolation weights and keeps its own samples'
+        (the sampler deals samples out round-robin), so N processes at batch b draw per sample what
+        one process at batch N x b draws."""
         if self.params.mode != "wgan-gp" or self.params.gp_weight == 0:
             return None
-        # Every rank draws the whole global batch's alphas and keeps its own samples' (EpochSampler
-        # deals samples out round-robin), so N processes at batch b draw per sample what one process
-        # at batch N x b draws.
-        rank, world_size = rank_and_world_size()
         alpha = torch.rand(real.shape[0] * world_size, 1, 1, 1, device=real.device, dtype=real.dtype)[rank::world_size]
         mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
         scales = _scales(discriminator(mixed))

@@ -14,7 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from i2i.registry import DATASETS, DISCRIMINATORS, GENERATORS, LOSSES, I2IError, Registry, missing_distributions
+from i2i.errors import I2IError
+from i2i.registry import DATASETS, DISCRIMINATORS, GENERATORS, LOSSES, Registry, missing_distributions
 
 
 class RecipeError(I2IError):

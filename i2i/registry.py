@@ -30,11 +30,9 @@ from typing import Any, Callable, Iterable
 
 from pydantic import BaseModel
 
+from i2i.errors import I2IError
+
 BUILTIN = "built-in"
-
-
-class I2IError(Exception):
-    """An error with a message meant for the user; the CLI prints it without a traceback."""
 
 
 class RegistryError(I2IError):

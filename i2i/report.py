@@ -24,7 +24,7 @@ import yaml
 
 from i2i import __version__
 from i2i.engine.trainer import Callback, Trainer
-from i2i.registry import I2IError
+from i2i.errors import I2IError
 
 REPORT = "report.html"
 ENVIRONMENT = "environment.json"

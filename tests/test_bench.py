@@ -13,7 +13,7 @@ from i2i.cli import app
 from i2i.engine.inference import load_generator
 from i2i.engine.trainer import Trainer
 from i2i.recipe import validate_recipe
-from i2i.registry import I2IError
+from i2i.errors import I2IError
 
 from conftest import RecordLogs, tiny_recipe
 

@@ -11,7 +11,7 @@ from i2i.engine.inference import load_generator
 from i2i.engine.trainer import Trainer
 from i2i.export import TOLERANCE, OnnxRuntimeGenerator, export_generator, onnxruntime_generator
 from i2i.recipe import validate_recipe
-from i2i.registry import I2IError
+from i2i.errors import I2IError
 
 from conftest import tiny_recipe
 

@@ -19,7 +19,7 @@ from i2i.engine.checkpoint import CheckpointError, list_checkpoints, load_state,
 from i2i.engine.faults import NonFiniteError, TrainingInterrupted
 from i2i.engine.trainer import Callback, Trainer
 from i2i.recipe import RecipeError, load_recipe, validate_recipe
-from i2i.registry import I2IError
+from i2i.errors import I2IError
 
 from conftest import ROOT, tiny_recipe
 

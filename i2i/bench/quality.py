@@ -26,7 +26,7 @@ from i2i.data.base import PairedDataset
 from i2i.engine.build import build_dataset, resolve_device
 from i2i.engine.inference import Mode, generator_mode, load_generator
 from i2i.recipe import Recipe
-from i2i.registry import I2IError
+from i2i.errors import I2IError
 
 IMAGE_SIZE = 256
 PROTOCOL = {

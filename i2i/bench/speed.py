@@ -30,7 +30,7 @@ from i2i.engine.fast_inference import fast_generator
 from i2i.engine.inference import generator_mode
 from i2i.engine.trainer import Trainer
 from i2i.recipe import Recipe, TrainSection, load_recipe, validate_recipe
-from i2i.registry import I2IError
+from i2i.errors import I2IError
 
 BASELINE = {"precision": "fp32", "channels_last": False, "compile": False}
 INFERENCE_MODES = ("eval", "train")

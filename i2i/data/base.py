@@ -26,7 +26,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from i2i.recipe import DataSection
-from i2i.registry import I2IError
+from i2i.errors import I2IError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 # ``cache: auto`` keeps a training set in memory up to this size (maps at 286: 150 MB).

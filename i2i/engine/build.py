@@ -7,7 +7,8 @@ from torch import nn
 
 from i2i.data.base import PairedDataset
 from i2i.recipe import Recipe
-from i2i.registry import DATASETS, DISCRIMINATORS, GENERATORS, LOSSES, I2IError
+from i2i.errors import I2IError
+from i2i.registry import DATASETS, DISCRIMINATORS, GENERATORS, LOSSES
 
 
 def build_dataset(recipe: Recipe, split: str = "train", train: bool = True) -> PairedDataset:

@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from i2i.registry import I2IError
+from i2i.errors import I2IError
 
 MANIFEST = "manifest.json"
 

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from i2i.registry import I2IError
+from i2i.errors import I2IError
 
 
 def launched_by_torchrun() -> bool:

@@ -25,7 +25,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from i2i.registry import I2IError
+from i2i.errors import I2IError
 
 
 class TrainingInterrupted(I2IError):

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from i2i.engine.trainer import Callback, Trainer
-from i2i.registry import I2IError
+from i2i.errors import I2IError
 
 # Recorded as the x axis, not as curves of their own.
 NOT_SCALARS = {"step", "epoch"}

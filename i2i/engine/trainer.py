@@ -38,7 +38,7 @@ from i2i.engine.distributed import barrier, rank_and_world_size, sum_over_ranks,
 from i2i.engine.faults import NonFiniteGuard, StopSignals, TrainingInterrupted, advise_on_out_of_memory
 from i2i.engine.inference import generator_mode
 from i2i.recipe import Recipe
-from i2i.registry import I2IError
+from i2i.errors import I2IError
 
 
 class EpochSampler(Sampler[int]):
@@ -200,7 +200,7 @@ class Trainer:
             real_pair = torch.cat([real_a, real_b], 1)
             d_real, d_fake = self.gan_loss.discriminator_loss(self.D(real_pair), self.D(fake_pair))
             loss_d = 0.5 * (d_real + d_fake) * self.gan_weight
-            penalty = self.gan_loss.gradient_penalty(self.D_penalty, real_pair, fake_pair)
+            penalty = self.gan_loss.gradient_penalty(self.D_penalty, real_pair, fake_pair, self.rank, self.world_size)
             if penalty is not None:
                 loss_d = loss_d + penalty
         self.scaler.scale(loss_d).backward()

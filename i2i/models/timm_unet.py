@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from i2i.models.layers import Norm, conv_bias, init_weights, norm_layer
-from i2i.registry import GENERATORS, I2IError
+from i2i.errors import I2IError
+from i2i.registry import GENERATORS
 
 
 class TimmUNetParams(BaseModel):
