@@ -193,10 +193,11 @@ def test_malicious_archive_is_refused(server, tmp_path, member, problem):
     assert [p.name for p in root.iterdir()] == ["maps.tar.gz"], "nothing was extracted"
 
 
-def test_wrong_image_count_is_reported(server, tmp_path):
+def test_wrong_image_count_leaves_nothing_in_place(server, tmp_path):
     body = dataset_archive(counts={"train": 2, "val": 2})
-    with pytest.raises(DownloadError, match="holds 2 images, expected 3"):
+    with pytest.raises(DownloadError, match="holds 2 images, expected 3.*Nothing was extracted"):
         download_dataset("maps", tmp_path, {"maps": entry(server.publish("maps.tar.gz", body))}, show_progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["maps.tar.gz"], "no maps/ and no staging folder"
 
 
 def test_recipe_download_fetches_a_missing_root(server, tmp_path, monkeypatch):

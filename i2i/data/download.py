@@ -11,7 +11,8 @@
 4. extract into a hidden staging folder, check the layout and image counts,
    then rename the folder into place.
 
-An archive already in ``root`` (fetched by hand) is used as it is.
+An archive already in ``root`` (fetched by hand) is used as it is. Step 1 is
+``fetch_file``, which the model catalogue uses for its downloads too.
 """
 
 from __future__ import annotations
@@ -83,11 +84,14 @@ def manual_steps(entry: Entry, root: Path) -> str:
 
 
 # -- 1. fetch ------------------------------------------------------------------
-def fetch(entry: Entry, dest: Path, show_progress: bool = True, retries: int = 3, timeout: float = 30.0) -> None:
-    """Stream the archive into ``dest.part``, resuming after drops, then rename it to ``dest``."""
+def fetch_file(
+    url: str, dest: Path, label: str, manual: str, show_progress: bool = True, retries: int = 3, timeout: float = 30.0
+) -> None:
+    """Stream ``url`` into ``dest.part``, resuming after drops, then rename it to ``dest``.
+    ``manual`` (how to fetch the file by hand) ends every error message."""
     part = dest.with_name(dest.name + ".part")
     progress = Progress(
-        TextColumn(entry.name), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+        TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
         disable=not show_progress,
     )
     last_error: Exception | None = None
@@ -96,18 +100,16 @@ def fetch(entry: Entry, dest: Path, show_progress: bool = True, retries: int = 3
         for _ in range(retries):
             have = part.stat().st_size if part.exists() else 0
             try:
-                if _fetch_once(entry.source, part, have, timeout, lambda n, total: progress.update(task, completed=n, total=total)):
+                if _fetch_once(url, part, have, timeout, lambda n, total: progress.update(task, completed=n, total=total)):
                     os.replace(part, dest)
                     return
                 last_error = ConnectionError("the connection closed before the end of the file")
             except HTTPError as error:
-                raise DownloadError(f"{entry.source}: HTTP {error.code} {error.reason}. {manual_steps(entry, dest.parent)}") from None
+                raise DownloadError(f"{url}: HTTP {error.code} {error.reason}. {manual}") from None
             except (URLError, OSError, http.client.HTTPException) as error:
                 last_error = error
     kept = f" {part} keeps the {part.stat().st_size} bytes fetched so far; running again resumes there." if part.exists() else ""
-    raise DownloadError(
-        f"cannot download {entry.source}: {getattr(last_error, 'reason', last_error)}.{kept} {manual_steps(entry, dest.parent)}"
-    )
+    raise DownloadError(f"cannot download {url}: {getattr(last_error, 'reason', last_error)}.{kept} {manual}")
 
 
 def _fetch_once(url: str, part: Path, have: int, timeout: float, report) -> bool:
@@ -174,8 +176,10 @@ def checked_members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo
     return members
 
 
-def extract(archive: Path, root: Path, name: str) -> Path:
-    """Extract ``archive`` (holding ``name/...``) into ``root/name`` via a staging folder."""
+def extract(archive: Path, root: Path, entry: Entry) -> Path:
+    """Extract ``archive`` (holding ``NAME/...``) into ``root/NAME`` via a staging folder, checking
+    the layout and image counts there, before anything is renamed into place."""
+    name = entry.name
     staging = root / f".{name}.extracting"
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -192,27 +196,31 @@ def extract(archive: Path, root: Path, name: str) -> Path:
         found = ", ".join(sorted(p.name for p in staging.iterdir())) or "nothing"
         shutil.rmtree(staging, ignore_errors=True)
         raise DownloadError(f"{archive}: expected a top-level folder {name}/, found {found}")
+    problems = layout_problems(extracted, entry)
+    if problems:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise DownloadError(
+            f"{archive} is not a complete {name} set: {'; '.join(problems)}. Nothing was extracted to "
+            f"{root / name}; delete {archive} to download it again"
+        )
     target = root / name
     os.replace(extracted, target)
     shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
-def verify_layout(folder: Path, entry: Entry) -> None:
+def layout_problems(folder: Path, entry: Entry) -> list[str]:
+    """What is missing from ``folder`` or counts wrong, split by split (paths relative to it)."""
     problems = []
     for split, expected in entry.splits.items():
         split_dir = folder / split
         if not split_dir.is_dir():
-            problems.append(f"{split_dir} is missing")
+            problems.append(f"{split}/ is missing")
             continue
         count = sum(1 for p in split_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if (expected is None and count == 0) or (expected is not None and count != expected):
-            problems.append(f"{split_dir} holds {count} images, expected {expected or 'at least one'}")
-    if problems:
-        raise DownloadError(
-            f"{folder} does not look like a complete {entry.name} set: {'; '.join(problems)}. "
-            f"Delete {folder} and download again."
-        )
+            problems.append(f"{split}/ holds {count} images, expected {expected or 'at least one'}")
+    return problems
 
 
 # -- the whole -------------------------------------------------------------------
@@ -222,12 +230,17 @@ def download_dataset(
     entry = lookup(name, catalogue)
     target = root / name
     if target.exists():
-        verify_layout(target, entry)
+        problems = layout_problems(target, entry)
+        if problems:
+            raise DownloadError(
+                f"{target} does not look like a complete {name} set: {'; '.join(problems)}. "
+                f"Delete {target} and download again."
+            )
         return target
     root.mkdir(parents=True, exist_ok=True)
     archive = root / f"{name}.tar.gz"
     if not archive.exists():
-        fetch(entry, archive, show_progress, retries)
+        fetch_file(entry.source, archive, name, manual_steps(entry, root), show_progress, retries)
     if entry.sha256 is not None:
         actual = sha256_of(archive)
         if actual != entry.sha256:
@@ -236,8 +249,7 @@ def download_dataset(
                 f"{archive}: sha256 {actual} does not match the catalogue's {entry.sha256}; "
                 f"the file was deleted, run the download again"
             )
-    extract(archive, root, name)
-    verify_layout(target, entry)
+    extract(archive, root, entry)
     archive.unlink()
     return target
 
