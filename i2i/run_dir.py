@@ -1,0 +1,290 @@
+"""A run directory's guards: one run at a time, never reused silently, never a dangerous path.
+
+``claim_run_dir`` is what ``i2i run`` holds for the life of a run:
+
+- the path is refused when it is a file system root, the home directory itself, an
+  existing file, under an existing file, or on a virtual file system (/proc, /sys);
+- an exclusive advisory lock (``fcntl.flock``) on ``<run dir>/.i2i-run.lock``, which
+  holds the owner's pid, host and start time. The OS drops the lock when the process
+  ends, however it ends; a lock file left by a killed run is taken over with a note;
+- a directory that already holds a run (``checkpoints/``, ``log.jsonl`` or
+  ``recipe.yaml``) is only reused with ``resume``, or moved aside to
+  ``<run dir>.old-<timestamp>/`` with ``overwrite`` (nothing is deleted).
+
+On resume, ``recipe_changes`` lists what differs from the run's ``recipe.yaml``;
+anything beyond the schedule and cadence (``FREE_TO_CHANGE``) needs ``allow_changes``.
+``truncate_log`` drops the log records of the steps a resumed run will redo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import yaml
+
+from i2i.errors import I2IError
+
+LOCK_NAME = ".i2i-run.lock"
+# What an i2i run writes first (recipe.yaml), and what makes it worth keeping.
+RUN_MARKERS = ("checkpoints", "log.jsonl", "recipe.yaml")
+VIRTUAL_FILE_SYSTEMS = (Path("/proc"), Path("/sys"))
+# Recipe keys a resumed run may change without --allow-changes: how long to train and how
+# often to log, sample, save and evaluate, never what is trained or how.
+FREE_TO_CHANGE = (
+    "train.epochs", "train.epochs_decay", "train.max_steps",
+    "train.log_every", "train.sample_every", "train.checkpoint_every", "train.keep_checkpoints",
+    "train.eval_every", "train.eval_images", "train.tensorboard",
+    "data.num_workers", "description", "output_dir",
+)
+
+
+class RunDirError(I2IError):
+    pass
+
+
+def check_run_dir_path(path: Path) -> Path:
+    """``path`` made absolute, or a RunDirError when a run must not be written there."""
+    resolved = Path(path).expanduser().resolve()
+    advice = "choose another --out (or output_dir)"
+    if resolved == Path(resolved.anchor):
+        raise RunDirError(f"run directory {path} is the file system root; {advice}")
+    if resolved == Path.home().resolve():
+        raise RunDirError(f"run directory {path} is your home directory itself; {advice}, e.g. {path}/runs/<name>")
+    for virtual in VIRTUAL_FILE_SYSTEMS:
+        if resolved.is_relative_to(virtual):
+            raise RunDirError(f"run directory {path} is on the virtual file system {virtual}; {advice}")
+    if resolved.exists() and not resolved.is_dir():
+        raise RunDirError(f"run directory {path} is an existing file, not a folder; {advice}")
+    for parent in resolved.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise RunDirError(f"run directory {path} cannot be made: {parent} is a file; {advice}")
+            break
+    return resolved
+
+
+def holds_run(run_dir: Path) -> bool:
+    return any((run_dir / marker).exists() for marker in RUN_MARKERS)
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``<run_dir>/.i2i-run.lock`` while a run lives; ``note`` hears
+    about a stale lock taken over."""
+
+    def __init__(self, run_dir: Path, note: Callable[[str], None] = print):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_NAME
+        self.note = note
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _wait_for_holder(fd)
+                os.close(fd)
+                raise RunDirError(
+                    f"run directory {self.run_dir} is in use by another i2i run ({_describe(holder)}); "
+                    f"wait for it to end, or choose another --out"
+                ) from None
+            except OSError as error:  # a file system without locks: run unprotected, but say so
+                os.close(fd)
+                self.note(f"note: cannot lock {self.path} ({error.strerror}); nothing stops a second run in {self.run_dir}")
+                return
+            # A releasing run unlinks the file before unlocking: if it did so between our open and
+            # flock, we locked a file nobody else will see, so try again on the current one.
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)
+        stale = _read_holder(fd)
+        if stale:
+            self.note(f"note: taking over the lock of {self.run_dir} left by an i2i run that ended without "
+                      f"releasing it ({_describe(stale)})")
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": datetime.now().isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        if _same_file(self.fd, self.path):
+            self.path.unlink()  # while still locked, so nobody locks a file about to vanish
+        os.close(self.fd)  # drops the lock
+        self.fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _read_holder(fd: int) -> dict[str, Any] | None:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0) or b"null")
+    except ValueError:
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _wait_for_holder(fd: int, seconds: float = 1.0) -> dict[str, Any] | None:
+    """The holder's record; it writes it just after locking, so give it a moment."""
+    deadline = time.monotonic() + seconds
+    while (holder := _read_holder(fd)) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return holder
+
+
+def _describe(holder: dict[str, Any] | None) -> str:
+    if not holder:
+        return "pid unknown: it is just starting"
+    return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}"
+
+
+def move_aside(run_dir: Path) -> Path:
+    """Move everything of ``run_dir`` but its lock into a new ``<run_dir>.old-<timestamp>`` folder.
+    The folder itself stays, so the lock held in it keeps guarding it."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    aside = run_dir.with_name(f"{run_dir.name}.old-{stamp}")
+    for number in range(2, 1000):
+        if not aside.exists():
+            break
+        aside = run_dir.with_name(f"{run_dir.name}.old-{stamp}-{number}")
+    aside.mkdir()
+    for entry in run_dir.iterdir():
+        if entry.name != LOCK_NAME:
+            os.replace(entry, aside / entry.name)
+    return aside
+
+
+@contextlib.contextmanager
+def claim_run_dir(
+    run_dir: Path, resume: bool = False, overwrite: bool = False, note: Callable[[str], None] = print
+) -> Iterator[Path]:
+    """Check the path, lock the directory and refuse to reuse a run silently; yields the absolute path."""
+    if resume and overwrite:
+        raise RunDirError("--resume continues the run in the directory and --overwrite moves it aside: choose one")
+    resolved = check_run_dir_path(run_dir)
+    try:
+        resolved.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunDirError(f"cannot make run directory {run_dir}: {error.strerror}; choose another --out") from None
+    with RunLock(resolved, note):
+        if holds_run(resolved) and not resume:
+            if not overwrite:
+                raise RunDirError(
+                    f"{run_dir} already holds a run; continue it with --resume, choose another --out, "
+                    f"or pass --overwrite to move the old run aside"
+                )
+            aside = move_aside(resolved)
+            note(f"moved the previous run in {run_dir} aside to {aside}; delete that folder when you no longer need it")
+        yield resolved
+
+
+# ------------------------------------------------------------------ resuming
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``; list items by index (``losses.1.weight``)."""
+    if isinstance(data, dict):
+        items = data.items()
+    elif isinstance(data, list):
+        items = enumerate(data)
+    else:
+        return {prefix: data}
+    flat: dict[str, Any] = {}
+    for key, value in items:
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    if not flat and prefix:
+        flat[prefix] = data  # an empty dict or list is a value of its own
+    return flat
+
+
+class Unset:
+    """A key one of two recipes does not have (an older i2i wrote it, say)."""
+
+    def __repr__(self) -> str:
+        return "(unset)"
+
+
+UNSET = Unset()
+
+
+def recipe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) for each value that differs; a missing side is ``UNSET``."""
+    before, after = flatten(old), flatten(new)
+    return [(key, before.get(key, UNSET), after.get(key, UNSET)) for key in sorted(before.keys() | after.keys())
+            if before.get(key, UNSET) != after.get(key, UNSET)]
+
+
+def _is_free(key: str) -> bool:
+    return any(key == free or key.startswith(free + ".") for free in FREE_TO_CHANGE)
+
+
+def check_resume_changes(
+    run_dir: Path, recipe: dict[str, Any], allow_changes: bool = False, note: Callable[[str], None] = print
+) -> list[tuple[str, Any, Any]]:
+    """Compare a resumed run's recipe (a ``model_dump(mode="json")``) with the run's ``recipe.yaml``:
+    every change is reported through ``note``; changes beyond ``FREE_TO_CHANGE`` need ``allow_changes``."""
+    saved = Path(run_dir) / "recipe.yaml"
+    if not saved.is_file():
+        return []
+    try:
+        old = yaml.safe_load(saved.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise RunDirError(f"cannot read {saved} to compare the resumed recipe with it: {error}") from None
+    if not isinstance(old, dict):
+        raise RunDirError(f"{saved} is not a recipe; cannot compare the resumed recipe with it")
+    changes = recipe_changes(old, recipe)
+    if not changes:
+        return []
+    shown = ", ".join(f"{key} {old_value!r} -> {new_value!r}" for key, old_value, new_value in changes)
+    restricted = [key for key, _, _ in changes if not _is_free(key)]
+    if restricted and not allow_changes:
+        raise RunDirError(
+            f"the recipe differs from the one {run_dir} was trained with: {shown}. Only the schedule and the "
+            f"logging, sample, checkpoint and evaluation cadence may change on resume; pass --allow-changes to "
+            f"resume with {', '.join(restricted)} changed, or start a new run with another --out"
+        )
+    note(f"resuming with a changed recipe: {shown}")
+    return changes
+
+
+def truncate_log(run_dir: Path, step: int) -> int:
+    """Drop the records of ``log.jsonl`` past ``step`` (the resumed run writes them again), and a
+    line half-written by a killed run; returns how many lines were dropped."""
+    path = Path(run_dir) / "log.jsonl"
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if not (isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step):
+            kept.append(line)
+    dropped = len(lines) - len(kept)
+    if dropped:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+    return dropped
