@@ -1,3 +1,20 @@
-"""i2i: pluggable paired image-to-image translation (pix2pix family)."""
+"""i2i: pluggable paired image-to-image translation (pix2pix family).
+
+``i2i.load(source)`` gives a ``Translator`` for a trained generator and ``i2i.train(recipe)``
+trains one (``i2i.api``); they are imported on first use, so ``import i2i`` stays light.
+"""
 
 __version__ = "0.1.0"
+__all__ = ["Translator", "load", "train"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from i2i import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'i2i' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -188,30 +188,41 @@ def _type_name(annotation) -> str:
 
 @app.command()
 def translate(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="run directory, checkpoint folder or generator .safetensors"),
+    checkpoint: str = typer.Option(..., "--checkpoint", help="run directory (its newest good checkpoint), checkpoint folder, generator .safetensors, .onnx export, catalogue model name or hf://owner/repo[@revision]"),
     input: Path = typer.Option(..., "--input", help="an image or a folder of images"),
-    output: Path = typer.Option(..., "--output", help="folder for the translated images"),
+    output: Path = typer.Option(..., "--output", help="folder for the translated images (never one that would overwrite an input)"),
     aligned: bool = typer.Option(False, "--aligned", help="inputs are A|B pairs: take the recipe's input side"),
     mode: str = typer.Option("eval", "--mode", help="eval: running BatchNorm stats, no dropout, deterministic; train: batch stats and dropout, as the pix2pix reference tests"),
     device: str = typer.Option("auto", "--device"),
-    tile: int = typer.Option(1024, "--tile", help="larger images are translated in overlapping tiles of this size"),
-    overlap: int = typer.Option(64, "--overlap", help="pixels shared by neighbouring tiles (blended)"),
+    tile: int = typer.Option(1024, "--tile", help="larger images are translated in overlapping tiles of this size (rounded down to the generator's size multiple)"),
+    overlap: int = typer.Option(64, "--overlap", help="pixels shared by neighbouring tiles (blended); below the rounded tile"),
     batch_size: int = typer.Option(1, "--batch-size", help="images (of one size) or tiles per forward pass"),
     backend: str = typer.Option("torch", "--backend", help="torch; fast (bf16 where the hardware has it, channels_last; same result to bf16 rounding); compiled (fast, through torch.compile with frozen weights: a minute or more to compile, then the fastest on CPU); onnxruntime (the eval-mode export, made on the fly unless --checkpoint is an .onnx file)"),
+    on_bad_image: str = typer.Option("error", "--on-bad-image", help="error: stop at an image that cannot be read; skip: report it and go on"),
 ) -> None:
-    """Translate images with a trained generator, at their own size (PNG, same file stem)."""
+    """Translate images with a trained generator, at their own size (PNG named after the input: x.jpg -> x.png, or x.jpg.png where inputs share a stem)."""
     from rich.progress import Progress
 
     from i2i.translate import translate_paths
+
+    skipped = []
+
+    def skip(file: Path, reason: str) -> None:
+        skipped.append(file)
+        err_console.print(f"[yellow]skipped:[/yellow] {escape(reason)}", highlight=False)
+
+    def warn(message: str) -> None:
+        err_console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False)
 
     with Progress(console=console, disable=not console.is_terminal, transient=True) as progress:
         task = progress.add_task("translating", total=None)
         written = translate_paths(
             checkpoint, input, output, aligned=aligned, mode=mode, device=device, tile=tile, overlap=overlap,
             batch_size=batch_size, on_progress=lambda done, total: progress.update(task, completed=done, total=total),
-            backend=backend,
+            backend=backend, on_bad_image=on_bad_image, on_skip=skip, warn=warn,
         )
-    console.print(f"wrote {len(written)} image(s) to {output}", highlight=False)
+    note = f"; skipped {len(skipped)} unreadable image(s), listed above" if skipped else ""
+    console.print(f"wrote {len(written)} image(s) to {output}{note}", highlight=False)
 
 
 @app.command("export")

@@ -7,17 +7,18 @@ import pytest
 import torch
 from PIL import Image
 
+from i2i.api import to_tensor
 from i2i.data.base import DataError
-from i2i.engine.inference import generator_mode, load_generator
-from i2i.translate import (
+from i2i.engine.inference import (
     blend_window,
+    generator_mode,
+    load_generator,
     pad_to_multiple,
     run_tiled,
     tile_starts,
-    to_tensor,
     translate_batch,
-    translate_paths,
 )
+from i2i.translate import translate_paths
 
 from conftest import SMALL_PARAMS
 
@@ -128,7 +129,7 @@ def test_mode_decides_between_running_and_batch_statistics(tiny_run, tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs,message",
-    [({"mode": "test"}, "--mode must be eval or train"), ({"overlap": 64, "tile": 64}, "overlap < tile"),
+    [({"mode": "test"}, "mode must be eval or train"), ({"overlap": 64, "tile": 64}, "overlap < tile"),
      ({"aligned": True}, "width 33 is odd")],
 )
 def test_bad_requests_are_explained(tiny_run, tmp_path, kwargs, message):

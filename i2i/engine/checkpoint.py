@@ -1,7 +1,7 @@
 """Checkpoints: weights in safetensors, training state in a weights-only torch file.
 
     run_dir/checkpoints/step_00001200/
-        generator.safetensors      # carries the recipe and channel counts as metadata
+        generator.safetensors      # carries the recipe, channel counts and its own checksum as metadata
         discriminator.safetensors
         state.pt                   # optimizers, step, RNG (loaded with weights_only=True)
         manifest.json              # written last: sha256 of each file
@@ -9,6 +9,11 @@
 A checkpoint is written into a hidden temporary folder, every file fsynced, and
 then renamed into place, so a crash never leaves a half-written checkpoint
 where resume would look for one.
+
+Each ``.safetensors`` also carries the sha256 of its own content (header without that
+field, then the tensor bytes) in its metadata, so a weights file copied out of its
+checkpoint folder is still verified when it is read; files written before that field
+existed load unchecked.
 """
 
 from __future__ import annotations
@@ -25,13 +30,14 @@ from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from i2i.errors import I2IError
 
 MANIFEST = "manifest.json"
+WEIGHTS_SHA256 = "i2i_weights_sha256"  # metadata key of a .safetensors file's own checksum
 
 
 class CheckpointError(I2IError):
@@ -78,13 +84,36 @@ def _serialise(
     step: int, modules: dict[str, nn.Module], state: dict[str, Any], metadata: dict[str, str]
 ) -> dict[str, bytes]:
     """Every file of a checkpoint as bytes, the manifest last."""
-    files = {f"{name}.safetensors": save_safetensors(_weights(module), metadata) for name, module in modules.items()}
+    files = {f"{name}.safetensors": _with_checksum(_weights(module), metadata) for name, module in modules.items()}
     buffer = io.BytesIO()
     torch.save(state, buffer)
     files["state.pt"] = buffer.getvalue()
     manifest = {"step": step, "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}}
     files[MANIFEST] = json.dumps(manifest, indent=1).encode()
     return files
+
+
+def _split_safetensors(data: bytes) -> tuple[dict[str, Any], memoryview]:
+    """The header (a dict) and the tensor bytes of a serialised safetensors file."""
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length]) if len(data) > 8 else None
+    if not isinstance(header, dict):
+        raise ValueError("no safetensors header")
+    return header, memoryview(data)[8 + length :]
+
+
+def _content_digest(header: dict[str, Any], tensors: memoryview) -> str:
+    """sha256 of the header without the checksum field (canonical JSON), then of the tensor bytes."""
+    metadata = {k: v for k, v in (header.get("__metadata__") or {}).items() if k != WEIGHTS_SHA256}
+    canonical = {k: v for k, v in header.items() if k != "__metadata__"} | ({"__metadata__": metadata} if metadata else {})
+    digest = hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode())
+    digest.update(tensors)
+    return digest.hexdigest()
+
+
+def _with_checksum(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    digest = _content_digest(*_split_safetensors(save_safetensors(tensors, metadata)))
+    return save_safetensors(tensors, {**metadata, WEIGHTS_SHA256: digest})
 
 
 def save_checkpoint(
@@ -181,12 +210,46 @@ def latest_good_checkpoint(run_dir: Path, warn: Callable[[str], None]) -> Path |
     return None
 
 
-def load_weights(module: nn.Module, file: Path) -> None:
-    """Load a safetensors file into ``module``, listing every mismatched tensor on failure."""
+def read_weights(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and the metadata (without the checksum field) of a safetensors file,
+    refused when the file does not match the checksum it carries."""
     try:
-        tensors = load_file(file)
-    except (SafetensorError, OSError) as error:
-        raise CheckpointError(f"cannot read weights {file}: {error}") from None
+        data = Path(file).read_bytes()
+    except OSError as error:
+        raise CheckpointError(f"cannot read weights {file}: {error.strerror or error}") from None
+    try:
+        header, tensor_bytes = _split_safetensors(data)
+        metadata = dict(header.get("__metadata__") or {})
+        tensors = load_safetensors(data)
+    except (SafetensorError, ValueError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"cannot read weights {file}: {error}; the file is damaged or not a safetensors file") from None
+    expected = metadata.pop(WEIGHTS_SHA256, None)
+    if expected is not None and _content_digest(header, tensor_bytes) != expected:
+        raise CheckpointError(
+            f"{file} does not match the sha256 stored in it: the file is damaged; "
+            f"use another checkpoint or copy it again from where it was written"
+        )
+    return tensors, metadata
+
+
+def verify_in_manifest(file: Path) -> None:
+    """Where ``file`` sits in a checkpoint folder with a manifest, its sha256 must match."""
+    manifest = Path(file).parent / MANIFEST
+    if not manifest.is_file():
+        return
+    try:
+        expected = json.loads(manifest.read_text())["files"][Path(file).name]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{manifest}: unreadable or without an entry for {Path(file).name} ({error})") from None
+    if sha256_file(file) != expected:
+        raise CheckpointError(
+            f"{file} does not match its sha256 in {manifest}: the file is damaged; "
+            f"use another checkpoint (a run directory picks the newest good one)"
+        )
+
+
+def fit_weights(module: nn.Module, tensors: dict[str, torch.Tensor], file: Path) -> None:
+    """Load ``tensors`` (read from ``file``) into ``module``, listing every mismatched tensor on failure."""
     expected = module.state_dict()
     problems = [f"missing {k} {tuple(v.shape)}" for k, v in expected.items() if k not in tensors]
     problems += [f"unexpected {k} {tuple(v.shape)}" for k, v in tensors.items() if k not in expected]
@@ -201,14 +264,9 @@ def load_weights(module: nn.Module, file: Path) -> None:
     module.load_state_dict(tensors)
 
 
-def read_metadata(file: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(file, "pt") as handle:
-            return handle.metadata() or {}
-    except (SafetensorError, OSError) as error:
-        raise CheckpointError(f"cannot read weights {file}: {error}") from None
+def load_weights(module: nn.Module, file: Path) -> None:
+    """Load a safetensors file into ``module`` (its embedded checksum verified where it has one)."""
+    fit_weights(module, read_weights(file)[0], file)
 
 
 def load_state(path: Path) -> dict[str, Any]:

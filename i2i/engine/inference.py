@@ -1,19 +1,39 @@
-"""Loading a trained generator and running it."""
+"""Loading a trained generator and running it on images of any size.
+
+The generators are fully convolutional, so an image of any size goes through in
+one piece once it is padded to a multiple of the generator's total downsampling
+(its ``size_multiple``; 256 where a generator does not say, which every
+power-of-two downsampling up to 256 divides). Images larger than the tile are cut
+into overlapping tiles whose outputs are blended with weights that fall off
+towards the tile edges, so seams do not show and memory stays bounded.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Callable, Iterator, Literal
 
 import torch
+import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from i2i.engine.checkpoint import CheckpointError, latest_checkpoint, load_weights, read_metadata
-from i2i.recipe import Recipe, validate_recipe
+from i2i.data.base import DataError
+from i2i.engine.checkpoint import (
+    CheckpointError,
+    fit_weights,
+    list_checkpoints,
+    read_weights,
+    verify_in_manifest,
+)
+from i2i.recipe import Recipe
 
 Mode = Literal["train", "eval"]
+GENERATOR_FILE = "generator.safetensors"
+DEFAULT_MULTIPLE = 256  # for generators that do not declare `size_multiple`
+MAX_TILES = 4096  # per image: beyond this a tile/overlap setting is a mistake, not a plan
 
 
 @contextlib.contextmanager
@@ -50,25 +70,41 @@ def generator_mode(model: nn.Module, mode: Mode, seed: int | None = None) -> Ite
         model.train(was_training)
 
 
-def resolve_generator_file(checkpoint: Path) -> Path:
-    """A run directory, a checkpoint folder or a generator .safetensors file."""
+def resolve_generator_file(checkpoint: Path, warn: Callable[[str], None] = warnings.warn) -> Path:
+    """A generator .safetensors file, a checkpoint folder, or a run directory (its newest
+    checkpoint whose generator matches the manifest; damaged newer ones go to ``warn``).
+    Wherever a manifest lists the file, the file must match it."""
     checkpoint = Path(checkpoint)
-    if checkpoint.is_file():
-        return checkpoint
-    if (checkpoint / "generator.safetensors").is_file():
-        return checkpoint / "generator.safetensors"
-    latest = latest_checkpoint(checkpoint)
-    if latest is None:
-        raise CheckpointError(f"no checkpoint in {checkpoint} (expected a run directory, a checkpoint folder or a .safetensors file)")
-    return latest / "generator.safetensors"
+    if checkpoint.is_file() or (checkpoint / GENERATOR_FILE).is_file():
+        file = checkpoint if checkpoint.is_file() else checkpoint / GENERATOR_FILE
+        verify_in_manifest(file)
+        return file
+    if not checkpoint.exists():
+        raise CheckpointError(f"checkpoint not found: {checkpoint} (expected a run directory, a checkpoint folder or a .safetensors file)")
+    damaged = []
+    for folder in reversed(list_checkpoints(checkpoint / "checkpoints")):
+        try:
+            verify_in_manifest(folder / GENERATOR_FILE)
+        except CheckpointError as error:
+            damaged.append(str(error))
+            continue
+        for problem in damaged:
+            warn(f"passing over a damaged checkpoint: {problem}")
+        return folder / GENERATOR_FILE
+    if damaged:
+        raise CheckpointError(f"no usable checkpoint in {checkpoint}:\n  " + "\n  ".join(damaged))
+    raise CheckpointError(f"no checkpoint in {checkpoint} (expected a run directory, a checkpoint folder or a .safetensors file)")
 
 
-def load_generator(checkpoint: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, Recipe, dict[str, str]]:
-    """The generator with its weights, the recipe it was trained with, and the file's metadata."""
+def load_generator(
+    checkpoint: Path, device: torch.device | str = "cpu", warn: Callable[[str], None] = warnings.warn
+) -> tuple[nn.Module, Recipe, dict[str, str]]:
+    """The generator with its weights, the recipe it was trained with, and the file's metadata.
+    The one way weights are read for use: the manifest and the file's own checksum are checked."""
     from i2i.engine.build import build_generator
 
-    file = resolve_generator_file(checkpoint)
-    metadata = read_metadata(file)
+    file = resolve_generator_file(checkpoint, warn)
+    tensors, metadata = read_weights(file)
     try:
         recipe_data = yaml.safe_load(metadata["recipe"])
         channels = int(metadata["in_channels"]), int(metadata["out_channels"])
@@ -77,7 +113,105 @@ def load_generator(checkpoint: Path, device: torch.device | str = "cpu") -> tupl
             f"{file} lacks readable i2i metadata (recipe, in_channels, out_channels): "
             f"{type(error).__name__}: {str(error)[:200]}; it was not written by i2i"
         ) from None
-    recipe = validate_recipe(recipe_data, f"{file} (embedded recipe)")
+    recipe = Recipe.from_dict(recipe_data, f"{file} (embedded recipe)")
     generator = build_generator(recipe, *channels)
-    load_weights(generator, file)
+    fit_weights(generator, tensors, file)
     return generator.to(device), recipe, metadata
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Reflect-pad H and W up to a multiple (replicate where the image is too small to reflect)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, (h, w)
+
+
+def tile_size(tile: int, overlap: int, multiple: int) -> int:
+    """``tile`` rounded down to the generator's multiple (at least one multiple); refused
+    unless ``overlap`` stays below it, so that the tiles advance and cover every pixel."""
+    if tile < 1 or overlap < 0:
+        raise DataError(f"need tile >= 1 and overlap >= 0 (got tile {tile}, overlap {overlap})")
+    rounded = max(multiple, tile - tile % multiple)
+    if overlap >= rounded:
+        raise DataError(
+            f"overlap {overlap} must be smaller than the tile, which is {rounded} px "
+            f"(tile {tile} rounded to the generator's multiple of {multiple}); "
+            f"need overlap < tile: lower the overlap or raise the tile"
+        )
+    return rounded
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Window starts covering [0, length) with windows of ``tile`` overlapping by at least ``overlap``."""
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, length - tile, stride))
+    return starts + [length - tile]
+
+
+def blend_window(tile: int, overlap: int) -> torch.Tensor:
+    """1-D weights: a ramp over ``overlap`` pixels at both ends, 1 inside, never 0."""
+    position = torch.arange(tile, dtype=torch.float32)
+    distance = torch.minimum(position + 0.5, tile - position - 0.5)
+    return (distance / max(overlap, 1)).clamp(max=1.0)
+
+
+def tile_windows(h: int, w: int, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """(top, left) of every window over an h x w image; more than MAX_TILES is refused."""
+    rows, columns = tile_starts(h, min(tile, h), overlap), tile_starts(w, min(tile, w), overlap)
+    if len(rows) * len(columns) > MAX_TILES:
+        raise DataError(
+            f"a {w}x{h} image needs {len(rows) * len(columns)} tiles of {tile} px overlapping by {overlap} px, "
+            f"over the limit of {MAX_TILES}; use a larger tile or a smaller overlap"
+        )
+    return [(top, left) for top in rows for left in columns]
+
+
+def run_tiled(
+    generator: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    tile: int,
+    overlap: int,
+    batch_size: int,
+) -> torch.Tensor:
+    """``generator`` over overlapping ``tile`` x ``tile`` windows of ``x`` (N, C, H, W; H and W
+    padded to a multiple of the generator's downsampling, as is ``tile``), blended."""
+    n, _, h, w = x.shape
+    th, tw = min(tile, h), min(tile, w)
+    windows = tile_windows(h, w, tile, overlap)
+    weight = (blend_window(th, overlap)[:, None] * blend_window(tw, overlap)[None, :]).to(x.device)
+    total, norm = None, torch.zeros(h, w, device=x.device)
+    per_call = max(1, batch_size // n)
+    for first in range(0, len(windows), per_call):
+        chunk = windows[first : first + per_call]
+        pieces = torch.cat([x[..., t : t + th, l : l + tw] for t, l in chunk])
+        outputs = generator(pieces).float()
+        if total is None:
+            total = torch.zeros(n, outputs.shape[1], h, w, device=x.device)
+        for i, (t, l) in enumerate(chunk):
+            total[..., t : t + th, l : l + tw] += outputs[i * n : (i + 1) * n] * weight
+            norm[t : t + th, l : l + tw] += weight
+    return total / norm
+
+
+def translate_batch(
+    generator: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    multiple: int,
+    tile: int,
+    overlap: int,
+    batch_size: int,
+) -> torch.Tensor:
+    """Images of one size in, translated images of that size out; ``tile`` is rounded to
+    ``multiple`` as ``tile_size`` says."""
+    tile = tile_size(tile, overlap, multiple)
+    padded, (h, w) = pad_to_multiple(x, multiple)
+    if padded.shape[-2] <= tile and padded.shape[-1] <= tile:
+        y = generator(padded).float()
+    else:
+        y = run_tiled(generator, padded, tile, overlap, batch_size)
+    return y[..., :h, :w]
