@@ -18,6 +18,7 @@ from i2i.bench.cli import app as bench_app
 from i2i.data_commands import data_app
 from i2i.errors import I2IError
 from i2i.registry import REGISTRIES
+from i2i.sharing_commands import push
 
 app = typer.Typer(
     help="Paired image-to-image translation (pix2pix family): train, evaluate, translate.",
@@ -29,6 +30,7 @@ console = Console()
 err_console = Console(stderr=True)
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
+app.command("push")(push)
 
 SetOption = typer.Option([], "--set", help="override a recipe value: --set train.lr=1e-4 (repeatable)")
 

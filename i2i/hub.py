@@ -1,0 +1,133 @@
+"""The Hugging Face Hub: ``i2i push`` publishes a run's generator; ``hf://`` sources load one.
+
+A pushed repo holds:
+
+    generator.safetensors      # the run's newest good checkpoint; its metadata carries the recipe
+    recipe.yaml                # that recipe, to read
+    samples/step_XXXXXXXX.png  # the newest sample grid up to that step, when the run wrote one
+    README.md                  # the model card (i2i.model_card)
+
+Everything goes through ``huggingface_hub`` (the extra ``i2i[hub]``), so HF_ENDPOINT,
+HF_HOME, HF_TOKEN and ``hf auth login`` work as for every Hub client. A token is handed
+to huggingface_hub only: i2i never prints it or writes it anywhere.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+from i2i.engine.inference import GENERATOR_FILE, load_generator, resolve_generator_file
+from i2i.errors import I2IError
+from i2i.model_card import model_card, recorded_evaluations
+from i2i.report import sample_grids
+
+PREFIX = "hf://"
+QUALITY_RESULTS = Path("benchmarks") / "results" / "quality.jsonl"  # where `i2i bench quality` appends
+_REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+class HubError(I2IError):
+    pass
+
+
+class Pushed(NamedTuple):
+    url: str
+    step: int
+    files: list[str]
+
+
+def _huggingface_hub():
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise HubError('the Hugging Face Hub needs huggingface_hub: pip install "i2i[hub]"') from None
+    return huggingface_hub
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """``[hf://]owner/name[@revision]`` -> (repo id, revision or None)."""
+    repo_id, at, revision = spec.removeprefix(PREFIX).partition("@")
+    if not _REPO_ID.fullmatch(repo_id) or (at and not revision):
+        raise HubError(f"{spec!r} is not a Hub model: expected hf://owner/name or hf://owner/name@revision")
+    return repo_id, revision or None
+
+
+def download_from_hub(spec: str) -> Path:
+    """The ``generator.safetensors`` of ``[hf://]owner/name[@revision]``, downloaded into the Hub cache."""
+    hub = _huggingface_hub()
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    repo_id, revision = parse_spec(spec)
+    where = PREFIX + repo_id + (f"@{revision}" if revision else "")
+    try:
+        return Path(hub.hf_hub_download(repo_id, GENERATOR_FILE, revision=revision))
+    except RemoteEntryNotFoundError:
+        raise HubError(f"{where} has no {GENERATOR_FILE}: it is not an i2i generator (`i2i push RUN --repo {repo_id}` makes one)") from None
+    except RevisionNotFoundError:
+        raise HubError(f"{where}: the repository has no revision {revision!r}") from None
+    except RepositoryNotFoundError:
+        raise HubError(f"{where}: no such repository, or it is private and no token was found "
+                       "(set HF_TOKEN or run `hf auth login`)") from None
+    except LocalEntryNotFoundError:
+        raise HubError(f"{where}: cannot reach the Hub ({hub.constants.ENDPOINT}) and {GENERATOR_FILE} is not in the cache") from None
+    except HfHubHTTPError as error:
+        raise HubError(f"{where}: the Hub answered {_first_line(error)}") from None
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def push_to_hub(
+    run_dir: Path,
+    repo_id: str,
+    revision: str | None = None,
+    private: bool = False,
+    token: str | None = None,
+    quality_results: Path | None = QUALITY_RESULTS,
+    warn: Callable[[str], None] = warnings.warn,
+) -> Pushed:
+    """Upload the run's newest good generator, its recipe, its newest sample grid and a model card
+    to ``repo_id`` (created if missing) in one commit. ``token``: None uses HF_TOKEN or the login."""
+    hub = _huggingface_hub()
+    from huggingface_hub.errors import HfHubHTTPError
+
+    run_dir = Path(run_dir)
+    parse_spec(repo_id if revision is None else f"{repo_id}@{revision}")
+    if not (run_dir / "checkpoints").is_dir():
+        raise HubError(f"{run_dir} is not a run directory with checkpoints; pass the folder `i2i run` wrote")
+    weights = resolve_generator_file(run_dir, warn)  # the newest checkpoint whose generator matches its manifest
+    _, recipe, metadata = load_generator(weights)  # checks the file's own checksum and that it builds
+    recipe_yaml = metadata["recipe"]
+    step = int(metadata["step"])
+    grids = [path for grid_step, path in sample_grids(run_dir) if grid_step <= step]
+    sample = grids[0] if grids else None
+    card = model_card(repo_id, recipe, recipe_yaml, step, metadata.get("i2i_version", "?"), sample,
+                      recorded_evaluations(run_dir, step, quality_results))
+    uploads: dict[str, Path | bytes] = {GENERATOR_FILE: weights, "recipe.yaml": recipe_yaml.encode(), "README.md": card.encode()}
+    if sample:
+        uploads[sample] = run_dir / sample
+    api = hub.HfApi(token=token)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision not in (None, "main"):
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        api.create_commit(
+            repo_id,
+            [hub.CommitOperationAdd(path_in_repo=name, path_or_fileobj=content) for name, content in uploads.items()],
+            commit_message=f"i2i push: {recipe.name}, step {step}",
+            revision=revision,
+        )
+    except HfHubHTTPError as error:
+        raise HubError(f"pushing to {repo_id} failed: the Hub answered {_first_line(error)}") from None
+    url = f"{api.endpoint}/{repo_id}" + (f"/tree/{revision}" if revision else "")
+    return Pushed(url, step, list(uploads))
