@@ -1,0 +1,136 @@
+"""Recipe values the components cannot train with, found before training starts
+(``i2i validate`` and ``i2i run`` call ``check_limits``).
+
+- ``data.load_size`` and ``data.crop_size`` stop at ``MAX_SIDE``: past it, one image alone
+  takes gigabytes (the error says how many).
+- The crop must be a multiple of the generator's ``size_multiple`` (what its input sides
+  must divide by), and large enough for both networks at ``train.batch_size``: a dry run
+  moves them to the meta device (shapes only, no memory, no arithmetic) and runs one
+  training-mode forward pass, so a bottleneck below 1x1, a BatchNorm with one value per
+  channel or a generator that returns another size is an error naming the smallest crop
+  that fits, not a crash at step 1. Networks that cannot run on the meta device at all
+  are left to the first training step.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from i2i.recipe import Recipe, RecipeError
+from i2i.registry import DISCRIMINATORS, GENERATORS, Entry
+
+MAX_SIDE = 8192
+CHECK_CHANNELS = 3  # the dry run's image channels; sizes, not channels, are what it checks
+COMFORTABLE_SIDE = 256  # a crop every built-in network fits at: the dry run's control
+
+
+def check_limits(recipe: Recipe, source: str = "<recipe>") -> None:
+    """Raise a RecipeError naming ``source`` when the recipe goes past its components' limits."""
+    problems = limit_problems(recipe)
+    if problems:
+        raise RecipeError(source, problems)
+
+
+def limit_problems(recipe: Recipe) -> list[str]:
+    """Problems (``path: what``) of a validated recipe that its components' limits reveal."""
+    data = recipe.data
+    too_large = [_too_large(key, getattr(data, key)) for key in ("load_size", "crop_size") if getattr(data, key) > MAX_SIDE]
+    if too_large:
+        return too_large
+    generator, discriminator = recipe.model.generator, recipe.model.discriminator
+    return list(_fit_problems(
+        GENERATORS.get(generator.name, recipe.plugins), json.dumps(generator.params, sort_keys=True),
+        DISCRIMINATORS.get(discriminator.name, recipe.plugins), json.dumps(discriminator.params, sort_keys=True),
+        data.crop_size, recipe.train.batch_size,
+    ))
+
+
+def _too_large(key: str, side: int) -> str:
+    pixels = side * side * CHECK_CHANNELS
+    return (f"data.{key}: {side} is above the limit of {MAX_SIDE}: one {side}x{side} RGB image alone takes "
+            f"{_size(pixels)} in 8 bits and {_size(4 * pixels)} as a float32 tensor")
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.0f} MiB"
+
+
+@functools.lru_cache(maxsize=256)  # one build per setup in a process that checks it often (tests, fuzzing)
+def _fit_problems(g_entry: Entry, g_params: str, d_entry: Entry, d_params: str, crop: int, batch: int) -> tuple[str, ...]:
+    networks = _build_on_meta(g_entry, g_params, d_entry, d_params)
+    if networks is None:
+        return ()
+    generator, _ = networks
+    multiple = getattr(generator, "size_multiple", None)
+    step = multiple if isinstance(multiple, int) and multiple > 0 else 1
+    if crop % step:
+        below, above = crop // step * step, (crop // step + 1) * step
+        choices = f"{below} or {above}" if below else str(above)
+        return (f"data.crop_size: {crop} is not a multiple of {step}, which generator {g_entry.name} needs "
+                f"(its input sides must divide by {step} with these params); use {choices}",)
+    misfit = _dry_run(networks, g_entry.name, d_entry.name, crop, batch)
+    if misfit is None:
+        return ()
+    if misfit.certain:
+        return (f"model.generator: {misfit.reason}; a generator must return images of its input's size",)
+    control = step * math.ceil(max(COMFORTABLE_SIDE, 2 * crop) / step)
+    if _dry_run(networks, g_entry.name, d_entry.name, control, max(batch, 2)) is not None:
+        return ()  # the networks do not run on the meta device: nothing to learn from it
+    low, high = crop // step, control // step  # multiples of step: low fails, high fits
+    while high - low > 1:
+        middle = (low + high) // 2
+        if _dry_run(networks, g_entry.name, d_entry.name, middle * step, batch) is None:
+            high = middle
+        else:
+            low = middle
+    return (f"data.crop_size: {crop} is too small at train.batch_size {batch}: {misfit.reason}. A crop of "
+            f"{high * step} fits (or raise train.batch_size, or use fewer downsamplings)",)
+
+
+def _build_on_meta(g_entry: Entry, g_params: str, d_entry: Entry, d_params: str) -> tuple[nn.Module, nn.Module] | None:
+    try:
+        with torch.device("meta"):
+            generator = g_entry.obj(g_entry.params.model_validate(json.loads(g_params)),
+                                    in_channels=CHECK_CHANNELS, out_channels=CHECK_CHANNELS)
+        # Discriminators are small, and built on meta, spectral normalisation's power iterations
+        # take seconds (measured: 20 times the CPU's time): build on the CPU, then drop the memory.
+        discriminator = d_entry.obj(d_entry.params.model_validate(json.loads(d_params)),
+                                    in_channels=2 * CHECK_CHANNELS).to("meta")
+    except Exception:  # a component that needs real memory to be built is checked by its first step
+        return None
+    return generator.train(), discriminator.train()
+
+
+class Misfit(NamedTuple):
+    reason: str
+    certain: bool  # a wrong output size is; an error may only mean that a network cannot run on meta
+
+
+@torch.no_grad()
+def _dry_run(networks: tuple[nn.Module, nn.Module], g_name: str, d_name: str, side: int, batch: int) -> Misfit | None:
+    """Why one training-mode forward pass at ``side`` x ``side`` fails, or None when it fits."""
+    generator, discriminator = networks
+    image = torch.empty(batch, CHECK_CHANNELS, side, side, device="meta")
+    try:
+        fake = generator(image)
+    except Exception as error:
+        return Misfit(f"generator {g_name} fails ({_first_line(error)})", certain=False)
+    if not isinstance(fake, torch.Tensor) or tuple(fake.shape[-2:]) != (side, side):
+        shape = "x".join(map(str, fake.shape[-2:])) if isinstance(fake, torch.Tensor) else type(fake).__name__
+        return Misfit(f"generator {g_name} returns {shape} for {side}x{side} inputs", certain=True)
+    try:
+        discriminator(torch.cat([image, fake], 1))
+    except Exception as error:
+        return Misfit(f"discriminator {d_name} fails ({_first_line(error)})", certain=False)
+    return None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:160] if text else ''}"
