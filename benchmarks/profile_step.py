@@ -33,7 +33,7 @@ from i2i.bench.speed import configurations  # noqa: E402
 from i2i.engine.fast_inference import fast_generator  # noqa: E402
 from i2i.engine.inference import generator_mode  # noqa: E402
 from i2i.engine.trainer import Trainer  # noqa: E402
-from i2i.recipe import validate_recipe  # noqa: E402
+from i2i.recipe import Recipe  # noqa: E402
 
 # The same two configurations `i2i bench speed` times.
 CONFIGURATIONS = configurations(torch.device("cpu"))
@@ -52,7 +52,7 @@ def build(settings: dict, size: int) -> Trainer:
     recipe = yaml.safe_load((ROOT / "recipes" / "pix2pix_maps.yaml").read_text())
     recipe["data"] = {"dataset": {"name": "synthetic", "params": {"length": 1, "size": size}}, "load_size": size, "crop_size": size}
     recipe["train"].update(device="cpu", tensorboard=False, **settings)
-    return Trainer(validate_recipe(recipe), run_dir=Path(tempfile.gettempdir()) / "i2i-profile-step")
+    return Trainer(Recipe.from_dict(recipe), run_dir=Path(tempfile.gettempdir()) / "i2i-profile-step")
 
 
 def inputs(trainer: Trainer, size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,8 +17,9 @@ from i2i import __version__
 from i2i.bench.cli import app as bench_app
 from i2i.data_commands import data_app
 from i2i.errors import I2IError
+from i2i.models_commands import import_weights, models_app
 from i2i.registry import REGISTRIES
-from i2i.sharing_commands import push
+from i2i.sharing_commands import demo, push
 
 app = typer.Typer(
     help="Paired image-to-image translation (pix2pix family): train, evaluate, translate.",
@@ -30,7 +31,10 @@ console = Console()
 err_console = Console(stderr=True)
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
+app.add_typer(models_app, name="models")
+app.command("import-weights")(import_weights)
 app.command("push")(push)
+app.command("demo")(demo)
 
 SetOption = typer.Option([], "--set", help="override a recipe value: --set train.lr=1e-4 (repeatable)")
 
@@ -60,7 +64,7 @@ def run(
 ) -> None:
     """Train from a recipe; the run directory gets checkpoints, samples, log.jsonl and report.html."""
     from i2i.engine import distributed
-    from i2i.engine.run import train_from_recipe
+    from i2i.run import train_from_recipe
 
     if nproc != 1:
         distributed.launch(nproc, distributed.without_option(sys.argv[1:], "--nproc"))
@@ -91,9 +95,9 @@ def validate(
 ) -> None:
     """Check a recipe and build its models without training."""
     from i2i.engine.build import build_discriminator, build_generator
-    from i2i.recipe import load_recipe
+    from i2i.recipe import Recipe
 
-    parsed = load_recipe(recipe, overrides)
+    parsed = Recipe.from_file(recipe, overrides)
     in_ch, out_ch = _channels(parsed)
     sizes = {}
     for role, build in (("generator", build_generator), ("discriminator", build_discriminator)):

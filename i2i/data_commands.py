@@ -47,10 +47,10 @@ def bench(
     samples: int = typer.Option(200, "--samples", min=1, help="samples drawn per measurement"),
 ) -> None:
     """Loader throughput for a recipe's training set: cold, warm (cached) and on the device."""
-    from i2i.data.bench import bench_loader
-    from i2i.recipe import load_recipe
+    from i2i.bench.loader import bench_loader
+    from i2i.recipe import Recipe
 
-    parsed = load_recipe(recipe, overrides)
+    parsed = Recipe.from_file(recipe, overrides)
     results = bench_loader(parsed, samples)
     data = parsed.data
     console.print(

@@ -24,7 +24,7 @@ import yaml
 from torch import nn
 
 from i2i.engine.inference import load_generator, resolve_generator_file
-from i2i.recipe import Recipe, validate_recipe
+from i2i.recipe import Recipe
 from i2i.errors import I2IError
 
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}
@@ -127,5 +127,5 @@ def onnxruntime_generator(checkpoint: Path, mode: str) -> tuple[OnnxRuntimeGener
     generator = OnnxRuntimeGenerator(checkpoint)
     if "recipe" not in generator.metadata:
         raise ExportError(f"{checkpoint} has no recipe in its metadata; export it with `i2i export`")
-    recipe = validate_recipe(yaml.safe_load(generator.metadata["recipe"]), f"{checkpoint} (embedded recipe)")
+    recipe = Recipe.from_dict(yaml.safe_load(generator.metadata["recipe"]), f"{checkpoint} (embedded recipe)")
     return generator, recipe, dict(generator.metadata)

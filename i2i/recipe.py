@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from safetensors import SafetensorError, safe_open
+
 from i2i.errors import I2IError
 from i2i.registry import DATASETS, DISCRIMINATORS, GENERATORS, LOSSES, Registry, missing_distributions
 
@@ -144,6 +146,60 @@ class Recipe(Strict):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
+    # ------------------------------------------------ the ways in, as litgpt's Config
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "<recipe>") -> Recipe:
+        """Validate ``data``; every problem is reported with its YAML path, naming ``source``."""
+        return _validate(data, source)
+
+    @classmethod
+    def from_file(cls, path: str | Path, overrides: list[str] | None = None) -> Recipe:
+        """A YAML recipe with ``--set``-style overrides (``train.lr=1e-4``) applied."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as error:
+            raise RecipeError(str(path), [f"cannot read: {error.strerror or error}"]) from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise RecipeError(str(path), [f"not valid YAML: {error}"]) from None
+        if data is None:
+            data = {}
+        if overrides:
+            if not isinstance(data, dict):
+                raise RecipeError(str(path), ["<root>: expected a mapping of sections"])
+            data = apply_overrides(data, overrides)
+        return _validate(data, str(path))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> Recipe:
+        """The recipe a checkpoint was trained with: from a ``.safetensors`` file's metadata,
+        a checkpoint folder's ``generator.safetensors``, or a run directory's ``recipe.yaml``."""
+        path = Path(path)
+        if path.is_dir() and (path / "recipe.yaml").is_file():
+            return cls.from_file(path / "recipe.yaml")
+        weights = path / "generator.safetensors" if path.is_dir() else path
+        try:
+            with safe_open(weights, "pt") as handle:
+                text = (handle.metadata() or {}).get("recipe")
+        except (SafetensorError, OSError) as error:
+            raise RecipeError(str(weights), [f"cannot read: {error}"]) from None
+        if text is None:
+            raise RecipeError(str(weights), ["holds no recipe in its metadata (not written by i2i?)"])
+        return _validate(yaml.safe_load(text), str(weights))
+
+    def variant(self, **changes: Any) -> Recipe:
+        """A validated copy with dotted keys changed: ``recipe.variant(**{"train.precision": "fp32"})``."""
+        data = self.model_dump(mode="json")
+        for key, value in changes.items():
+            *sections, last = key.split(".")
+            node = data
+            for section in sections:
+                node = node[section]
+            node[last] = value
+        return _validate(data, f"{self.name} (variant)")
+
 
 # Bounded reprs of bad values: a YAML alias bomb (lists nested by reference) would
 # otherwise print billions of items.
@@ -196,7 +252,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def validate_recipe(data: Any, source: str = "<recipe>") -> Recipe:
+def _validate(data: Any, source: str) -> Recipe:
     if not isinstance(data, dict):
         raise RecipeError(source, [f"<root>: expected a mapping of sections, got {type(data).__name__}"])
     try:
@@ -225,22 +281,3 @@ def validate_recipe(data: Any, source: str = "<recipe>") -> Recipe:
 
 def _role(loss_name: str, plugins: list[str] | None) -> str | None:
     return getattr(LOSSES.get(loss_name, plugins).obj, "role", None)
-
-
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise RecipeError(str(path), [f"cannot read: {error.strerror or error}"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise RecipeError(str(path), [f"not valid YAML: {error}"]) from None
-    if data is None:
-        data = {}
-    if overrides:
-        if not isinstance(data, dict):
-            raise RecipeError(str(path), ["<root>: expected a mapping of sections"])
-        data = apply_overrides(data, overrides)
-    return validate_recipe(data, str(path))

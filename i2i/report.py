@@ -23,7 +23,8 @@ from typing import Any
 import yaml
 
 from i2i import __version__
-from i2i.engine.trainer import Callback, Trainer
+from i2i.engine.callbacks import Callback
+from i2i.engine.trainer import Trainer
 from i2i.errors import I2IError
 
 REPORT = "report.html"

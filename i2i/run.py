@@ -1,5 +1,8 @@
 """``i2i run``: a recipe in, a trained run directory out, with a readable console.
 
+The one place that wires a run together: the data, the trainer, and every
+observer of it (evaluation, the report, TensorBoard, the console).
+
 In a terminal: a summary, then a progress bar for the epoch and one for the
 whole run (steps/s, ETA, latest losses), then where everything was written.
 Elsewhere (CI, a file): the same summary and one plain line per log record.
@@ -18,10 +21,13 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
+from i2i.bench.during_training import EvaluationCallback
 from i2i.data.download import ensure_data
+from i2i.engine.callbacks import Callback
 from i2i.engine.distributed import barrier, rank_and_world_size
-from i2i.engine.trainer import Callback, Trainer
-from i2i.recipe import load_recipe
+from i2i.engine.tensorboard import TensorBoardCallback
+from i2i.engine.trainer import Trainer
+from i2i.recipe import Recipe
 from i2i.report import REPORT, ReportCallback
 
 
@@ -125,6 +131,19 @@ def end_summary(trainer: Trainer, losses: dict[str, float], seconds: float, tens
     return "\n".join(lines)
 
 
+def build_trainer(recipe: Recipe, run_dir: Path | None = None, tensorboard: bool = True) -> Trainer:
+    """A trainer with the observers the recipe asks for (the console is added by ``train_from_recipe``)."""
+    trainer = Trainer(recipe, run_dir=run_dir)
+    if not trainer.is_main:
+        return trainer
+    if recipe.train.eval_every:
+        trainer.callbacks.append(EvaluationCallback(trainer))
+    trainer.callbacks.append(ReportCallback(trainer))
+    if tensorboard and recipe.train.tensorboard:  # a writer makes its event file at once: rank 0's alone is wanted
+        trainer.callbacks.append(TensorBoardCallback(trainer.run_dir / "tensorboard"))
+    return trainer
+
+
 def train_from_recipe(
     recipe_path: Path,
     overrides: list[str],
@@ -134,19 +153,14 @@ def train_from_recipe(
     quiet: bool = False,
     tensorboard: bool = True,
 ) -> Trainer:
-    recipe = load_recipe(recipe_path, overrides)
+    recipe = Recipe.from_file(recipe_path, overrides)
     if out is not None:
         recipe = recipe.model_copy(update={"output_dir": out})
     if rank_and_world_size()[0] == 0:  # data.download: one process fetches a missing root ...
         ensure_data(recipe.data, show_progress=console.is_terminal and not quiet)
     barrier()  # ... while the others wait for it
-    trainer = Trainer(recipe)
+    trainer = build_trainer(recipe, tensorboard=tensorboard)
     tensorboard = tensorboard and recipe.train.tensorboard
-    trainer.callbacks.append(ReportCallback(trainer))
-    if tensorboard and trainer.is_main:  # a writer makes its event file at once, rank 0's alone is wanted
-        from i2i.engine.tensorboard import TensorBoardCallback
-
-        trainer.callbacks.append(TensorBoardCallback(trainer.run_dir / "tensorboard"))
     started = time.perf_counter()
     if quiet:
         losses = trainer.fit(resume=resume)

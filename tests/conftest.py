@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from i2i.engine.trainer import Callback
+from i2i.engine.callbacks import Callback
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -143,7 +143,7 @@ def tiny_run(tmp_path_factory) -> Path:
 
     from rich.console import Console
 
-    from i2i.engine.run import train_from_recipe
+    from i2i.run import train_from_recipe
 
     folder = tmp_path_factory.mktemp("tiny_run")
     recipe = folder / "tiny.yaml"

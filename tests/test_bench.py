@@ -12,7 +12,8 @@ from i2i.bench.speed import bench_recipe
 from i2i.cli import app
 from i2i.engine.inference import load_generator
 from i2i.engine.trainer import Trainer
-from i2i.recipe import validate_recipe
+from i2i.recipe import Recipe
+from i2i.run import build_trainer
 from i2i.errors import I2IError
 
 from conftest import RecordLogs, tiny_recipe
@@ -79,7 +80,7 @@ def test_quality_compare_flags_a_worse_fid(tmp_path):
 
 @pytest.fixture
 def tiny_run(tmp_path):
-    recipe = validate_recipe(tiny_recipe(train={"max_steps": 2, "batch_size": 2, "tensorboard": False}))
+    recipe = Recipe.from_dict(tiny_recipe(train={"max_steps": 2, "batch_size": 2, "tensorboard": False}))
     Trainer(recipe, run_dir=tmp_path / "run").fit()
     return tmp_path / "run"
 
@@ -102,7 +103,7 @@ def test_bench_quality_scores_super_resolution_next_to_bicubic(fake_data_root, t
 
     from conftest import ROOT, shrink
 
-    recipe = validate_recipe(shrink(yaml.safe_load((ROOT / "recipes" / "super_resolution_x4.yaml").read_text()), fake_data_root))
+    recipe = Recipe.from_dict(shrink(yaml.safe_load((ROOT / "recipes" / "super_resolution_x4.yaml").read_text()), fake_data_root))
     Trainer(recipe, run_dir=tmp_path / "run").fit()
     record = bench_quality(tmp_path / "run", fake_data_root, device="cpu", results=None)
     val = protocol_dataset(recipe, fake_data_root)
@@ -124,8 +125,8 @@ def test_bicubic_baseline_upscales_the_input_to_the_target_size():
 
 def test_evaluation_during_training_logs_fid_and_keeps_the_best_checkpoint(tmp_path):
     train = {"max_steps": 2, "batch_size": 4, "eval_every": 1, "eval_images": 2, "tensorboard": False}
-    recipe = validate_recipe(tiny_recipe(train=train))
-    trainer = Trainer(recipe, run_dir=tmp_path / "run")
+    recipe = Recipe.from_dict(tiny_recipe(train=train))
+    trainer = build_trainer(recipe, run_dir=tmp_path / "run", tensorboard=False)
     logs = RecordLogs()
     trainer.callbacks.append(logs)  # evaluation records go through trainer.log like the losses
     trainer.fit()
@@ -141,6 +142,6 @@ def test_evaluation_during_training_logs_fid_and_keeps_the_best_checkpoint(tmp_p
 def test_eval_every_without_a_val_split_is_a_clear_error(fake_data_root, tmp_path):
     (fake_data_root / "val").rename(fake_data_root / "elsewhere")
     data = {"dataset": {"name": "aligned"}, "root": str(fake_data_root)}
-    recipe = validate_recipe(tiny_recipe(data=data, train={"eval_every": 1, "tensorboard": False}))
+    recipe = Recipe.from_dict(tiny_recipe(data=data, train={"eval_every": 1, "tensorboard": False}))
     with pytest.raises(I2IError, match="train.eval_every needs a val split"):
-        Trainer(recipe, run_dir=tmp_path / "run")
+        build_trainer(recipe, run_dir=tmp_path / "run")

@@ -12,7 +12,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from i2i.cli import app, main
-from i2i.engine.run import train_from_recipe
+from i2i.run import train_from_recipe
 
 from conftest import tiny_recipe
 

@@ -15,7 +15,7 @@ from i2i.data.degrade import bicubic
 from i2i.data.device import DeviceResidentSet
 from i2i.data.images import read_rgb
 from i2i.engine.trainer import Trainer
-from i2i.recipe import DataSection, validate_recipe
+from i2i.recipe import DataSection, Recipe
 from i2i.registry import DATASETS
 
 
@@ -126,7 +126,7 @@ def test_cache_and_on_device_batches_equal_the_file_path(fake_data_root):
 
 
 def test_on_device_training_runs_and_degrade_refuses_it(fake_data_root, tmp_path):
-    recipe = validate_recipe(tiny_recipe(data={"on_device": True}, train={**tiny_recipe()["train"], "max_steps": 2, "batch_size": 3}))
+    recipe = Recipe.from_dict(tiny_recipe(data={"on_device": True}, train={**tiny_recipe()["train"], "max_steps": 2, "batch_size": 3}))
     trainer = Trainer(recipe, run_dir=tmp_path / "run")
     trainer.fit()
     assert trainer.step == 2 and trainer.dataset.device_copy is not None

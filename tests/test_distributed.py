@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from i2i.engine.checkpoint import latest_checkpoint
 from i2i.engine.distributed import without_option
 from i2i.engine.trainer import Trainer
-from i2i.recipe import validate_recipe
+from i2i.recipe import Recipe
 
 from conftest import ROOT, tiny_recipe
 
@@ -40,7 +40,7 @@ def test_two_processes_match_one_with_twice_the_batch(tmp_path, gan_mode):
     command = [sys.executable, "-m", "i2i", "run", str(recipe_file), "--nproc", "2", "--out", str(tmp_path / "ddp"), "--quiet"]
     subprocess.run(command, check=True, cwd=ROOT, timeout=600)
 
-    recipe = validate_recipe(without_batchnorm(batch_size=4, gan_mode=gan_mode))
+    recipe = Recipe.from_dict(without_batchnorm(batch_size=4, gan_mode=gan_mode))
     init = Trainer(recipe, run_dir=tmp_path / "init").generator.state_dict()
     single = Trainer(recipe, run_dir=tmp_path / "single")
     single.fit()
@@ -57,7 +57,7 @@ def train_and_record_losses(rank: int, world_size: int, recipe: dict, folder: Pa
     """One rank of a gloo run; writes the losses this rank computed at each step."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{folder / 'store'}", rank=rank, world_size=world_size)
-    trainer = Trainer(validate_recipe(recipe), run_dir=folder / "run", rank=rank, world_size=world_size)
+    trainer = Trainer(Recipe.from_dict(recipe), run_dir=folder / "run", rank=rank, world_size=world_size)
     step, computed = trainer.train_step, []
 
     def recorded_step(real_a, real_b):
@@ -92,7 +92,7 @@ def test_launch_drops_the_nproc_option_for_the_ranks():
 
 
 def test_resume_maps_steps_across_world_sizes(tmp_path):
-    trainer = Trainer(validate_recipe(without_batchnorm(batch_size=2)), run_dir=tmp_path, rank=0, world_size=1)
+    trainer = Trainer(Recipe.from_dict(without_batchnorm(batch_size=2)), run_dir=tmp_path, rank=0, world_size=1)
     # 8 pairs, batch 2: 4 steps per epoch alone, 2 per epoch in each of 2 processes.
     assert trainer.step_for_world_size(5, saved_world_size=2) == 2 * 4 + 2
     assert trainer.step_for_world_size(5, saved_world_size=1) == 5

@@ -18,14 +18,14 @@ from i2i.engine.cpu_speedups import (
     use_matmul_convolutions,
 )
 from i2i.engine.trainer import Trainer
-from i2i.recipe import validate_recipe
+from i2i.recipe import Recipe
 
 from conftest import tiny_recipe
 
 
 def l1_terms(train: dict, tmp_path, steps: int = 5) -> list[float]:
     """The G_l1 term of each of ``steps`` steps on one batch, from the same initialisation."""
-    recipe = validate_recipe(tiny_recipe(train={"batch_size": 2, **train}))
+    recipe = Recipe.from_dict(tiny_recipe(train={"batch_size": 2, **train}))
     trainer = Trainer(recipe, run_dir=tmp_path)
     real_a, real_b = (
         torch.stack([trainer.dataset[i][key] for i in range(2)]).contiguous(memory_format=trainer.memory_format)
@@ -124,7 +124,7 @@ def test_compiled_training_matches_eager(tmp_path):
 def test_compiled_training_with_a_gradient_penalty(tmp_path):
     """wgan-gp differentiates D twice: the penalty runs D eagerly, the rest compiled."""
     losses = [{"name": "gan", "params": {"mode": "wgan-gp"}}, {"name": "l1", "weight": 100.0}]
-    trainer = Trainer(validate_recipe(tiny_recipe(losses=losses, train={"compile": True})), run_dir=tmp_path)
+    trainer = Trainer(Recipe.from_dict(tiny_recipe(losses=losses, train={"compile": True})), run_dir=tmp_path)
     real_a, real_b = torch.rand(2, 1, 3, 32, 32) * 2 - 1
     for _ in range(2):
         losses = trainer.train_step(real_a, real_b)

@@ -10,7 +10,7 @@ from i2i.cli import app
 from i2i.engine.inference import load_generator
 from i2i.engine.trainer import Trainer
 from i2i.export import TOLERANCE, OnnxRuntimeGenerator, export_generator, onnxruntime_generator
-from i2i.recipe import validate_recipe
+from i2i.recipe import Recipe
 from i2i.errors import I2IError
 
 from conftest import tiny_recipe
@@ -19,7 +19,7 @@ from conftest import tiny_recipe
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
-    Trainer(validate_recipe(tiny_recipe(train={"max_steps": 1, "tensorboard": False})), run_dir=run_dir).fit()
+    Trainer(Recipe.from_dict(tiny_recipe(train={"max_steps": 1, "tensorboard": False})), run_dir=run_dir).fit()
     return run_dir
 
 

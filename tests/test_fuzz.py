@@ -1,7 +1,7 @@
 """Hostile or broken inputs have two outcomes only: success or a clear error.
 
 Recipes: random YAML structures, random edits of a valid recipe, random ``--set``
-overrides and random text go through ``validate_recipe``/``load_recipe`` and
+overrides and random text go through ``Recipe.from_dict``/``Recipe.from_file`` and
 raise nothing but ``RecipeError``. Images: random bytes and damaged PNG, JPEG,
 GIF, BMP, TIFF and WebP files go through ``read_rgb`` and the ``aligned``
 dataset and raise nothing but ``DataError``.
@@ -23,7 +23,7 @@ from PIL import Image
 
 from i2i.data.aligned import AlignedDataset, AlignedParams, read_rgb
 from i2i.data.base import DataError
-from i2i.recipe import DataSection, Recipe, RecipeError, TrainSection, load_recipe, validate_recipe
+from i2i.recipe import DataSection, Recipe, RecipeError, TrainSection
 
 from conftest import tiny_recipe
 
@@ -60,7 +60,7 @@ def only_recipe_errors(action) -> None:
 @MANY
 @given(VALUES)
 def test_random_structures_validate_or_raise_a_recipe_error(data):
-    only_recipe_errors(lambda: validate_recipe(data))
+    only_recipe_errors(lambda: Recipe.from_dict(data))
 
 
 def set_path(data, path: list[str], value) -> None:
@@ -98,7 +98,7 @@ def test_random_edits_of_a_valid_recipe_validate_or_raise_a_recipe_error(edits):
     data = copy.deepcopy(tiny_recipe())
     for path, value in edits:
         set_path(data, path, value)
-    only_recipe_errors(lambda: validate_recipe(data))
+    only_recipe_errors(lambda: Recipe.from_dict(data))
 
 
 @FUZZ
@@ -110,7 +110,7 @@ def test_recipe_files_with_random_overrides_load_or_raise_a_recipe_error(edits, 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "recipe.yaml"
         path.write_text(yaml.safe_dump(data))
-        only_recipe_errors(lambda: load_recipe(path, [f"{'.'.join(p)}={v}" for p, v in overrides]))
+        only_recipe_errors(lambda: Recipe.from_file(path, [f"{'.'.join(p)}={v}" for p, v in overrides]))
 
 
 @FUZZ
@@ -119,7 +119,7 @@ def test_random_text_as_a_recipe_file_loads_or_raises_a_recipe_error(text):
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "recipe.yaml"
         path.write_text(text, encoding="utf-8", errors="surrogateescape")
-        only_recipe_errors(lambda: load_recipe(path))
+        only_recipe_errors(lambda: Recipe.from_file(path))
 
 
 # -------------------------------------------------------------------- images

@@ -277,3 +277,15 @@ def test_cli_push_takes_the_token_from_the_environment_and_never_prints_it(tiny_
     assert result.exit_code == 0, result.output
     assert f"{hub.url}/{OWNER_REPO}" in result.output and f'i2i.load("hf://{OWNER_REPO}")' in result.output
     assert TOKEN not in result.output and not files_holding(TOKEN, tmp_path)
+
+
+def test_a_downloaded_generator_loads_from_the_cache_when_the_hub_is_unreachable(tiny_run, hub):
+    from i2i.hub import HubError, download_from_hub, push_to_hub
+
+    push_to_hub(tiny_run, OWNER_REPO, token=TOKEN, quality_results=None)
+    cached = download_from_hub(OWNER_REPO)
+    hub.shutdown()
+    hub.server_close()
+    assert download_from_hub(OWNER_REPO) == cached
+    with pytest.raises(HubError, match="cannot reach the Hub .* and generator.safetensors is not in the cache"):
+        download_from_hub("someone/never-downloaded")

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from i2i.engine.trainer import Trainer
-from i2i.recipe import validate_recipe
+from i2i.recipe import Recipe
 from i2i.registry import LOSSES
 
 from conftest import SMALL_PARAMS, tiny_recipe
@@ -107,7 +107,7 @@ def test_trainer_steps_with_a_multiscale_critic_and_wgan_gp(tmp_path):
         losses=[{"name": "gan", "params": {"mode": "wgan-gp"}}, {"name": "l1", "weight": 100.0}],
     )
     recipe["train"].update(max_steps=2, batch_size=2)
-    trainer = Trainer(validate_recipe(recipe), run_dir=tmp_path / "run")
+    trainer = Trainer(Recipe.from_dict(recipe), run_dir=tmp_path / "run")
     losses = trainer.fit()
     assert trainer.step == 2
     assert all(math.isfinite(v) for v in losses.values())

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from i2i.cli import _describe_params, app
 from i2i.engine.build import build_generator
-from i2i.recipe import RecipeError, validate_recipe
+from i2i.recipe import Recipe, RecipeError
 from i2i.registry import GENERATORS, REGISTRIES, RegistryError
 
 from conftest import SMALL_PARAMS, tiny_recipe
@@ -76,13 +76,13 @@ def install(site, dist, version, entry_points, modules=None):
 def test_plugin_loads_lazily_by_name_with_its_origin(site):
     install(site, "i2i-lazy", "1.2", {"i2i.generators": {"lazy_gen": "i2i_fake_lazy:LazyGenerator"}},
             {"i2i_fake_lazy": LAZY_MODULE})
-    validate_recipe(tiny_recipe())
+    Recipe.from_dict(tiny_recipe())
     GENERATORS.get("unet")
     assert "i2i_fake_lazy" not in sys.modules, "a plugin is imported only when its name is asked for"
     entry = GENERATORS.get("lazy_gen")
     assert "i2i_fake_lazy" in sys.modules
     assert entry.origin == "i2i-lazy 1.2" and entry.distribution == "i2i-lazy"
-    recipe = validate_recipe(tiny_recipe(model={"generator": {"name": "lazy_gen", "params": {"scale": 2.0}}}))
+    recipe = Recipe.from_dict(tiny_recipe(model={"generator": {"name": "lazy_gen", "params": {"scale": 2.0}}}))
     assert build_generator(recipe, 3, 3).scale == 2.0
 
 
@@ -100,7 +100,7 @@ def test_broken_plugin_is_reported_and_everything_else_works(site):
         REGISTRIES["losses"].get("crashing_loss")
     # Built-ins, and a recipe made of them, are untouched.
     GENERATORS.build("unet", SMALL_PARAMS["unet"], in_channels=3, out_channels=3)
-    validate_recipe(tiny_recipe())
+    Recipe.from_dict(tiny_recipe())
 
 
 def test_a_name_claimed_by_a_plugin_and_a_builtin_names_both(site):
@@ -123,12 +123,12 @@ def test_allow_lists_restrict_plugins(site, monkeypatch):
     install(site, "i2i-lazy", "1.2", {"i2i.generators": {"lazy_gen": "i2i_fake_lazy:LazyGenerator"}},
             {"i2i_fake_lazy": LAZY_MODULE})
     # A recipe's plugins list keeps other distributions out, clashes included.
-    recipe = validate_recipe(tiny_recipe(plugins=["I2I_Lazy"]))
+    recipe = Recipe.from_dict(tiny_recipe(plugins=["I2I_Lazy"]))
     build_generator(recipe, 3, 3)
     with pytest.raises(RecipeError, match=r"model.generator.name: generator 'lazy_gen' comes from i2i-lazy 1\.2, which is not among"):
-        validate_recipe(tiny_recipe(plugins=[], model={"generator": {"name": "lazy_gen"}}))
+        Recipe.from_dict(tiny_recipe(plugins=[], model={"generator": {"name": "lazy_gen"}}))
     with pytest.raises(RecipeError, match=r"plugins: distribution 'i2i-absent' is not installed"):
-        validate_recipe(tiny_recipe(plugins=["i2i-absent"]))
+        Recipe.from_dict(tiny_recipe(plugins=["i2i-absent"]))
     # I2I_PLUGINS does the same for the whole process; "" means built-ins only.
     monkeypatch.setenv("I2I_PLUGINS", "")
     assert GENERATORS.get("unet").origin == "built-in"
@@ -171,7 +171,7 @@ def test_the_guide_example_works(site):
     (site / "my_i2i" / "__init__.py").write_text("")
     (site / "my_i2i" / "losses.py").write_text(source)
     install(site, "my-i2i", "0.1.0", {"i2i.losses": {name: value}})
-    recipe = validate_recipe(tiny_recipe(plugins=["my-i2i"], losses=[{"name": "gan"}, {"name": name, "params": {"eps": 0.01}}]))
+    recipe = Recipe.from_dict(tiny_recipe(plugins=["my-i2i"], losses=[{"name": "gan"}, {"name": name, "params": {"eps": 0.01}}]))
     loss = REGISTRIES["losses"].build(name, recipe.losses[1].params)
     assert REGISTRIES["losses"].get(name).origin == "my-i2i 0.1.0"
     assert loss(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4)).item() == pytest.approx(0.01)

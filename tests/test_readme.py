@@ -127,7 +127,7 @@ def test_readme_component_example_registers_and_works_in_a_recipe():
     import torch
 
     from i2i.engine.build import build_losses
-    from i2i.recipe import validate_recipe
+    from i2i.recipe import Recipe
     from i2i.registry import LOSSES
 
     from conftest import tiny_recipe
@@ -136,7 +136,7 @@ def test_readme_component_example_registers_and_works_in_a_recipe():
     name = re.search(r'LOSSES\.register\("(\w+)"', block).group(1)
     try:
         exec(compile(block, "README.md", "exec"), {})
-        recipe = validate_recipe(tiny_recipe(losses=[{"name": "gan"}, {"name": name, "weight": 10.0, "params": {"eps": 0.01}}]))
+        recipe = Recipe.from_dict(tiny_recipe(losses=[{"name": "gan"}, {"name": name, "weight": 10.0, "params": {"eps": 0.01}}]))
         _, [(loss_name, loss, weight)] = build_losses(recipe)
         assert (loss_name, weight) == (name, 10.0)
         value = loss(torch.zeros(1, 3, 4, 4), torch.ones(1, 3, 4, 4))

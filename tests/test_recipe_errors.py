@@ -2,19 +2,19 @@
 
 import pytest
 
-from i2i.recipe import RecipeError, apply_overrides, load_recipe, validate_recipe
+from i2i.recipe import Recipe, RecipeError, apply_overrides
 
 from conftest import tiny_recipe
 
 
 def problems(recipe: dict) -> str:
     with pytest.raises(RecipeError) as info:
-        validate_recipe(recipe, "r.yaml")
+        Recipe.from_dict(recipe, "r.yaml")
     return str(info.value)
 
 
 def test_tiny_recipe_is_valid():
-    recipe = validate_recipe(tiny_recipe())
+    recipe = Recipe.from_dict(tiny_recipe())
     assert recipe.model.generator.params["ngf"] == 8
     assert recipe.model.generator.params["norm"] == "batch"  # defaults are filled in
 
@@ -62,22 +62,22 @@ def test_not_a_mapping(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("- just\n- a list\n")
     with pytest.raises(RecipeError, match="expected a mapping"):
-        load_recipe(path)
+        Recipe.from_file(path)
     path.write_text("name: [unclosed\n")
     with pytest.raises(RecipeError, match="not valid YAML"):
-        load_recipe(path)
+        Recipe.from_file(path)
     with pytest.raises(RecipeError, match="cannot read"):
-        load_recipe(tmp_path / "missing.yaml")
+        Recipe.from_file(tmp_path / "missing.yaml")
 
 
 def test_overrides_are_typed_and_validated(write_recipe):
     path = write_recipe(tiny_recipe())
-    recipe = load_recipe(path, ["train.lr=1e-3", "model.generator.params.ngf=4", "losses.1.weight=10", "train.betas=[0.9, 0.99]"])
+    recipe = Recipe.from_file(path, ["train.lr=1e-3", "model.generator.params.ngf=4", "losses.1.weight=10", "train.betas=[0.9, 0.99]"])
     assert recipe.train.lr == 1e-3 and recipe.model.generator.params["ngf"] == 4
     assert recipe.losses[1].weight == 10 and recipe.train.betas == (0.9, 0.99)
     with pytest.raises(RecipeError, match="model.generator.params.ngf"):
-        load_recipe(path, ["model.generator.params.ngf=-1"])
+        Recipe.from_file(path, ["model.generator.params.ngf=-1"])
     with pytest.raises(RecipeError, match="expected key=value"):
-        load_recipe(path, ["train.lr"])
+        Recipe.from_file(path, ["train.lr"])
     with pytest.raises(RecipeError, match="no such list item"):
         apply_overrides({"losses": []}, ["losses.3=1"])

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from i2i.engine.trainer import Trainer
-from i2i.recipe import load_recipe, validate_recipe
+from i2i.recipe import Recipe
 
 from conftest import RECIPES, shrink
 
@@ -23,14 +23,14 @@ def skip_without_its_plugins(path):
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
 def test_recipe_validates(path):
     skip_without_its_plugins(path)
-    recipe = load_recipe(path)
+    recipe = Recipe.from_file(path)
     assert recipe.name == path.stem, "a recipe's name is its file name"
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
 def test_recipe_trains_two_steps(path, fake_data_root, tmp_path):
     skip_without_its_plugins(path)
-    recipe = validate_recipe(shrink(yaml.safe_load(path.read_text()), fake_data_root))
+    recipe = Recipe.from_dict(shrink(yaml.safe_load(path.read_text()), fake_data_root))
     trainer = Trainer(recipe, run_dir=tmp_path / "run")
     losses = trainer.fit()
     assert trainer.step == 2

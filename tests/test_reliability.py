@@ -17,8 +17,9 @@ from safetensors.torch import load_file
 from i2i.engine import checkpoint as checkpoint_module
 from i2i.engine.checkpoint import CheckpointError, list_checkpoints, load_state, load_weights, verify_checkpoint
 from i2i.engine.faults import NonFiniteError, TrainingInterrupted
-from i2i.engine.trainer import Callback, Trainer
-from i2i.recipe import RecipeError, load_recipe, validate_recipe
+from i2i.engine.callbacks import Callback
+from i2i.engine.trainer import Trainer
+from i2i.recipe import Recipe, RecipeError
 from i2i.errors import I2IError
 
 from conftest import ROOT, tiny_recipe
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def make_trainer(run_dir: Path, **train) -> Trainer:
     recipe = tiny_recipe()
     recipe["train"].update({"batch_size": 2, "checkpoint_every": 1, "log_every": 5, **train})
-    return Trainer(validate_recipe(recipe), run_dir=run_dir)
+    return Trainer(Recipe.from_dict(recipe), run_dir=run_dir)
 
 
 class AtStep(Callback):
@@ -204,7 +205,7 @@ def test_a_recipe_with_a_python_tag_is_refused(tmp_path):
     recipe = tmp_path / "evil.yaml"
     recipe.write_text(f"name: !!python/object/apply:os.system ['touch {marker}']\n")
     with pytest.raises(RecipeError, match="not valid YAML"):
-        load_recipe(recipe)
+        Recipe.from_file(recipe)
     assert not marker.exists()
 
 
@@ -216,7 +217,7 @@ def test_a_yaml_alias_bomb_gives_a_short_error_at_once(place, tmp_path):
     recipe = tmp_path / "bomb.yaml"
     recipe.write_text("\n".join(["x0: &x0 lol", *levels, place]))
     with pytest.raises(RecipeError) as caught:
-        load_recipe(recipe)
+        Recipe.from_file(recipe)
     assert len(str(caught.value)) < 10_000
 
 
@@ -225,7 +226,7 @@ def test_a_checkpoint_of_another_architecture_lists_the_mismatched_tensors(tmp_p
     file = list_checkpoints(tmp_path / "checkpoints")[-1] / "generator.safetensors"
     recipe = tiny_recipe()
     recipe["model"]["generator"]["params"] = {"num_downs": 4, "ngf": 4}
-    other = Trainer(validate_recipe(recipe), run_dir=tmp_path / "other").generator
+    other = Trainer(Recipe.from_dict(recipe), run_dir=tmp_path / "other").generator
     with pytest.raises(CheckpointError) as caught:
         load_weights(other, file)
     message = str(caught.value)

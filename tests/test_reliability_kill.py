@@ -26,10 +26,10 @@ TOTAL_STEPS = 32  # 4 steps per epoch, 4 + 4 epochs: more than ten kills get thr
 
 def train_until_done(recipe: dict, run_dir: str) -> None:
     from i2i.engine.trainer import Trainer
-    from i2i.recipe import validate_recipe
+    from i2i.recipe import Recipe
 
     torch.set_num_threads(1)  # the same arithmetic in every process, and no oversubscription
-    Trainer(validate_recipe(recipe), run_dir=Path(run_dir)).fit(resume=True)
+    Trainer(Recipe.from_dict(recipe), run_dir=Path(run_dir)).fit(resume=True)
 
 
 def start(context, recipe: dict, run_dir: Path):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from i2i.engine.trainer import Trainer
-from i2i.recipe import validate_recipe
+from i2i.recipe import Recipe
 
 from conftest import tiny_recipe
 
@@ -27,7 +27,7 @@ CASES = {
 def train(run_dir, case, max_steps, resume=False) -> Trainer:
     recipe = tiny_recipe(**CASES[case])
     recipe["train"].update(batch_size=2, max_steps=max_steps, checkpoint_every=1000)
-    trainer = Trainer(validate_recipe(recipe), run_dir=run_dir)
+    trainer = Trainer(Recipe.from_dict(recipe), run_dir=run_dir)
     trainer.fit(resume=resume)
     return trainer
 

@@ -7,15 +7,16 @@ import torch
 from typer.testing import CliRunner
 
 from i2i.cli import app
-from i2i.engine.trainer import EpochSampler, Trainer, linear_decay
-from i2i.recipe import validate_recipe
+from i2i.engine.schedule import EpochSampler, linear_decay
+from i2i.engine.trainer import Trainer
+from i2i.recipe import Recipe
 
 from conftest import MAPS, RecordLogs, tiny_recipe
 
 
 def test_overfits_one_pair(tmp_path):
     """~100 steps on a single pair drive the L1 term down clearly."""
-    recipe = validate_recipe(tiny_recipe(
+    recipe = Recipe.from_dict(tiny_recipe(
         data={"dataset": {"name": "synthetic", "params": {"length": 1, "size": 32}}, "load_size": 32, "flip": False},
         train={"max_steps": 120, "log_every": 20, "epochs": 200, "epochs_decay": 0, "lr": 1e-3},
     ))
@@ -35,7 +36,7 @@ def test_linear_decay_matches_reference():
 
 
 def test_lr_follows_the_schedule_across_epochs(tmp_path):
-    recipe = validate_recipe(tiny_recipe(train={"epochs": 1, "epochs_decay": 2, "lr": 1.0, "batch_size": 8}))
+    recipe = Recipe.from_dict(tiny_recipe(train={"epochs": 1, "epochs_decay": 2, "lr": 1.0, "batch_size": 8}))
     trainer = Trainer(recipe, run_dir=tmp_path)
     logs = RecordLogs()
     trainer.callbacks.append(logs)
@@ -59,7 +60,7 @@ def test_epoch_sampler_is_a_permutation_per_epoch_and_resumable():
 
 
 def test_discriminator_sees_condition_and_target(tmp_path):
-    recipe = validate_recipe(tiny_recipe(
+    recipe = Recipe.from_dict(tiny_recipe(
         data={"dataset": {"name": "synthetic", "params": {"length": 2, "size": 40, "in_channels": 1}}}
     ))
     trainer = Trainer(recipe, run_dir=tmp_path)
@@ -94,7 +95,7 @@ def test_cli_validate_json(write_recipe):
 @pytest.mark.skipif(not (MAPS / "train").is_dir(), reason="the maps set is not at ../shared/data/maps")
 def test_real_maps_smoke(tmp_path):
     """Two steps of the flagship layout on the real maps set (small U-Net, 64x64 crops)."""
-    recipe = validate_recipe(tiny_recipe(
+    recipe = Recipe.from_dict(tiny_recipe(
         data={"dataset": {"name": "aligned"}, "root": str(MAPS), "direction": "BtoA", "load_size": 72, "crop_size": 64},
         train={"max_steps": 2},
         model={"generator": {"name": "unet", "params": {"num_downs": 6, "ngf": 8}},
@@ -115,7 +116,7 @@ def test_sample_grids_leave_the_run_as_it_was(tmp_path):
     recipe = tiny_recipe(data={"dataset": {"name": "synthetic", "params": {"length": 4, "size": 64}},
                                "load_size": 64, "crop_size": 64})
     recipe["model"]["generator"]["params"].update(num_downs=6, dropout=0.5)  # one 8*ngf block: dropout
-    trainer = Trainer(validate_recipe(recipe), run_dir=tmp_path)
+    trainer = Trainer(Recipe.from_dict(recipe), run_dir=tmp_path)
     trainer._sample_batch = trainer.sample_inputs()  # what fit() sets up
     state = {key: value.clone() for key, value in trainer.generator.state_dict().items()}
     rng = torch.get_rng_state()

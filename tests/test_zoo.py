@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from i2i.recipe import RecipeError, validate_recipe
+from i2i.recipe import Recipe, RecipeError
 from i2i.errors import I2IError
 from i2i.registry import DISCRIMINATORS, GENERATORS
 
@@ -138,7 +138,7 @@ def test_timm_unet_loads_weights_from_a_local_file(tmp_path, in_channels):
 def test_timm_unet_params_are_checked_at_validation(tmp_path):
     bad = {"name": "timm_unet", "params": {"backbone": "resnet_35", "pretrained_path": str(tmp_path / "none.pth")}}
     with pytest.raises(RecipeError) as caught:
-        validate_recipe(tiny_recipe(model={"generator": bad}))
+        Recipe.from_dict(tiny_recipe(model={"generator": bad}))
     message = str(caught.value)
     assert "model.generator.params.backbone" in message and "did you mean" in message
     assert "model.generator.params.pretrained_path" in message and "none.pth" in message

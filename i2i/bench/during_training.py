@@ -13,18 +13,16 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from i2i.bench.inception import inception_extractor
 from i2i.bench.metrics import QualityMeter
 from i2i.bench.quality import evaluate
 from i2i.engine.build import build_dataset
 from i2i.engine.checkpoint import MANIFEST
-from i2i.engine.trainer import Callback
+from i2i.engine.callbacks import Callback
+from i2i.engine.trainer import Trainer
 from i2i.errors import I2IError
 
-if TYPE_CHECKING:
-    from i2i.engine.trainer import Trainer
 
 MODE = "train"
 BEST = "best"

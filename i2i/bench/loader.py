@@ -1,10 +1,11 @@
 """``i2i data bench``: how fast the input pipeline delivers training samples.
 
-Three figures, in samples (pairs) per second, through the recipe's own batch
-size and ``num_workers``:
+Three figures, in samples (pairs) per second, through the trainer's own batches
+(``engine.setup.training_batches``: the recipe's batch size, ``num_workers`` and
+sample order):
 
 - cold: every sample decoded from its file and resized (``data.cache: none``);
-- warm: from the decode-once cache, crop and flip on the CPU (what training uses);
+- warm: from the decode-once cache, crop and flip on the CPU;
 - on device: from the set held on the training device, crop and flip there.
 
 plus the one-off cost of filling the cache.
@@ -12,64 +13,48 @@ plus the one-off cost of filling the cache.
 
 from __future__ import annotations
 
+import itertools
 import time
-from typing import Iterable
 
 import torch
-from torch.utils.data import DataLoader
 
-from i2i.data.base import DataError, PairedDataset
-from i2i.data.device import DeviceResidentSet
+from i2i.data.base import DataError
 from i2i.engine.build import build_dataset, resolve_device
+from i2i.engine.schedule import EpochSampler
+from i2i.engine.setup import training_batches
 from i2i.recipe import Recipe
 
 
-def _rate(batches: Iterable[dict], limit: int, device: torch.device | None = None) -> float:
-    """Samples per second while drawing at most ``limit`` samples."""
+def _rate(recipe: Recipe, dataset, device: torch.device, limit: int) -> float:
+    """Samples per second while drawing at most ``limit`` samples, epoch after epoch."""
+    sampler = EpochSampler(len(dataset), recipe.train.seed)
     start, count = time.perf_counter(), 0
-    for batch in batches:
-        count += len(batch["input"])
-        if count >= limit:
-            break
-    if device is not None and device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return count / (time.perf_counter() - start)
-
-
-def _loader(dataset: PairedDataset, recipe: Recipe) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=recipe.train.batch_size,
-        shuffle=True,
-        num_workers=recipe.data.num_workers,
-        pin_memory=torch.cuda.is_available(),
-        generator=torch.Generator().manual_seed(recipe.train.seed),
-    )
+    for epoch in itertools.count():
+        sampler.set_epoch(epoch)
+        for batch in training_batches(recipe, dataset, sampler, device, epoch):
+            count += len(batch["input"])
+            if count >= limit:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                return count / (time.perf_counter() - start)
 
 
 def bench_loader(recipe: Recipe, samples: int = 200) -> dict[str, float]:
     """The figures above; ``on_device_per_s`` is absent for datasets that cannot run there."""
-    data = recipe.data
-    uncached = recipe.model_copy(update={"data": data.model_copy(update={"cache": "none", "on_device": False})})
-    cached = recipe.model_copy(update={"data": data.model_copy(update={"cache": "memory"})})
+    device = resolve_device(recipe.train.device)
+    uncached = recipe.variant(**{"data.cache": "none", "data.on_device": False})
+    cached = recipe.variant(**{"data.cache": "memory", "data.on_device": False})
     results = {"samples": float(samples)}
-
-    cold = build_dataset(uncached, "train")
-    results["cold_per_s"] = _rate(_loader(cold, uncached), samples)
+    results["cold_per_s"] = _rate(uncached, build_dataset(uncached, "train"), device, samples)
 
     warm = build_dataset(cached, "train")
     start = time.perf_counter()
     warm.prepare()
     results["cache_fill_s"] = time.perf_counter() - start
     results["cache_mb"] = warm.cache.nbytes / 2**20
-    results["warm_per_s"] = _rate(_loader(warm, cached), samples)
-
-    device = resolve_device(recipe.train.device)
+    results["warm_per_s"] = _rate(cached, warm, device, samples)
     try:
-        resident = DeviceResidentSet(warm, device)
+        results["on_device_per_s"] = _rate(cached.variant(**{"data.on_device": True}), warm, device, samples)
     except DataError:  # a dataset that builds its input after the crop (degrade) stays on the CPU
-        return results
-    order = torch.randperm(len(warm), generator=torch.Generator().manual_seed(recipe.train.seed)).tolist()
-    repeats = -(-samples // len(order))
-    results["on_device_per_s"] = _rate(resident.batches(order * repeats, recipe.train.batch_size), samples, device)
+        pass
     return results

@@ -28,8 +28,9 @@ from i2i.bench.records import append_record, environment
 from i2i.engine.build import build_dataset, resolve_device, tuned_settings
 from i2i.engine.fast_inference import fast_generator
 from i2i.engine.inference import generator_mode
+from i2i.engine.setup import training_batches
 from i2i.engine.trainer import Trainer
-from i2i.recipe import Recipe, TrainSection, load_recipe, validate_recipe
+from i2i.recipe import Recipe, TrainSection
 from i2i.errors import I2IError
 
 BASELINE = {"precision": "fp32", "channels_last": False, "compile": False}
@@ -107,20 +108,20 @@ def bench_recipe(recipe_path: Path, overrides: list[str], device: torch.device) 
     """The recipe as benchmarked, and whether its training data is there. Without data,
     the trainer is built on the synthetic dataset at the recipe's sizes and fed random tensors."""
     quiet = [f"train.device={device}", "data.cache=none", "data.num_workers=0", "data.on_device=false"]
-    recipe = load_recipe(recipe_path, [*overrides, *quiet])
+    recipe = Recipe.from_file(recipe_path, [*overrides, *quiet])
     try:
         build_dataset(recipe, "train", train=True)
         return recipe, True
     except I2IError:
         data = recipe.model_dump(mode="json")
         data["data"]["dataset"] = {"name": "synthetic", "params": {"size": recipe.data.load_size, "length": 1}}
-        return validate_recipe(data, f"{recipe_path} (synthetic stand-in for missing data)"), False
+        return Recipe.from_dict(data, f"{recipe_path} (synthetic stand-in for missing data)"), False
 
 
 def first_batch(trainer: Trainer, real_data: bool) -> tuple[torch.Tensor, torch.Tensor]:
     size, batch = trainer.recipe.data.crop_size, trainer.cfg.batch_size
     if real_data:
-        item = next(iter(trainer.loader(0)))
+        item = next(iter(training_batches(trainer.recipe, trainer.dataset, trainer.sampler, trainer.device, 0)))
         real_a, real_b = item["input"], item["target"]
     else:
         generator = torch.Generator().manual_seed(trainer.cfg.seed)
@@ -148,7 +149,7 @@ def measure(
     """Every figure of one configuration."""
     configured = recipe.model_dump(mode="json")
     configured["train"].update(settings)
-    configured = validate_recipe(configured, recipe.name)
+    configured = Recipe.from_dict(configured, recipe.name)
     # The trainer never writes here: only train_step and the generator are used.
     trainer = Trainer(configured, run_dir=Path(tempfile.gettempdir()) / "i2i-bench-speed")
     device = trainer.device

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from i2i.engine.trainer import Callback, Trainer
+from i2i.engine.callbacks import Callback
+from i2i.engine.trainer import Trainer
 from i2i.errors import I2IError
 
 # Recorded as the x axis, not as curves of their own.

@@ -13,7 +13,7 @@ pytest.importorskip("i2i_hd", reason="the i2i-hd plugin is not installed (pip in
 
 from i2i.data.base import DataError  # noqa: E402
 from i2i.engine.trainer import Trainer  # noqa: E402
-from i2i.recipe import validate_recipe  # noqa: E402
+from i2i.recipe import Recipe  # noqa: E402
 from i2i.registry import DATASETS, DISCRIMINATORS, GENERATORS, LOSSES  # noqa: E402
 
 torch.set_num_threads(2)
@@ -97,7 +97,7 @@ def cyclegan_root(tmp_path):
 
 
 def hd_recipe(root, **data):
-    return validate_recipe({
+    return Recipe.from_dict({
         "name": "hd_tiny",
         "plugins": ["i2i-hd"],
         "model": {"generator": {"name": "hd_local", "params": SMALL_G},

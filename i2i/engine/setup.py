@@ -1,0 +1,102 @@
+"""Everything a training run needs before its first step, built from the recipe.
+
+``Trainer.__init__`` calls these in order; the order is part of the contract (the
+networks' initial weights come from the seeded RNG, so they must be built in the
+same order every time for a run to be reproducible).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from i2i.data.base import PairedDataset
+from i2i.data.device import device_batches
+from i2i.engine.build import build_discriminator, build_generator
+from i2i.engine.compiled import CompiledOrEager
+from i2i.engine.cpu_speedups import keep_freed_memory, use_dense_batchnorm_gradients, use_matmul_convolutions
+from i2i.engine.distributed import wrap_ddp
+from i2i.engine.schedule import EpochSampler
+from i2i.errors import I2IError
+from i2i.recipe import Recipe
+
+
+def build_networks(
+    recipe: Recipe, dataset: PairedDataset, device: torch.device, memory_format: torch.memory_format, world_size: int
+) -> tuple[nn.Module, nn.Module]:
+    """The generator and the discriminator on ``device``, with the CPU rewrites and
+    SyncBatchNorm that the recipe asks for."""
+    cfg = recipe.train
+    generator = build_generator(recipe, dataset.in_channels, dataset.out_channels).to(device)
+    discriminator = build_discriminator(recipe, dataset.in_channels, dataset.out_channels).to(device)
+    generator.to(memory_format=memory_format)
+    discriminator.to(memory_format=memory_format)
+    if cfg.cpu_speedups and device.type == "cpu":
+        use_cpu_speedups(recipe, dataset, generator, discriminator, memory_format)
+    if cfg.sync_batchnorm and world_size > 1:
+        if device.type != "cuda":
+            raise I2IError("train.sync_batchnorm needs CUDA (torch's SyncBatchNorm runs on GPUs); "
+                           "on CPU train with norm 'none' or 'instance' instead")
+        generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
+        discriminator = nn.SyncBatchNorm.convert_sync_batchnorm(discriminator)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one crop size all run long: pick the fastest kernels once
+    return generator, discriminator
+
+
+def use_cpu_speedups(
+    recipe: Recipe, dataset: PairedDataset, generator: nn.Module, discriminator: nn.Module, memory_format: torch.memory_format
+) -> None:
+    """The CPU rewrites of ``train.cpu_speedups`` (same math), sized on this run's crops,
+    and the allocator setting (for the whole process)."""
+    keep_freed_memory()
+    size, batch = recipe.data.crop_size, recipe.train.batch_size
+    image = torch.zeros(batch, dataset.in_channels, size, size).contiguous(memory_format=memory_format)
+    pair = torch.zeros(batch, dataset.in_channels + dataset.out_channels, size, size).contiguous(memory_format=memory_format)
+    for network, example in ((generator, image), (discriminator, pair)):
+        use_matmul_convolutions(network, example)
+        use_dense_batchnorm_gradients(network)
+
+
+def build_optimizers(
+    recipe: Recipe, generator: nn.Module, discriminator: nn.Module, device: torch.device, amp_dtype: torch.dtype
+) -> tuple[torch.optim.Adam, torch.optim.Adam, torch.amp.GradScaler]:
+    cfg = recipe.train
+    implementation = {"fused": True} if cfg.fused_adam else {"foreach": True}
+    adam = dict(lr=cfg.lr, betas=cfg.betas, **implementation)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    return torch.optim.Adam(generator.parameters(), **adam), torch.optim.Adam(discriminator.parameters(), **adam), scaler
+
+
+def wrap_for_step(
+    module: nn.Module, name: str, recipe: Recipe, device: torch.device, world_size: int,
+    log_line: Callable[[str], None], ddp: bool = True,
+) -> Callable[..., torch.Tensor]:
+    """What the training step calls: the module, under DDP with several processes, compiled if asked."""
+    if ddp and world_size > 1:
+        module = wrap_ddp(module, device)
+    if recipe.train.compile:
+        return CompiledOrEager(module, recipe.train.compile_mode, name, log_line)
+    return module
+
+
+def training_batches(
+    recipe: Recipe, dataset: PairedDataset, sampler: EpochSampler, device: torch.device, epoch: int
+) -> Iterable[dict[str, Any]]:
+    """One epoch of training batches, in the sampler's order."""
+    if recipe.data.on_device:
+        return device_batches(dataset, sampler, recipe.train.batch_size, device)
+    return DataLoader(
+        dataset,
+        batch_size=recipe.train.batch_size,
+        sampler=sampler,
+        num_workers=recipe.data.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,  # workers must see the dataset's new epoch
+        # Its own generator: drawing worker seeds from the global RNG would shift
+        # the dropout stream whenever a resumed run opens a loader mid-epoch.
+        generator=torch.Generator().manual_seed(recipe.train.seed + epoch),
+    )
