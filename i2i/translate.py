@@ -55,8 +55,11 @@ def output_paths(files: list[Path], output: Path) -> list[Path]:
 
 
 def refuse_overwriting_inputs(files: list[Path], targets: list[Path], output: Path) -> None:
+    """Compared as files (device and inode), after resolving the output folder as the kernel
+    will once it exists (``out/new/..`` is ``out``)."""
     inputs = {(s.st_dev, s.st_ino) for s in map(os.stat, files)}
-    clobbered = [str(t) for t in targets if t.exists() and (t.stat().st_dev, t.stat().st_ino) in inputs]
+    resolved = [output.resolve() / t.name for t in targets]
+    clobbered = [str(t) for t, r in zip(targets, resolved) if r.exists() and (r.stat().st_dev, r.stat().st_ino) in inputs]
     if clobbered:
         shown = ", ".join(clobbered[:5]) + (f" and {len(clobbered) - 5} more" if len(clobbered) > 5 else "")
         raise DataError(f"--output {output} would overwrite input images ({shown}); choose another output folder")
