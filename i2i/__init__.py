@@ -4,7 +4,7 @@
 trains one (``i2i.api``); they are imported on first use, so ``import i2i`` stays light.
 """
 
-__version__ = "0.1.0"
+from i2i.version import __version__
 __all__ = ["Translator", "load", "train"]
 
 

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from i2i import __version__
+from i2i.version import __version__
 from i2i.bench.cli import app as bench_app
 from i2i.data_commands import data_app
 from i2i.errors import I2IError

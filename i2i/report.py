@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from i2i import __version__
+from i2i.version import __version__
 from i2i.engine.callbacks import Callback
 from i2i.engine.trainer import Trainer
 from i2i.errors import I2IError

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from i2i import __version__
+from i2i.version import __version__
 
 
 def device_name(device: torch.device) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from i2i import __version__
+from i2i.version import __version__
 from i2i.engine.build import build_dataset, build_losses, resolve_device, resolve_precision
 from i2i.engine.callbacks import Callback
 from i2i.engine.checkpoint import latest_good_checkpoint, load_weights, save_checkpoint
