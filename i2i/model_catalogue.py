@@ -1,0 +1,169 @@
+"""The pix2pix reference implementation's five published generators, by name.
+
+``ensure_model("map2sat")`` returns a checkpoint folder that ``i2i translate
+--checkpoint`` and ``i2i.load`` read, downloading and converting on first use:
+
+    ~/.cache/i2i/models/map2sat/        (I2I_CACHE replaces ~/.cache/i2i)
+        map2sat.pth                     the file as published (resumed from map2sat.pth.part)
+        source.json                     its sha256, recorded at the first download
+        generator.safetensors           converted, the recipe in its metadata
+        manifest.json                   sha256 of generator.safetensors, written last
+        .lock                           held while a process fetches or converts
+
+The publisher gives no checksums, so the first download is trusted (when it
+converts; one that does not is deleted) and every later read is held to it: the
+``.pth`` against ``source.json`` whenever it is converted, the converted weights
+against the manifest every time the model is asked for.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fcntl
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from i2i.data.download import fetch_file, sha256_of
+from i2i.engine.checkpoint import MANIFEST, CheckpointError, verify_checkpoint
+from i2i.errors import I2IError
+from i2i.recipe import Recipe
+from i2i.reference_weights import find_recipe, import_reference_weights
+
+MODELS_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/models-pytorch"
+URL_ENV = "I2I_MODELS_URL"  # another base URL: a mirror, or a test's server
+CACHE_ENV = "I2I_CACHE"
+SOURCE_RECORD = "source.json"
+LOCK_FILE = ".lock"
+
+
+class ModelError(I2IError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    task: str
+    recipe: str  # a shipped recipe's name (or a recipe YAML path) with the same U-Net
+    direction: Literal["AtoB", "BtoA"]  # which half of that recipe's A|B pairs is the input
+
+
+MODELS: dict[str, ModelEntry] = {
+    entry.name: entry
+    for entry in [
+        ModelEntry("edges2shoes", "edges -> shoe photo", "edges2shoes", "AtoB"),
+        ModelEntry("sat2map", "aerial photo -> map", "maps_aerial2map", "AtoB"),
+        ModelEntry("map2sat", "map -> aerial photo", "pix2pix_maps", "BtoA"),
+        ModelEntry("facades_label2photo", "facade labels -> photo", "facades_labels2photo", "BtoA"),
+        ModelEntry("day2night", "day -> night (webcams)", "night2day", "BtoA"),
+    ]
+}
+
+
+def is_model_name(name: str) -> bool:
+    return name in MODELS
+
+
+def lookup(name: str) -> ModelEntry:
+    if name not in MODELS:
+        close = difflib.get_close_matches(name, MODELS, n=3, cutoff=0.5)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise ModelError(f"unknown model {name!r}; {hint}the catalogue has {', '.join(MODELS)} (i2i models list)")
+    return MODELS[name]
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "i2i").expanduser() / "models"
+
+
+def source_url(name: str) -> str:
+    return f"{(os.environ.get(URL_ENV) or MODELS_URL).rstrip('/')}/{name}.pth"
+
+
+def model_recipe(entry: ModelEntry) -> Recipe:
+    """The recipe that travels with the converted weights: the matching recipe, with the
+    model's direction and a description saying what it is."""
+    recipe = Recipe.from_file(find_recipe(entry.recipe))
+    description = f"the pix2pix reference's published {entry.name} generator: {entry.task} ({entry.direction})"
+    return recipe.variant(**{"data.direction": entry.direction, "description": description})
+
+
+def is_cached(name: str, cache: Path | None = None) -> bool:
+    return ((cache or default_cache()) / name / MANIFEST).is_file()
+
+
+def ensure_model(name: str, cache_dir: Path | None = None, show_progress: bool = False) -> Path:
+    """The converted checkpoint folder of catalogue model ``name``, fetched and converted
+    on first use; a cached model that fails its checksums is refused."""
+    entry = lookup(name)
+    folder = (cache_dir or default_cache()) / name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / LOCK_FILE, "a")
+    except OSError as error:
+        raise ModelError(f"cannot use the model cache {folder}: {error.strerror or error}; set {CACHE_ENV} to a writable folder") from None
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process fetching this model: wait for it, then use its result
+        if (folder / MANIFEST).is_file():
+            try:
+                verify_checkpoint(folder)
+            except CheckpointError as error:
+                raise ModelError(
+                    f"{error}: the cached model is damaged. Delete {folder / MANIFEST} and run again to convert "
+                    f"{folder / f'{name}.pth'} again (it is checked against {SOURCE_RECORD})"
+                ) from None
+        else:
+            _fetch_and_convert(entry, folder, show_progress)
+    return folder
+
+
+def _fetch_and_convert(entry: ModelEntry, folder: Path, show_progress: bool) -> None:
+    source = folder / f"{entry.name}.pth"
+    if not source.exists():
+        url = source_url(entry.name)
+        manual = (
+            f"To fetch it by hand: download {url} (a browser, or `curl -L -C - -o {source} {url}`) to {source} "
+            f"and run `i2i models download {entry.name}` again: it verifies and converts that file."
+        )
+        fetch_file(url, source, entry.name, manual, show_progress)
+    digest = sha256_of(source)
+    recorded = _recorded_sha256(folder)
+    if recorded is None:
+        _record(folder, entry.name, digest, source.stat().st_size)
+    elif recorded != digest:
+        source.unlink()
+        raise ModelError(
+            f"{source} has sha256 {digest}, not the {recorded} recorded at its first download "
+            f"({folder / SOURCE_RECORD}); it was deleted. Run again to download it again; if the published "
+            f"file changed on purpose, delete {folder / SOURCE_RECORD} to trust the new one"
+        )
+    try:
+        import_reference_weights(source, model_recipe(entry), folder)
+    except I2IError as error:
+        if recorded is None:  # a first download that does not convert is not trusted
+            source.unlink()
+            (folder / SOURCE_RECORD).unlink()
+            raise ModelError(f"{error}\n{source} was deleted; run again to download it again") from None
+        raise
+
+
+def _recorded_sha256(folder: Path) -> str | None:
+    path = folder / SOURCE_RECORD
+    if not path.is_file():
+        return None
+    try:
+        return str(json.loads(path.read_text())["sha256"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ModelError(f"{path} is unreadable ({error}); delete {path.parent} and download the model again") from None
+
+
+def _record(folder: Path, name: str, digest: str, size: int) -> None:
+    record = {"name": name, "url": source_url(name), "sha256": digest, "bytes": size,
+              "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    tmp = folder / f".{SOURCE_RECORD}.tmp"
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, folder / SOURCE_RECORD)

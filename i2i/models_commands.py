@@ -1,0 +1,57 @@
+"""``i2i models`` (the catalogue of published generators) and ``i2i import-weights``.
+
+Imports of torch wait inside the commands so that `i2i --help` stays quick.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+models_app = typer.Typer(help="Published pix2pix generators: list, download.", no_args_is_help=True)
+console = Console()
+
+
+@models_app.command("list")
+def list_models() -> None:
+    """The catalogue: each generator, what it translates, the i2i recipe it matches, cached or not."""
+    from i2i.model_catalogue import MODELS, MODELS_URL, URL_ENV, default_cache, is_cached
+
+    table = Table("name", "task", "recipe", "cached")
+    for entry in MODELS.values():
+        table.add_row(entry.name, entry.task, f"{entry.recipe} ({entry.direction})", "yes" if is_cached(entry.name) else "no")
+    console.print(table)
+    console.print(f"cache {default_cache()}; from {MODELS_URL} ({URL_ENV} overrides)", highlight=False, soft_wrap=True)
+
+
+@models_app.command("download")
+def download(name: str = typer.Argument(..., help="a name from `i2i models list`")) -> None:
+    """Download (resuming an interrupted download), verify and convert a published generator."""
+    from i2i.model_catalogue import ensure_model
+
+    folder = ensure_model(name, show_progress=console.is_terminal)
+    console.print(f"[green]ok[/green] {name} in {folder}", highlight=False, soft_wrap=True)
+    console.print(f"  i2i translate --checkpoint {folder} --input IMAGES --output OUT", highlight=False, soft_wrap=True)
+
+
+def import_weights(
+    file: Path = typer.Argument(..., help="a generator saved by the pix2pix reference (latest_net_G.pth, map2sat.pth)"),
+    recipe: str = typer.Option(..., "--recipe", help="a shipped recipe's name (pix2pix_maps) or a recipe YAML with the same U-Net"),
+    output: Optional[Path] = typer.Option(None, "--output", help="checkpoint folder to write (default: FILE without .pth, beside it)"),
+) -> None:
+    """Convert a generator saved by the PyTorch pix2pix reference into an i2i checkpoint folder."""
+    from i2i.engine.inference import GENERATOR_FILE
+    from i2i.recipe import Recipe
+    from i2i.reference_weights import WeightsError, find_recipe, import_reference_weights
+
+    output = output or file.with_suffix("")
+    if (output / GENERATOR_FILE).exists():
+        raise WeightsError(f"{output} already holds a {GENERATOR_FILE}; choose another --output or delete it")
+    parsed = Recipe.from_file(find_recipe(recipe))
+    folder = import_reference_weights(file, parsed, output)
+    console.print(f"[green]ok[/green] {file} -> {folder} (recipe {parsed.name}, {parsed.data.direction})", highlight=False, soft_wrap=True)
+    console.print(f"  i2i translate --checkpoint {folder} --input IMAGES --output OUT", highlight=False, soft_wrap=True)

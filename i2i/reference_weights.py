@@ -1,0 +1,205 @@
+"""Generators saved by the PyTorch pix2pix reference implementation, as i2i checkpoints.
+
+The reference's U-Net (``unet_256``: 8 levels, ``unet_128``: 7) nests one skip
+block per level, each keeping its layers in a ``model`` Sequential:
+
+    outermost  [down conv, <level 1>, ReLU, up conv (with bias), Tanh]
+    middle     [LeakyReLU, down conv, norm, <next level>, ReLU, up conv, norm (, Dropout)]
+    innermost  [LeakyReLU, down conv, ReLU, up conv, norm]
+
+so level k's layers sit under ``model.model.`` (k = 0), ``model.model.1.model.``
+(k = 1), and one ``3.model.`` more for each further level. i2i's U-Net keeps the
+same layers per level in ``down.k`` (LeakyReLU, conv, norm) and ``up.k`` (ReLU,
+transposed conv, norm, dropout), which gives the key mapping:
+
+    i2i                       reference, inside level k's Sequential
+    down.0.weight             0.weight             outermost down conv
+    down.k.1.* / down.k.2.*   1.* / 2.*            down conv / its norm
+    up.0.1.*                  3.*                  outermost up conv
+    up.k.1.* / up.k.2.*       5.* / 6.*            up conv / its norm (innermost: 3.* / 4.*)
+
+Every i2i tensor must find its reference tensor with the same shape and every
+reference tensor must be used; BatchNorm's ``num_batches_tracked``, which older
+PyTorch versions did not save, is the only tensor that may be absent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from i2i.version import __version__
+from i2i.engine.build import build_generator
+from i2i.engine.checkpoint import MANIFEST, _with_checksum
+from i2i.engine.inference import GENERATOR_FILE
+from i2i.errors import I2IError
+from i2i.recipe import Recipe
+
+SHIPPED_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+class WeightsError(I2IError):
+    pass
+
+
+def find_recipe(spec: str | Path) -> Path:
+    """A recipe YAML path, or the name of a recipe shipped in i2i's ``recipes/`` folder."""
+    path = Path(spec)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    shipped = SHIPPED_RECIPES / f"{spec}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in SHIPPED_RECIPES.glob("*.yaml"))) or "none found"
+    raise WeightsError(f"no recipe {str(spec)!r}: not a file and not a shipped recipe ({names}); give a recipe YAML path")
+
+
+# -- reading -------------------------------------------------------------------------
+def read_reference_weights(file: Path) -> dict[str, torch.Tensor]:
+    """The state dict in ``file``, loaded without running code from it; a leading
+    ``module.`` (saved from DataParallel) is dropped."""
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise WeightsError(f"{file} does not exist") from None
+    except pickle.UnpicklingError as error:
+        detail = next((line for line in str(error).splitlines() if "GLOBAL" in line), None)
+        if detail is not None:
+            raise WeightsError(
+                f"refusing to load {file}: it holds objects other than tensors (loading it would run code "
+                f"from the file: {detail.strip()}). Save a plain state dict: torch.save(net.state_dict(), path)"
+            ) from None
+        raise WeightsError(f"{file} is not a PyTorch weights file or is damaged; download or copy it again") from None
+    except Exception as error:  # a damaged file fails anywhere in torch's readers, with any exception type
+        raise WeightsError(
+            f"cannot read {file} ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'unexpected end'}); "
+            f"the file is truncated or damaged: download or copy it again"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        found = ", ".join(sorted(map(str, state))[:5]) if isinstance(state, dict) else type(state).__name__
+        raise WeightsError(f"{file} is not a plain state dict of tensors (found {found}); save net.state_dict()")
+    if state and all(key.startswith("module.") for key in state):
+        state = {key.removeprefix("module."): value for key, value in state.items()}
+    return state
+
+
+# -- the key mapping -----------------------------------------------------------------
+def level_prefix(level: int) -> str:
+    """Where the reference keeps level ``level``'s layers (level 0 is the outermost)."""
+    return "model.model." + "".join("1.model." if k == 1 else "3.model." for k in range(1, level + 1))
+
+
+def reference_key(key: str, num_downs: int) -> str:
+    """The reference's name for the i2i U-Net tensor ``key`` (``down.3.2.running_mean``)."""
+    side, level_text, *rest = key.split(".")
+    level = int(level_text)
+    if side == "down" and level == 0:  # a bare conv, not a Sequential
+        return level_prefix(0) + "0." + ".".join(rest)
+    layer, *tensor = rest
+    # The up layers follow the down layers and the nested level in the reference's Sequential.
+    offset = 0 if side == "down" else 2 if level in (0, num_downs - 1) else 4
+    return level_prefix(level) + f"{int(layer) + offset}." + ".".join(tensor)
+
+
+def convert(state: dict[str, torch.Tensor], generator: nn.Module, source: str) -> dict[str, torch.Tensor]:
+    """i2i's state dict for ``generator`` filled from the reference's ``state``; one error
+    counts the tensors that are missing, have another shape or are left over, and names them."""
+    num_downs = len(generator.down)
+    converted: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+    missing, reshaped = [], []
+    for key, tensor in generator.state_dict().items():
+        name = reference_key(key, num_downs)
+        if name not in state:
+            if key.endswith("num_batches_tracked"):
+                converted[key] = torch.zeros(tensor.shape, dtype=tensor.dtype, device="cpu")
+            else:
+                missing.append(f"missing {name} {tuple(tensor.shape)} (i2i {key})")
+            continue
+        used.add(name)
+        if state[name].shape != tensor.shape:
+            reshaped.append(f"shape of {name}: file {tuple(state[name].shape)}, expected {tuple(tensor.shape)} (i2i {key})")
+            continue
+        converted[key] = state[name].to(tensor.dtype).contiguous()
+    left_over = [f"unexpected {name} {tuple(state[name].shape)}" for name in sorted(set(state) - used)]
+    groups = {"missing": missing, "with another shape": reshaped, "left over": left_over}
+    if missing or reshaped or left_over:
+        counts = ", ".join(f"{len(lines)} {kind}" for kind, lines in groups.items() if lines)
+        shown = [
+            line
+            for kind, lines in groups.items()
+            for line in lines[:8] + ([f"... and {len(lines) - 8} more {kind}"] if len(lines) > 8 else [])
+        ]
+        raise WeightsError(
+            f"{source} does not fit the reference U-Net layout of the recipe's generator ({counts} tensors):\n  "
+            + "\n  ".join(shown)
+        )
+    return converted
+
+
+def channels_of(state: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """(in, out) channels from the outermost convolutions; RGB where they are absent
+    (the mapping then lists what is missing)."""
+    down, up = state.get(level_prefix(0) + "0.weight"), state.get(level_prefix(0) + "3.weight")
+    in_channels = down.shape[1] if down is not None and down.dim() == 4 else 3
+    out_channels = up.shape[1] if up is not None and up.dim() == 4 else 3  # ConvTranspose2d: (in, out, kh, kw)
+    return in_channels, out_channels
+
+
+# -- writing -------------------------------------------------------------------------
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_generator(folder: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """``folder/generator.safetensors`` (with its own checksum, as training checkpoints) and
+    then its manifest, each renamed into place when complete."""
+    weights = _with_checksum(tensors, metadata)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / MANIFEST).unlink(missing_ok=True)  # a manifest never vouches for other weights, even briefly
+        _write_atomically(folder / GENERATOR_FILE, weights)
+        manifest = {"files": {GENERATOR_FILE: hashlib.sha256(weights).hexdigest()}}
+        _write_atomically(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
+    except OSError as error:
+        raise WeightsError(f"cannot write {folder / GENERATOR_FILE}: {error.strerror or error}") from None
+
+
+def import_reference_weights(file: Path, recipe: Recipe, output: Path) -> Path:
+    """Convert the reference generator in ``file`` into the i2i checkpoint folder ``output``
+    (the recipe in the weights' metadata, so ``i2i translate --checkpoint output`` runs it)."""
+    spec = recipe.model.generator
+    if spec.name != "unet":
+        raise WeightsError(
+            f"recipe {recipe.name} uses generator {spec.name!r}; importing reference weights needs a recipe "
+            f"with the U-Net (generator 'unet', as pix2pix_maps)"
+        )
+    state = read_reference_weights(file)
+    in_channels, out_channels = channels_of(state)
+    generator = build_generator(recipe, in_channels, out_channels)
+    tensors = convert(state, generator, str(file))
+    metadata = {
+        "recipe": recipe.to_yaml(),
+        "in_channels": str(in_channels),
+        "out_channels": str(out_channels),
+        "size_multiple": str(generator.size_multiple),
+        "i2i_version": __version__,
+        "imported_from": Path(file).name,
+    }
+    write_generator(output, tensors, metadata)
+    return output
