@@ -34,3 +34,14 @@ def push(
     console.print(f"pushed step {pushed.step} of {run_dir} ({', '.join(pushed.files)}) to {pushed.url}", highlight=False)
     console.print(f'load it with i2i.load("hf://{repo}{"@" + revision if revision else ""}")', highlight=False)
 
+
+def demo(
+    source: str = typer.Argument(..., help="run directory, checkpoint folder, .safetensors, .onnx, catalogue model name or hf://owner/repo[@revision]"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on; 0.0.0.0 opens the page to the network"),
+    port: Optional[int] = typer.Option(None, "--port", help="port (default: the first free one from 7860)"),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """A web page to try a generator: drop an image, pick eval or train mode, see the result (gradio)."""
+    from i2i.demo import serve
+
+    serve(source, host, port, device, on_ready=lambda url: console.print(f"demo running at {url} (Ctrl+C stops it)", highlight=False))
