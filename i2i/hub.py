@@ -78,7 +78,9 @@ def download_from_hub(spec: str) -> Path:
         raise HubError(f"{where}: no such repository, or it is private and no token was found "
                        "(set HF_TOKEN or run `hf auth login`)") from None
     except LocalEntryNotFoundError:
-        raise HubError(f"{where}: cannot reach the Hub ({hub.constants.ENDPOINT}) and {GENERATOR_FILE} is not in the cache") from None
+        offline = " (HF_HUB_OFFLINE is set)" if hub.constants.HF_HUB_OFFLINE else ""
+        raise HubError(f"{where}: {GENERATOR_FILE} is not in the cache and the Hub ({hub.constants.ENDPOINT}) "
+                       f"cannot be reached{offline}") from None
     except HfHubHTTPError as error:
         raise HubError(f"{where}: the Hub answered {_first_line(error)}") from None
 

@@ -15,8 +15,10 @@ import json
 import re
 import shutil
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import unquote
 
 import pytest
@@ -279,13 +281,20 @@ def test_cli_push_takes_the_token_from_the_environment_and_never_prints_it(tiny_
     assert TOKEN not in result.output and not files_holding(TOKEN, tmp_path)
 
 
-def test_a_downloaded_generator_loads_from_the_cache_when_the_hub_is_unreachable(tiny_run, hub):
+def test_a_downloaded_generator_loads_from_the_cache_when_the_hub_is_unreachable(tiny_run, hub, monkeypatch):
+    from huggingface_hub.utils import _http
+
     from i2i.hub import HubError, download_from_hub, push_to_hub
+
+    # Without a cached copy huggingface_hub retries an unreachable Hub five times over 23 s: skip the waits.
+    no_waits = SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
+    no_waits.sleep = lambda seconds: None
+    monkeypatch.setattr(_http, "time", no_waits)
 
     push_to_hub(tiny_run, OWNER_REPO, token=TOKEN, quality_results=None)
     cached = download_from_hub(OWNER_REPO)
     hub.shutdown()
     hub.server_close()
     assert download_from_hub(OWNER_REPO) == cached
-    with pytest.raises(HubError, match="cannot reach the Hub .* and generator.safetensors is not in the cache"):
+    with pytest.raises(HubError, match=r"generator.safetensors is not in the cache and the Hub \(http://127.0.0.1:\d+\) cannot be reached"):
         download_from_hub("someone/never-downloaded")
