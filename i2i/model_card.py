@@ -114,8 +114,8 @@ translator = i2i.load("hf://{repo_id}")
 translator(Image.open("input.png")).save("output.png")
 ```
 
-`i2i.load` downloads `generator.safetensors` into the Hugging Face cache (it needs
-`pip install "i2i[hub]"`); the recipe travels in the file's metadata, so nothing else is needed.
+`i2i.load` (i2i installed with its `hub` extra) downloads `generator.safetensors` into the
+Hugging Face cache; the recipe travels in the file's metadata, so nothing else is needed.
 
 ## Samples
 
