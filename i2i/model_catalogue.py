@@ -22,6 +22,7 @@ import difflib
 import fcntl
 import json
 import os
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -96,10 +97,12 @@ def is_cached(name: str, cache: Path | None = None) -> bool:
     return ((cache or default_cache()) / name / MANIFEST).is_file()
 
 
-def ensure_model(name: str, cache_dir: Path | None = None, show_progress: bool = False) -> Path:
+def ensure_model(name: str, cache_dir: Path | None = None, show_progress: bool | None = None) -> Path:
     """The converted checkpoint folder of catalogue model ``name``, fetched and converted
-    on first use; a cached model that fails its checksums is refused."""
+    on first use; a cached model that fails its checksums is refused. The download shows
+    a progress bar when ``show_progress`` says so (default: when stdout is a terminal)."""
     entry = lookup(name)
+    show_progress = sys.stdout.isatty() if show_progress is None else show_progress
     folder = (cache_dir or default_cache()) / name
     try:
         folder.mkdir(parents=True, exist_ok=True)

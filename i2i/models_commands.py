@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 models_app = typer.Typer(help="Published pix2pix generators: list, download.", no_args_is_help=True)
 console = Console()
@@ -18,12 +18,14 @@ console = Console()
 
 @models_app.command("list")
 def list_models() -> None:
-    """The catalogue: each generator, what it translates, the i2i recipe it matches, cached or not."""
+    """The catalogue: each generator, what it translates, the i2i recipe and direction it matches, cached or not."""
     from i2i.model_catalogue import MODELS, MODELS_URL, URL_ENV, default_cache, is_cached
 
-    table = Table("name", "task", "recipe", "cached")
+    # The names are typed by users: never cut short.
+    table = Table(Column("name", no_wrap=True), "task", Column("recipe", overflow="fold"), "direction", "cached")
     for entry in MODELS.values():
-        table.add_row(entry.name, entry.task, f"{entry.recipe} ({entry.direction})", "yes" if is_cached(entry.name) else "no")
+        recipe = Path(entry.recipe).stem  # a shipped recipe's name, or the file name of a recipe path
+        table.add_row(entry.name, entry.task, recipe, entry.direction, "yes" if is_cached(entry.name) else "no")
     console.print(table)
     console.print(f"cache {default_cache()}; from {MODELS_URL} ({URL_ENV} overrides)", highlight=False, soft_wrap=True)
 
