@@ -4,12 +4,16 @@ Recipes: random YAML structures, random edits of a valid recipe, random ``--set`
 overrides and random text go through ``Recipe.from_dict``/``Recipe.from_file`` and
 raise nothing but ``RecipeError``. Images: random bytes and damaged PNG, JPEG,
 GIF, BMP, TIFF and WebP files go through ``read_rgb`` and the ``aligned``
-dataset and raise nothing but ``DataError``.
+dataset and raise nothing but ``DataError``. ``translate``: random tile, overlap,
+batch size, output folders (new, the input folder, inside it, a file, under a file)
+and input sets (shared stems, a corrupt image) end in success or one clear line, and
+never change an input file.
 
 Derandomized, so that CI sees the same examples every run.
 """
 
 import copy
+import hashlib
 import io
 import tempfile
 from pathlib import Path
@@ -23,7 +27,9 @@ from PIL import Image
 
 from i2i.data.aligned import AlignedDataset, AlignedParams, read_rgb
 from i2i.data.base import DataError
+from i2i.errors import I2IError
 from i2i.recipe import DataSection, Recipe, RecipeError, TrainSection
+from i2i.translate import translate_paths
 
 from conftest import tiny_recipe
 
@@ -182,3 +188,54 @@ def test_damaged_images_in_an_aligned_dataset_load_or_raise_a_data_error(image_f
     except DataError:
         return
     assert sample["input"].shape == sample["target"].shape == (3, 16, 16)
+
+
+# ----------------------------------------------------------------- translate
+INPUT_NAMES = ["x.jpg", "x.png", "y.jpg", "bad.png", "z.webp"]
+OUTPUTS = ["new", "inputs", "inputs/sub", "inputs/sub/..", "an input file", "under a file"]
+
+
+def hashes(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.is_file()}
+
+
+@settings(FUZZ, max_examples=30)
+@given(
+    names=st.lists(st.sampled_from(INPUT_NAMES), min_size=1, max_size=4, unique=True),
+    sizes=st.lists(st.tuples(st.integers(32, 96), st.integers(32, 96)), min_size=4, max_size=4),
+    tile=st.integers(1, 160) | st.just(0),
+    overlap=st.integers(-1, 40),
+    batch_size=st.sampled_from([1, 2, 3, 0]),
+    output=st.sampled_from(OUTPUTS),
+    one_file=st.booleans(),
+    on_bad_image=st.sampled_from(["error", "skip"]),
+)
+def test_translate_options_succeed_or_raise_one_clear_line_and_never_touch_an_input(
+    tiny_run, names, sizes, tile, overlap, batch_size, output, one_file, on_bad_image
+):
+    with tempfile.TemporaryDirectory() as folder:
+        inputs = Path(folder) / "inputs"
+        inputs.mkdir()
+        for name, (width, height) in zip(names, sizes):
+            if name == "bad.png":
+                (inputs / name).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+            else:
+                Image.fromarray(np.full((height, width, 3), len(name) * 20, np.uint8)).save(inputs / name)
+        (Path(folder) / "a file").write_text("not a folder")
+        target = {"new": Path(folder) / "out", "an input file": inputs / names[0],
+                  "under a file": Path(folder) / "a file" / "out"}.get(output, Path(folder) / output)
+        source = inputs / names[0] if one_file else inputs
+        before = hashes(inputs)
+        try:
+            written = translate_paths(tiny_run, source, target, device="cpu", tile=tile, overlap=overlap,
+                                      batch_size=batch_size, on_bad_image=on_bad_image)
+        except I2IError as error:
+            assert "\n" not in str(error) and str(error)
+            written = []
+        assert {name: digest for name, digest in hashes(inputs).items() if name in before} == before
+        sizes_by_name = dict(zip(names, sizes))
+        for path in written:
+            original = path.name[: -len(".png")] if path.name.count(".") > 1 else next(
+                n for n in names if Path(n).stem == path.stem)
+            with Image.open(path) as image:
+                assert image.size == sizes_by_name[original]
