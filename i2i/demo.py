@@ -58,8 +58,9 @@ def val_examples(translator: Translator, folder: Path) -> list[Path]:
     return paths
 
 
-def build_page(source: str, device: str = "auto", examples_folder: Path | None = None):
-    """The gradio page for ``source`` (anything ``i2i.load`` takes), not yet launched."""
+def build_page(source: str, device: str, examples_folder: Path):
+    """The gradio page for ``source`` (anything ``i2i.load`` takes), not yet launched; the val
+    examples are written into ``examples_folder``."""
     gr = _gradio()
     translators = {"eval": load(source, device=device, mode="eval")}
     first = translators["eval"]
@@ -93,10 +94,9 @@ def build_page(source: str, device: str = "auto", examples_folder: Path | None =
                                  "train: batch statistics and dropout, as the pix2pix reference tests")
             button = gr.Button("Translate", variant="primary")
         timing = gr.Markdown(elem_id="timing")
-        if examples_folder is not None:
-            found = val_examples(first, examples_folder)
-            if found:
-                gr.Examples([[str(path)] for path in found], inputs=source_image, label="val inputs")
+        found = val_examples(first, examples_folder)
+        if found:
+            gr.Examples([[str(path)] for path in found], inputs=source_image, label="val inputs")
         button.click(translate, [source_image, mode], [output_image, timing])
     return page
 
