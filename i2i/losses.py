@@ -1,38 +1,26 @@
-"""Training losses.
-
-Two roles, told apart by the class attribute ``role``:
-
-* ``"adversarial"``: the GAN objective. ``discriminator_loss(real, fake)`` and
-  ``generator_loss(fake)`` take discriminator logits. A recipe has exactly one.
-* ``"reconstruction"``: ``forward(fake, target)`` compares the generated image
-  with the ground truth (L1 in pix2pix). A recipe may have any number.
-
-Each recipe entry multiplies its loss by ``weight`` (100 for pix2pix's L1).
+"""Training losses: the GAN objective (an ``AdversarialLoss``; a recipe has exactly one) and
+pixel losses (``ReconstructionLoss``es; any number). Each recipe entry multiplies its loss by
+``weight`` (100 for pix2pix's L1).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
+from i2i.contracts import AdversarialLoss, Logits, Params, ReconstructionLoss
 from i2i.registry import LOSSES
-
-
-# One logit map, or a list of them from a multi-scale discriminator (finest first).
-Logits = torch.Tensor | list[torch.Tensor]
 
 
 def _scales(logits: Logits) -> list[torch.Tensor]:
     return list(logits) if isinstance(logits, (list, tuple)) else [logits]
 
 
-class GANParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class GANParams(Params):
     mode: Literal["vanilla", "lsgan", "hinge", "wgan-gp"] = "vanilla"
     real_label: float = 1.0
     fake_label: float = 0.0
@@ -40,11 +28,9 @@ class GANParams(BaseModel):
 
 
 @LOSSES.register("gan", params=GANParams)
-class GANLoss(nn.Module):
+class GANLoss(AdversarialLoss):
     """vanilla: BCE with logits (pix2pix); lsgan: least squares; hinge; wgan-gp: Wasserstein + gradient penalty.
     Each method takes one logit map or a list of them (a multi-scale discriminator) and averages over the list."""
-
-    role: ClassVar[str] = "adversarial"
 
     def __init__(self, params: GANParams):
         super().__init__()
@@ -96,26 +82,18 @@ class GANLoss(nn.Module):
         return self.params.gp_weight * ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
 
 
-class PixelLossParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-@LOSSES.register("l1", params=PixelLossParams)
-class L1Loss(nn.Module):
-    role: ClassVar[str] = "reconstruction"
-
-    def __init__(self, params: PixelLossParams):
+@LOSSES.register("l1", params=Params)
+class L1Loss(ReconstructionLoss):
+    def __init__(self, params: Params):
         super().__init__()
 
     def forward(self, fake: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.l1_loss(fake, target)
 
 
-@LOSSES.register("l2", params=PixelLossParams)
-class L2Loss(nn.Module):
-    role: ClassVar[str] = "reconstruction"
-
-    def __init__(self, params: PixelLossParams):
+@LOSSES.register("l2", params=Params)
+class L2Loss(ReconstructionLoss):
+    def __init__(self, params: Params):
         super().__init__()
 
     def forward(self, fake: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """Recipes: one YAML file describes a whole experiment.
 
 Every component is ``{name: ..., params: {...}}`` and is looked up in its
-registry; its params are validated by the component's own pydantic model, so a
-typo anywhere is reported with its YAML path (``model.generator.params.ngf``).
+registry; its params are validated by the component's own ``Params`` model (and
+kept as that object), so a typo anywhere is reported with its YAML path
+(``model.generator.params.ngf``).
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from safetensors import SafetensorError, safe_open
 
+from i2i.contracts import AdversarialLoss, Params
 from i2i.errors import I2IError
-from i2i.registry import DATASETS, DISCRIMINATORS, GENERATORS, LOSSES, Registry, missing_distributions
+from i2i.plugins import missing_distributions
+from i2i.registry import DATASETS, DISCRIMINATORS, GENERATORS, LOSSES, Registry
 
 
 class RecipeError(I2IError):
@@ -28,13 +31,9 @@ class RecipeError(I2IError):
         super().__init__(f"invalid recipe {source}:\n{lines}")
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ComponentSpec(Strict):
+class ComponentSpec(Params):
     name: str
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: Any = Field(default_factory=dict, description="a mapping; the component's Params object once validated")
 
     @model_validator(mode="before")
     @classmethod
@@ -48,12 +47,12 @@ class LossSpec(ComponentSpec):
     weight: float = Field(1.0, ge=0.0)
 
 
-class ModelSection(Strict):
+class ModelSection(Params):
     generator: ComponentSpec
     discriminator: ComponentSpec
 
 
-class DataSection(Strict):
+class DataSection(Params):
     dataset: ComponentSpec
     root: Path = Field(Path("data"), description="dataset folder (holds train/ and val/ for split datasets)")
     download: bool = Field(False, description="fetch the dataset into root when it is missing")
@@ -75,7 +74,7 @@ class DataSection(Strict):
         return self
 
 
-class TrainSection(Strict):
+class TrainSection(Params):
     epochs: int = Field(100, ge=0, description="epochs at the initial learning rate")
     epochs_decay: int = Field(100, ge=0, description="epochs of linear decay to zero afterwards")
     lr: float = Field(2e-4, gt=0)
@@ -117,7 +116,7 @@ class TrainSection(Strict):
         return self
 
 
-class Recipe(Strict):
+class Recipe(Params):
     name: str
     description: str = ""
     model: ModelSection
@@ -260,24 +259,20 @@ def _validate(data: Any, source: str) -> Recipe:
     except ValidationError as error:
         raise RecipeError(source, _format_validation_error(error)) from None
     problems = [f"plugins: distribution '{name}' is not installed" for name in missing_distributions(recipe.plugins or [])]
+    adversarial = 0
     for path, registry, spec in recipe.components():
         try:
             entry = registry.get(spec.name, recipe.plugins)
         except I2IError as error:
             problems.append(f"{path}.name: {error}")
             continue
+        adversarial += issubclass(entry.obj, AdversarialLoss)
         try:
-            spec.params = entry.params.model_validate(spec.params).model_dump(mode="json")
+            spec.params = entry.params.model_validate(spec.params)
         except ValidationError as error:
             problems += _format_validation_error(error, f"{path}.params")
-    if not problems:
-        adversarial = [s.name for _, r, s in recipe.components() if r is LOSSES and _role(s.name, recipe.plugins) == "adversarial"]
-        if len(adversarial) != 1:
-            problems.append(f"losses: need exactly one adversarial loss (such as 'gan'), found {len(adversarial)}")
+    if not problems and adversarial != 1:
+        problems.append(f"losses: need exactly one adversarial loss (such as 'gan'), found {adversarial}")
     if problems:
         raise RecipeError(source, problems)
     return recipe
-
-
-def _role(loss_name: str, plugins: list[str] | None) -> str | None:
-    return getattr(LOSSES.get(loss_name, plugins).obj, "role", None)

@@ -1,38 +1,44 @@
 """Component registries: generators, discriminators, losses, datasets.
 
-A component is a callable (usually an ``nn.Module`` class) registered under a
-name together with the pydantic model of its parameters::
+A component is a class that subclasses its kind's contract (``i2i.contracts``), registered under
+the name recipes use, with the ``Params`` model of its parameters and a tiny ``example`` of them
+(what ``i2i.testing`` builds it with)::
 
-    @GENERATORS.register("unet", params=UNetParams)
-    class UNetGenerator(nn.Module):
+    @GENERATORS.register("unet", params=UNetParams, example={"num_downs": 5, "ngf": 8})
+    class UNetGenerator(Generator):
         def __init__(self, params: UNetParams, in_channels: int, out_channels: int): ...
 
-Third-party packages add components through the entry-point groups
-``i2i.generators``, ``i2i.discriminators``, ``i2i.losses`` and ``i2i.datasets``.
-An entry point names a module attribute decorated as above (or any callable
-with a pydantic ``Params`` class); it is imported only when its name is looked
-up (or when everything is listed). A plugin that fails to import is recorded in
-``failures`` and breaks nothing else; a name claimed twice is an error naming
-both claimants; ``I2I_PLUGINS`` and a recipe's ``plugins`` restrict which
-distributions may provide components. A newcomer's guide: docs/plugins.md.
+Every component, built-in or not, is declared by an entry point (i2i's own in its
+pyproject.toml). A lookup imports nothing, with one exception: ``get`` imports the module an
+entry point names when its name is not registered yet (``list`` does so for every name).
+Which distributions may provide a name, double claims and broken plugins: ``i2i.plugins``.
+A newcomer's guide: docs/plugins.md.
 """
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
-import importlib
-import os
-import re
+import inspect
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Callable, Iterable
 
-from pydantic import BaseModel
-
+from i2i.contracts import AdversarialLoss, Discriminator, Generator, PairedDataset, Params, ReconstructionLoss
 from i2i.errors import I2IError
-
-BUILTIN = "built-in"
+from i2i.plugins import (
+    BUILTIN,
+    I2I,
+    PluginFailure,
+    allowed_distributions,
+    claims,
+    double_claim,
+    label,
+    load,
+    not_allowed,
+    origin_of,
+    record,
+)
 
 
 class RegistryError(I2IError):
@@ -42,235 +48,133 @@ class RegistryError(I2IError):
 @dataclass(frozen=True)
 class Entry:
     name: str
-    obj: Callable[..., Any]
-    params: type[BaseModel]
+    obj: type
+    params: type[Params]
+    example: dict[str, Any] = field(default_factory=dict, compare=False)  # tiny params for tests
     origin: str = BUILTIN  # "built-in", or "<distribution> <version>" for a plugin
-    distribution: str | None = None  # normalised distribution name of a plugin
-
-
-@dataclass(frozen=True)
-class PluginFailure:
-    kind: str
-    name: str
-    distribution: str
-    entry_point: str
-    error: str
-
-    def __str__(self) -> str:
-        return (
-            f"plugin {self.kind} '{self.name}' from distribution {self.distribution} "
-            f"(entry point {self.entry_point}) failed to load: {self.error}"
-        )
-
-
-def normalize_distribution(name: str) -> str:
-    """PEP 503 normalisation, so that ``I2I_HD``, ``i2i.hd`` and ``i2i-hd`` are one distribution."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def _allowed_distributions(plugins: Iterable[str] | None = None) -> set[str] | None:
-    """The distributions that may provide plugins (None = all): ``I2I_PLUGINS`` ("" = none),
-    narrowed by a recipe's ``plugins`` list."""
-    allowed = None
-    value = os.environ.get("I2I_PLUGINS")
-    if value is not None:
-        allowed = {normalize_distribution(name.strip()) for name in value.split(",") if name.strip()}
-    if plugins is not None:
-        wanted = {normalize_distribution(name) for name in plugins}
-        allowed = wanted if allowed is None else allowed & wanted
-    return allowed
+    distribution: str | None = I2I  # normalised; None for code no installed distribution declares
 
 
 @dataclass
 class Registry:
     kind: str  # "generator", "discriminator", ...
     group: str  # entry-point group
-    builtin_modules: tuple[str, ...] = ()
+    contract: type | tuple[type, ...]  # what every component must subclass
     _entries: dict[str, Entry] = field(default_factory=dict)
-    _builtins_loaded: bool = False
     failures: list[PluginFailure] = field(default_factory=list)
 
-    def register(self, name: str, *, params: type[BaseModel]) -> Callable[[Any], Any]:
-        if not (isinstance(params, type) and issubclass(params, BaseModel)):
-            raise TypeError(f"{self.kind} '{name}': params must be a pydantic model class")
-        if params.model_config.get("extra") != "forbid":
-            raise TypeError(f"{self.kind} '{name}': {params.__name__} must set extra='forbid'")
+    def register(self, name: str, *, params: type[Params], example: dict[str, Any] | None = None) -> Callable[[type], type]:
+        if not (isinstance(params, type) and issubclass(params, Params)):
+            raise TypeError(f"{self.kind} '{name}': params must subclass i2i.contracts.Params")
 
-        def decorator(obj: Any) -> Any:
-            point = _providing_entry_point(obj)
-            origin = _distribution_label(point) if point else BUILTIN
+        def decorator(obj: type) -> type:
+            self._check_contract(name, obj)
+            origin, distribution = origin_of(obj)
             if name in self._entries:
                 previous = self._entries[name]
                 raise RegistryError(
-                    f"{self.kind} '{name}' registered twice: by {previous.origin} "
-                    f"({_qualname(previous.obj)}) and by {origin} ({_qualname(obj)})"
+                    f"{self.kind} '{name}' registered twice: by {previous.origin} ({_qualname(previous.obj)}) "
+                    f"and by {origin} ({_qualname(obj)})"
                 )
-            self._entries[name] = Entry(name, obj, params, origin, _distribution_name(point) if point else None)
+            self._entries[name] = Entry(name, obj, params, dict(example or {}), origin, distribution)
             return obj
 
         return decorator
 
+    def _check_contract(self, name: str, obj: Any) -> None:
+        contracts = self.contract if isinstance(self.contract, tuple) else (self.contract,)
+        if not (isinstance(obj, type) and issubclass(obj, contracts)):
+            wanted = " or ".join(_qualname(c) for c in contracts)
+            raise TypeError(f"{self.kind} '{name}': {_qualname(obj)} must subclass {wanted}")
+        if inspect.isabstract(obj):
+            missing = ", ".join(sorted(obj.__abstractmethods__))
+            raise TypeError(f"{self.kind} '{name}': {_qualname(obj)} does not define {missing}")
+
     # -- lookup ---------------------------------------------------------------
     def get(self, name: str, plugins: Iterable[str] | None = None) -> Entry:
-        """The component called ``name``, importing the plugin that provides it if needed.
-        ``plugins`` restricts which distributions may provide it (as a recipe's ``plugins``)."""
-        self._load_builtins()
-        allowed = _allowed_distributions(plugins)
-        points = self._entry_points(allowed)
-        claims = points.get(name, [])
-        clash = self._double_claim(name, claims)
+        """The component called ``name``, importing the module its entry point names if it is not
+        registered yet. ``plugins`` narrows which distributions may provide it (a recipe's ``plugins``)."""
+        allowed = allowed_distributions(plugins)
+        points = claims(self.group, allowed)
+        entry = self._entries.get(name)
+        clash = double_claim(self.kind, name, points.get(name, []), self._claimant(entry))
         if clash:
             raise RegistryError(clash)
-        if name not in self._entries and claims:
-            self._load_entry_point(claims[0])
-        entry = self._entries.get(name)
-        if entry is not None:
-            if allowed is not None and entry.distribution is not None and entry.distribution not in allowed:
-                raise RegistryError(self._not_allowed(name, entry.origin, allowed))
-            return entry
-        failed = [f for f in self.failures if f.name == name]
-        if failed:
-            raise RegistryError(str(failed[-1]))
-        excluded = self._entry_points(None).get(name) if allowed is not None else None
-        if excluded:
-            raise RegistryError(self._not_allowed(name, _distribution_label(excluded[0]), allowed))
-        known = sorted(set(self._entries) | set(points))
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise RegistryError(f"unknown {self.kind} '{name}'.{hint} Available: {', '.join(known) or 'none'}")
-
-    def _not_allowed(self, name: str, origin: str, allowed: set[str]) -> str:
-        return (
-            f"{self.kind} '{name}' comes from {origin}, which is not among the allowed plugin "
-            f"distributions ({', '.join(sorted(allowed)) or 'none'}; set by I2I_PLUGINS and the recipe's plugins)"
-        )
+        if entry is None and name in points:
+            entry = self._load(points[name][0])
+        if entry is None:
+            raise RegistryError(self._missing(name, allowed, points))
+        if allowed is not None and entry.distribution is not None and entry.distribution not in allowed:
+            raise RegistryError(not_allowed(self.kind, name, entry.origin, allowed))
+        return entry
 
     def __contains__(self, name: str) -> bool:
-        try:
-            self.get(name)
-        except RegistryError:
-            return False
-        return True
+        """Whether ``name`` is registered now; imports nothing (``get`` loads a declared name)."""
+        return name in self._entries
 
     def build(
-        self, name: str, params: BaseModel | dict[str, Any] | None = None, *, plugins: Iterable[str] | None = None, **context: Any
+        self, name: str, params: Params | dict[str, Any] | None = None, *, plugins: Iterable[str] | None = None, **context: Any
     ) -> Any:
+        """The component ``name`` built from ``params`` (its Params object, or a mapping to validate)."""
         entry = self.get(name, plugins)
         if not isinstance(params, entry.params):
             params = entry.params.model_validate(params or {})
         return entry.obj(params, **context)
 
     def list(self, pattern: str = "*") -> list[str]:
-        """Names matching an fnmatch pattern; plugins are imported so that failures show up."""
-        self._load_builtins()
-        for name, claims in self._entry_points(_allowed_distributions()).items():
-            clash = self._double_claim(name, claims)
+        """Names matching an fnmatch pattern, after loading every declared component (so that
+        broken plugins show up in ``failures``)."""
+        for name, points in claims(self.group, allowed_distributions()).items():
+            clash = double_claim(self.kind, name, points, self._claimant(self._entries.get(name)))
             if clash:
-                self._record_failure(name, claims[-1], clash)
+                record(self.failures, PluginFailure(self.kind, name, label(points[-1]), points[-1].value, clash))
             elif name not in self._entries:
-                self._load_entry_point(claims[0])
-        return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
+                self._load(points[0])
+        return sorted(name for name in self._entries if fnmatch.fnmatchcase(name, pattern))
 
     def entries(self, pattern: str = "*") -> list[Entry]:
-        return [self._entries[n] for n in self.list(pattern)]
+        return [self._entries[name] for name in self.list(pattern)]
 
     # -- loading --------------------------------------------------------------
-    def _load_builtins(self) -> None:
-        if not self._builtins_loaded:
-            self._builtins_loaded = True
-            for module in self.builtin_modules:
-                importlib.import_module(module)
-
-    def _entry_points(self, allowed: set[str] | None) -> dict[str, list[metadata.EntryPoint]]:
-        """This group's entry points by name: one per distribution that claims the name."""
-        points: dict[str, list[metadata.EntryPoint]] = {}
-        for point in metadata.entry_points(group=self.group):
-            dist = _distribution_name(point)
-            if allowed is not None and dist not in allowed:
-                continue
-            claims = points.setdefault(point.name, [])
-            # A distribution seen twice on sys.path (say, installed and editable) is one claim.
-            if all(_distribution_name(other) != dist for other in claims):
-                claims.append(point)
-        return points
-
-    def _double_claim(self, name: str, claims: list[metadata.EntryPoint]) -> str | None:
-        sources = [f"{_distribution_label(p)} (entry point {p.value})" for p in claims]
-        entry = self._entries.get(name)
-        if entry is not None and entry.distribution not in {_distribution_name(p) for p in claims}:
-            sources.insert(0, f"{entry.origin} ({_qualname(entry.obj)})")
-        if len(sources) < 2:
+    def _load(self, point: metadata.EntryPoint) -> Entry | None:
+        obj = load(point, self.kind, self.failures)
+        if obj is None:
             return None
-        return f"{self.kind} '{name}' is claimed twice: by {' and by '.join(sources)}"
-
-    def _load_entry_point(self, point: metadata.EntryPoint) -> None:
-        try:
-            obj = point.load()
-            if point.name not in self._entries:
-                self._entries[point.name] = self._entry_from_object(point, obj)
-        except Exception as error:  # a broken plugin must not break anything else
-            self._record_failure(point.name, point, f"{type(error).__name__}: {error}")
-
-    def _entry_from_object(self, point: metadata.EntryPoint, obj: Any) -> Entry:
-        """An entry point may name an object that is not registered, as long as it declares
-        its params model as ``obj.Params``."""
-        params = getattr(obj, "Params", None)
-        if isinstance(params, type) and issubclass(params, BaseModel):
-            return Entry(point.name, obj, params, _distribution_label(point), _distribution_name(point))
+        entry = self._entries.get(point.name)
+        if entry is not None and entry.obj is obj:
+            return entry
         registered_as = [e.name for e in self._entries.values() if e.obj is obj]
         if registered_as:
-            raise RegistryError(
-                f"entry point '{point.name}' names {_qualname(obj)}, which is registered as "
-                f"'{registered_as[0]}': the entry point's name must be the registered name"
-            )
-        raise RegistryError(
-            f"entry point '{point.name}' did not register a {self.kind}: decorate it with "
-            f"@{self.kind.upper()}S.register('{point.name}', params=...) or give it a pydantic `Params` class"
-        )
-
-    def _record_failure(self, name: str, point: metadata.EntryPoint, error: str) -> None:
-        failure = PluginFailure(self.kind, name, _distribution_label(point), point.value, error)
-        if failure not in self.failures:
-            self.failures.append(failure)
-
-
-def missing_distributions(names: Iterable[str]) -> list[str]:
-    """Those of ``names`` that are not installed."""
-    installed = {normalize_distribution(dist.metadata["Name"]) for dist in metadata.distributions()}
-    return [name for name in names if normalize_distribution(name) not in installed]
-
-
-def _providing_entry_point(obj: Any) -> metadata.EntryPoint | None:
-    """The i2i entry point of the package that defines ``obj`` (None for i2i's own modules),
-    so that a plugin's origin is right however its module came to be imported."""
-    package = (getattr(obj, "__module__", None) or "").partition(".")[0]
-    if package in ("", "i2i"):
+            problem = f"names a {self.kind} registered as '{registered_as[0]}': the entry point's name must be the registered name"
+        else:
+            problem = f"names {_qualname(obj)}, which is not registered: decorate it with @{self.kind.upper()}S.register('{point.name}', params=...)"
+        record(self.failures, PluginFailure(self.kind, point.name, label(point), point.value, problem))
         return None
-    for dist in metadata.distributions():
-        for point in dist.entry_points:
-            if point.group.startswith("i2i.") and point.module.partition(".")[0] == package:
-                return point
-    return None
 
+    def _claimant(self, entry: Entry | None) -> tuple[str | None, str, str] | None:
+        return None if entry is None else (entry.distribution, entry.origin, _qualname(entry.obj))
 
-def _distribution_name(point: metadata.EntryPoint) -> str:
-    return normalize_distribution(point.dist.metadata["Name"]) if point.dist else ""
-
-
-def _distribution_label(point: metadata.EntryPoint) -> str:
-    if point.dist is None:
-        return "unknown distribution"
-    return f"{point.dist.metadata['Name']} {point.dist.version}"
+    def _missing(self, name: str, allowed: set[str] | None, points: dict[str, list[metadata.EntryPoint]]) -> str:
+        failed = [f for f in self.failures if f.name == name]
+        if failed:
+            return str(failed[-1])
+        excluded = claims(self.group).get(name) if allowed is not None else None
+        if excluded:
+            return not_allowed(self.kind, name, label(excluded[0]), allowed)
+        known = sorted(set(self._entries) | set(points))
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        return f"unknown {self.kind} '{name}'.{hint} Available: {', '.join(known) or 'none'}"
 
 
 def _qualname(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
 
 
-GENERATORS = Registry("generator", "i2i.generators", ("i2i.models",))
-DISCRIMINATORS = Registry("discriminator", "i2i.discriminators", ("i2i.models",))
-LOSSES = Registry("loss", "i2i.losses", ("i2i.losses",))
-DATASETS = Registry("dataset", "i2i.datasets", ("i2i.data",))
+GENERATORS = Registry("generator", "i2i.generators", Generator)
+DISCRIMINATORS = Registry("discriminator", "i2i.discriminators", Discriminator)
+LOSSES = Registry("loss", "i2i.losses", (AdversarialLoss, ReconstructionLoss))
+DATASETS = Registry("dataset", "i2i.datasets", PairedDataset)
 
 REGISTRIES = {
     "generators": GENERATORS,

@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from i2i.engine.callbacks import Callback
+from i2i.registry import DISCRIMINATORS, GENERATORS
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -18,20 +19,13 @@ MAPS = ROOT.parent / "shared" / "data" / "maps"
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-# Per-component parameters that make a network tiny; every recipe test uses them
-# so that any recipe trains a few steps at 32x32 in a second.
-SMALL_PARAMS: dict[str, dict] = {
-    "unet": {"num_downs": 5, "ngf": 8},
-    "patchgan": {"ndf": 8, "n_layers": 2},
-    "pixelgan": {"ndf": 8},
-    "resnet": {"ngf": 8, "n_blocks": 2},
-    "timm_unet": {"backbone": "test_resnet", "decoder_width": 8},
-    "multiscale": {"ndf": 8, "n_layers": 2, "num_scales": 2},
-    # the example plugin i2i-hd (plugins/i2i-hd)
-    "hd_local": {"ngf": 4, "n_downsample_global": 2, "n_blocks_global": 1, "n_blocks_local": 1},
-    "sn_resnet": {"ndf": 4, "n_downsampling": 2},
-}
 TINY_SIZE = 32
+
+
+def example(registry, name: str, plugins: list[str] | None = None) -> dict:
+    """The tiny params a component registers as its ``example``, so that any recipe trains a
+    few steps at 32x32 in a second."""
+    return dict(registry.get(name, plugins).example)
 
 
 def tiny_recipe(**sections) -> dict:
@@ -39,8 +33,8 @@ def tiny_recipe(**sections) -> dict:
     recipe = {
         "name": "tiny",
         "model": {
-            "generator": {"name": "unet", "params": dict(SMALL_PARAMS["unet"])},
-            "discriminator": {"name": "patchgan", "params": dict(SMALL_PARAMS["patchgan"])},
+            "generator": {"name": "unet", "params": example(GENERATORS, "unet", plugins=[])},
+            "discriminator": {"name": "patchgan", "params": example(DISCRIMINATORS, "patchgan", plugins=[])},
         },
         "losses": [{"name": "gan", "params": {"mode": "vanilla"}}, {"name": "l1", "weight": 100.0}],
         "data": {
@@ -63,9 +57,9 @@ def shrink(recipe: dict, data_root: Path | None = None) -> dict:
     """A shipped recipe made tiny: small networks, the given data root (see ``fake_data_root``),
     32x32 crops, two steps on the CPU."""
     recipe = copy.deepcopy(recipe)
-    for role in ("generator", "discriminator"):
+    for role, registry in (("generator", GENERATORS), ("discriminator", DISCRIMINATORS)):
         spec = recipe["model"][role]
-        spec["params"] = {**(spec.get("params") or {}), **SMALL_PARAMS.get(spec["name"], {})}
+        spec["params"] = {**(spec.get("params") or {}), **example(registry, spec["name"])}
     data = recipe["data"]
     if data_root is not None:
         data["root"] = str(data_root)

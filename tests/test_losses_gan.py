@@ -8,9 +8,9 @@ from torch import nn
 
 from i2i.engine.trainer import Trainer
 from i2i.recipe import Recipe
-from i2i.registry import LOSSES
+from i2i.registry import DISCRIMINATORS, LOSSES
 
-from conftest import SMALL_PARAMS, tiny_recipe
+from conftest import tiny_recipe
 
 
 def gan(**params):
@@ -102,8 +102,7 @@ def test_no_penalty_outside_wgan_gp(mode, gp_weight):
 
 def test_trainer_steps_with_a_multiscale_critic_and_wgan_gp(tmp_path):
     recipe = tiny_recipe(
-        model={"generator": {"name": "unet", "params": SMALL_PARAMS["unet"]},
-               "discriminator": {"name": "multiscale", "params": SMALL_PARAMS["multiscale"]}},
+        model={"discriminator": {"name": "multiscale", "params": DISCRIMINATORS.get("multiscale").example}},
         losses=[{"name": "gan", "params": {"mode": "wgan-gp"}}, {"name": "l1", "weight": 100.0}],
     )
     recipe["train"].update(max_steps=2, batch_size=2)

@@ -1,44 +1,14 @@
-"""Every registered network builds and runs forward at a small size (as timm's suite does)."""
+"""Every registered component against its contract (i2i.testing), and the reference networks' layouts."""
 
 import pytest
 import torch
 
 from i2i.registry import DISCRIMINATORS, GENERATORS
+from i2i.testing import contract_tests
 
-from conftest import SMALL_PARAMS, TINY_SIZE
-
-
-@pytest.mark.parametrize("name", GENERATORS.list())
-@pytest.mark.parametrize("channels", [(3, 3), (1, 3)])
-def test_generator_forward(name, channels):
-    in_ch, out_ch = channels
-    model = GENERATORS.build(name, SMALL_PARAMS.get(name, {}), in_channels=in_ch, out_channels=out_ch)
-    y = model(torch.randn(2, in_ch, TINY_SIZE, TINY_SIZE))
-    assert y.shape == (2, out_ch, TINY_SIZE, TINY_SIZE)
-    assert y.abs().max() <= 1.0  # tanh output range
-    y.mean().backward()
-
-
-@pytest.mark.parametrize("name", GENERATORS.list())
-def test_generator_declares_the_size_multiple_it_needs(name):
-    """``i2i translate`` pads inputs to ``size_multiple``: two neighbouring multiples (one an
-    odd number of them, where a chain of stride-2 layers would round) keep their size."""
-    model = GENERATORS.build(name, SMALL_PARAMS.get(name, {})).eval()
-    multiple = model.size_multiple
-    assert isinstance(multiple, int) and multiple >= 1
-    smallest = multiple * -(-32 // multiple)  # room for the norms and paddings of tiny maps
-    with torch.no_grad():
-        for side in (smallest, smallest + multiple):
-            assert model(torch.randn(1, 3, side, side)).shape[-2:] == (side, side)
-
-
-@pytest.mark.parametrize("name", DISCRIMINATORS.list())
-def test_discriminator_forward(name):
-    model = DISCRIMINATORS.build(name, SMALL_PARAMS.get(name, {}), in_channels=6)
-    output = model(torch.randn(2, 6, TINY_SIZE, TINY_SIZE))
-    scales = output if isinstance(output, list) else [output]  # multi-scale: one logit map per scale
-    assert scales and all(logits.dim() == 4 and logits.shape[:2] == (2, 1) for logits in scales)
-    sum(logits.mean() for logits in scales).backward()
+# Built-ins and installed plugins alike, each built from its registration's example params:
+# a new component is covered by registering it.
+test_contract = contract_tests()
 
 
 def count(model):

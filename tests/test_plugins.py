@@ -17,24 +17,28 @@ from i2i.cli import _describe_params, app
 from i2i.engine.build import build_generator
 from i2i.recipe import Recipe, RecipeError
 from i2i.registry import GENERATORS, REGISTRIES, RegistryError
+from i2i.testing import cases as contract_cases
 
-from conftest import SMALL_PARAMS, tiny_recipe
+from conftest import tiny_recipe
 
 LAZY_MODULE = """
-from pydantic import BaseModel, ConfigDict
 from torch import nn
+from i2i.contracts import Generator, Params
 from i2i.registry import GENERATORS
 
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class LazyParams(Params):
     scale: float = 1.0
 
-@GENERATORS.register("lazy_gen", params=Params)
-class LazyGenerator(nn.Module):
+@GENERATORS.register("lazy_gen", params=LazyParams, example={"scale": 0.5})
+class LazyGenerator(Generator):
     def __init__(self, params, in_channels=3, out_channels=3):
-        super().__init__()
+        super().__init__(params)
         self.conv = nn.Conv2d(in_channels, out_channels, 1)
         self.scale = params.scale
+
+    @classmethod
+    def size_multiple_for(cls, params):
+        return 1
 
     def forward(self, x):
         return (self.conv(x) * self.scale).tanh()
@@ -78,9 +82,10 @@ def test_plugin_loads_lazily_by_name_with_its_origin(site):
             {"i2i_fake_lazy": LAZY_MODULE})
     Recipe.from_dict(tiny_recipe())
     GENERATORS.get("unet")
+    assert "lazy_gen" not in GENERATORS, "`in` says what is registered, importing nothing"
     assert "i2i_fake_lazy" not in sys.modules, "a plugin is imported only when its name is asked for"
     entry = GENERATORS.get("lazy_gen")
-    assert "i2i_fake_lazy" in sys.modules
+    assert "i2i_fake_lazy" in sys.modules and "lazy_gen" in GENERATORS
     assert entry.origin == "i2i-lazy 1.2" and entry.distribution == "i2i-lazy"
     recipe = Recipe.from_dict(tiny_recipe(model={"generator": {"name": "lazy_gen", "params": {"scale": 2.0}}}))
     assert build_generator(recipe, 3, 3).scale == 2.0
@@ -99,8 +104,33 @@ def test_broken_plugin_is_reported_and_everything_else_works(site):
     with pytest.raises(RegistryError, match=r"i2i-broken 0\.3.*i2i_fake_crash:Loss.*RuntimeError: needs a GPU driver"):
         REGISTRIES["losses"].get("crashing_loss")
     # Built-ins, and a recipe made of them, are untouched.
-    GENERATORS.build("unet", SMALL_PARAMS["unet"], in_channels=3, out_channels=3)
+    GENERATORS.build("unet", GENERATORS.get("unet").example, in_channels=3, out_channels=3)
     Recipe.from_dict(tiny_recipe())
+
+
+def test_a_plugin_that_exits_while_importing_is_a_failure_not_an_exit(site):
+    install(site, "i2i-quits", "0.1", {"i2i.losses": {"quitting_loss": "i2i_fake_quits:Loss"}},
+            {"i2i_fake_quits": "import sys\nsys.exit('no licence server')\n"})
+    listing = CliRunner().invoke(app, ["list", "losses"])
+    assert listing.exit_code == 0, listing.output
+    assert "plugin loss 'quitting_loss' from distribution i2i-quits 0.1" in listing.output
+    assert "SystemExit: no licence server" in listing.output
+    with pytest.raises(RegistryError, match="SystemExit"):
+        REGISTRIES["losses"].get("quitting_loss")
+
+
+def test_a_component_must_subclass_its_contract(site):
+    install(site, "i2i-loose", "0.1", {"i2i.generators": {"loose_gen": "i2i_fake_loose:G"}}, {"i2i_fake_loose": """
+        from torch import nn
+        from i2i.contracts import Params
+        from i2i.registry import GENERATORS
+
+        @GENERATORS.register("loose_gen", params=Params)
+        class G(nn.Module):
+            pass
+    """})
+    with pytest.raises(RegistryError, match=r"i2i-loose 0\.1.*TypeError: generator 'loose_gen': .*G must subclass i2i.contracts.Generator"):
+        GENERATORS.get("loose_gen")
 
 
 def test_a_name_claimed_by_a_plugin_and_a_builtin_names_both(site):
@@ -175,3 +205,6 @@ def test_the_guide_example_works(site):
     loss = REGISTRIES["losses"].build(name, recipe.losses[1].params)
     assert REGISTRIES["losses"].get(name).origin == "my-i2i 0.1.0"
     assert loss(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4)).item() == pytest.approx(0.01)
+    # The guide's two lines of contract tests cover it.
+    (case,) = contract_cases("my-i2i")
+    case.check(REGISTRIES[case.kind].get(case.name), site)

@@ -15,8 +15,8 @@ def problems(recipe: dict) -> str:
 
 def test_tiny_recipe_is_valid():
     recipe = Recipe.from_dict(tiny_recipe())
-    assert recipe.model.generator.params["ngf"] == 8
-    assert recipe.model.generator.params["norm"] == "batch"  # defaults are filled in
+    assert recipe.model.generator.params.ngf == 8
+    assert recipe.model.generator.params.norm == "batch"  # defaults are filled in
 
 
 def test_unknown_component_suggests_close_names():
@@ -73,7 +73,7 @@ def test_not_a_mapping(tmp_path):
 def test_overrides_are_typed_and_validated(write_recipe):
     path = write_recipe(tiny_recipe())
     recipe = Recipe.from_file(path, ["train.lr=1e-3", "model.generator.params.ngf=4", "losses.1.weight=10", "train.betas=[0.9, 0.99]"])
-    assert recipe.train.lr == 1e-3 and recipe.model.generator.params["ngf"] == 4
+    assert recipe.train.lr == 1e-3 and recipe.model.generator.params.ngf == 4
     assert recipe.losses[1].weight == 10 and recipe.train.betas == (0.9, 0.99)
     with pytest.raises(RecipeError, match="model.generator.params.ngf"):
         Recipe.from_file(path, ["model.generator.params.ngf=-1"])

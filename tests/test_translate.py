@@ -20,9 +20,9 @@ from i2i.engine.inference import (
 )
 from i2i.translate import translate_paths
 
-from conftest import SMALL_PARAMS
+from conftest import tiny_recipe
 
-MULTIPLE = 2 ** SMALL_PARAMS["unet"]["num_downs"]  # what the tiny run's U-Net needs
+MULTIPLE = 2 ** tiny_recipe()["model"]["generator"]["params"]["num_downs"]  # what the tiny run's U-Net needs
 
 
 def write_image(path, width, height, seed=0):

@@ -9,7 +9,7 @@ from i2i.recipe import Recipe, RecipeError
 from i2i.errors import I2IError
 from i2i.registry import DISCRIMINATORS, GENERATORS
 
-from conftest import SMALL_PARAMS, tiny_recipe
+from conftest import tiny_recipe
 
 
 def count(model):
@@ -58,7 +58,7 @@ NETWORKS = [
 @pytest.mark.parametrize("registry,name,channels", NETWORKS, ids=[n for _, n, _ in NETWORKS])
 @pytest.mark.parametrize("norm,layer", [("batch", nn.BatchNorm2d), ("instance", nn.InstanceNorm2d), ("none", None)])
 def test_norm_options(registry, name, channels, norm, layer):
-    model = registry.build(name, {**SMALL_PARAMS[name], "norm": norm}, **channels)
+    model = registry.build(name, {**registry.get(name).example, "norm": norm}, **channels)
     norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d))]
     if layer is None:
         assert norms == []
@@ -72,7 +72,7 @@ def test_norm_options(registry, name, channels, norm, layer):
 
 @pytest.mark.parametrize("name", ["patchgan", "multiscale"])
 def test_spectral_norm_bounds_every_conv(name):
-    d = DISCRIMINATORS.build(name, {**SMALL_PARAMS[name], "spectral_norm": True}, in_channels=6)
+    d = DISCRIMINATORS.build(name, {**DISCRIMINATORS.get(name).example, "spectral_norm": True}, in_channels=6)
     convs = [m for m in d.modules() if isinstance(m, nn.Conv2d)]
     assert convs and all(nn.utils.parametrize.is_parametrized(m, "weight") for m in convs)
     with torch.no_grad():
@@ -95,7 +95,7 @@ def test_multiscale_runs_separate_patchgans_on_pooled_inputs():
 
 
 def test_pixelgan_judges_each_pixel():
-    d = DISCRIMINATORS.build("pixelgan", {**SMALL_PARAMS["pixelgan"], "norm": "none"}, in_channels=6)
+    d = DISCRIMINATORS.build("pixelgan", {**DISCRIMINATORS.get("pixelgan").example, "norm": "none"}, in_channels=6)
     x = torch.randn(1, 6, 8, 8, requires_grad=True)
     out = d(x)
     assert out.shape == (1, 1, 8, 8)

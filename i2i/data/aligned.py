@@ -9,18 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
+from i2i.contracts import Params
 from i2i.data.base import DataError, FileDataset, list_images
 from i2i.data.images import read_rgb
 from i2i.recipe import DataSection
 from i2i.registry import DATASETS
 
 __all__ = ["AlignedDataset", "read_rgb", "split_halves"]
-
-
-class AlignedParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 def split_halves(ab: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -33,9 +29,9 @@ def split_halves(ab: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray]:
     return ab[:, :height], ab[:, height:]
 
 
-@DATASETS.register("aligned", params=AlignedParams)
+@DATASETS.register("aligned", params=Params)
 class AlignedDataset(FileDataset):
-    def __init__(self, params: AlignedParams, data: DataSection, split: str = "train", train: bool = True, seed: int = 0):
+    def __init__(self, params: Params, data: DataSection, split: str = "train", train: bool = True, seed: int = 0):
         super().__init__(data, split, train, seed)
         self.files = list_images(data.root / split)
 

@@ -1,10 +1,10 @@
-"""The paired-dataset contract, the pix2pix transform and the decode-once cache.
+"""The pix2pix transform and the decode-once cache, around datasets of uint8 image pairs.
 
-A dataset yields ``{"input": CxHxW float in [-1, 1], "target": ..., "path": str}``.
-Subclasses implement ``__len__`` and ``load_pair(index)`` returning two uint8
-HxWxC arrays (input, target) in the orientation the recipe's direction asks
-for; this base class resizes them (PIL bicubic, as the reference does), applies
-the same random crop and flip to both and normalises.
+An ``ImagePairDataset`` (the ``PairedDataset`` contract of ``i2i.contracts``) yields
+``{"input": CxHxW float in [-1, 1], "target": ..., "path": str}``. Subclasses implement
+``__len__`` and ``load_pair(index)`` returning two uint8 HxWxC arrays (input, target) in the
+orientation the recipe's direction asks for; this base class resizes them (PIL bicubic, as the
+reference does), applies the same random crop and flip to both and normalises.
 
 Randomness is seeded per (seed, epoch, index), so a sample's augmentation does
 not depend on worker count, on where a resumed run restarts, or on whether the
@@ -17,16 +17,17 @@ crop runs here or on the training device (``i2i.data.device``).
 from __future__ import annotations
 
 import logging
+from abc import abstractmethod
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
-from i2i.recipe import DataSection
+from i2i.contracts import PairedDataset
 from i2i.errors import I2IError
+from i2i.recipe import DataSection
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 # ``cache: auto`` keeps a training set in memory up to this size (maps at 286: 150 MB).
@@ -67,10 +68,8 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """HxWxC uint8 -> contiguous CxHxW float in [-1, 1].
-
-    In numpy on purpose: torch splits these small element-wise ops over its
-    intra-op threads, which on a busy CPU made loading 50x slower."""
+    """HxWxC uint8 -> contiguous CxHxW float in [-1, 1]. In numpy on purpose: torch would split
+    these small element-wise ops over its intra-op threads, which contend with training's."""
     out = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
     out *= 1 / 127.5
     out -= 1
@@ -81,10 +80,7 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
 
 
-class PairedDataset(Dataset):
-    in_channels: int = 3
-    out_channels: int = 3
-
+class ImagePairDataset(PairedDataset):
     def __init__(self, data: DataSection, split: str = "train", train: bool = True, seed: int = 0):
         self.data = data
         self.split = split
@@ -101,8 +97,9 @@ class PairedDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @abstractmethod
     def load_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
+        """Sample ``index`` as two uint8 HxWxC arrays: (input, target)."""
 
     def describe(self, index: int) -> str:
         """Where sample ``index`` comes from (a file path for file datasets)."""
@@ -185,7 +182,7 @@ class PairedDataset(Dataset):
         return {"input": to_tensor(source), "target": to_tensor(target), "path": self.describe(index)}
 
 
-class FileDataset(PairedDataset):
+class FileDataset(ImagePairDataset):
     """A dataset whose samples are files (or pairs of files), in ``self.files``."""
 
     files: list

@@ -1,7 +1,7 @@
 """``data.on_device``: the whole training set as one uint8 tensor on the training device.
 
 Crop and flip run there as tensor slicing, with the same (top, left,
-flip) per sample as the CPU path (``PairedDataset.crop_box``), so a batch is
+flip) per sample as the CPU path (``ImagePairDataset.crop_box``), so a batch is
 the same whichever path made it; only the indices cross from the host.
 """
 
@@ -11,12 +11,17 @@ from typing import Iterable, Iterator
 
 import torch
 
-from i2i.data.base import DataError, PairedDataset
+from i2i.data.base import DataError, ImagePairDataset
 
 
 class DeviceResidentSet:
-    def __init__(self, dataset: PairedDataset, device: torch.device):
-        if type(dataset).finish is not PairedDataset.finish:
+    def __init__(self, dataset: ImagePairDataset, device: torch.device):
+        if not isinstance(dataset, ImagePairDataset):
+            raise DataError(
+                f"data.on_device: {type(dataset).__name__} does not hold decoded image pairs "
+                f"(an i2i.data.base.ImagePairDataset); set data.on_device: false"
+            )
+        if type(dataset).finish is not ImagePairDataset.finish:
             raise DataError(
                 f"data.on_device: {type(dataset).__name__} builds its input on the CPU after the crop; "
                 f"set data.on_device: false"
@@ -54,7 +59,7 @@ class DeviceResidentSet:
             yield self.batch(chunk)
 
 
-def device_batches(dataset: PairedDataset, order: Iterable[int], batch_size: int, device: torch.device):
+def device_batches(dataset: ImagePairDataset, order: Iterable[int], batch_size: int, device: torch.device):
     """This epoch's batches from the copy of ``dataset`` on ``device`` (made on first use)."""
     if dataset.device_copy is None or dataset.device_copy.device != device:
         dataset.device_copy = DeviceResidentSet(dataset, device)

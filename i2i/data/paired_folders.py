@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from i2i.contracts import Params
 from i2i.data.base import DataError, FileDataset, list_images, natural_key
 from i2i.data.images import read_rgb
 from i2i.recipe import DataSection
@@ -19,9 +20,7 @@ from i2i.registry import DATASETS
 SHOWN = 10  # names listed per problem in an error
 
 
-class PairedFoldersParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class PairedFoldersParams(Params):
     a: str = Field("A", description="sub-folder of root/<split> holding the A images")
     b: str = Field("B", description="sub-folder of root/<split> holding the B images")
 

@@ -9,17 +9,16 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from i2i.contracts import Params
 from i2i.data.aligned import split_halves
 from i2i.data.base import FileDataset, list_images
 from i2i.data.images import read_rgb
 from i2i.recipe import DataSection
 
 
-class PhotoParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class PhotoParams(Params):
     side: Literal["full", "left", "right"] = Field("full", description="left/right: the A or B half of A|B files")
 
 

@@ -10,18 +10,17 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from i2i.data.base import PairedDataset
+from i2i.contracts import Params
+from i2i.data.base import ImagePairDataset
 from i2i.recipe import DataSection
 from i2i.registry import DATASETS
 
 PALETTE = np.array([[230, 60, 60], [60, 200, 80], [60, 90, 230], [240, 220, 60], [200, 80, 220]], np.uint8)
 
 
-class SyntheticParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SyntheticParams(Params):
     length: int = Field(16, ge=1, description="pairs per split")
     size: int = Field(64, ge=8, description="side of the generated square images")
     shapes: int = Field(4, ge=1)
@@ -29,8 +28,8 @@ class SyntheticParams(BaseModel):
     out_channels: Literal[1, 3] = Field(3, description="1 gives a gray photo (B side)")
 
 
-@DATASETS.register("synthetic", params=SyntheticParams)
-class SyntheticDataset(PairedDataset):
+@DATASETS.register("synthetic", params=SyntheticParams, example={"length": 4, "size": 40})
+class SyntheticDataset(ImagePairDataset):
     def __init__(self, params: SyntheticParams, data: DataSection, split: str = "train", train: bool = True, seed: int = 0):
         super().__init__(data, split, train, seed)
         self.params = params

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from i2i.data.base import PairedDataset
+from i2i.contracts import AdversarialLoss, Discriminator, Generator, PairedDataset, ReconstructionLoss
 from i2i.recipe import Recipe
 from i2i.errors import I2IError
 from i2i.registry import DATASETS, DISCRIMINATORS, GENERATORS, LOSSES
@@ -18,32 +17,23 @@ def build_dataset(recipe: Recipe, split: str = "train", train: bool = True) -> P
     )
 
 
-def build_generator(recipe: Recipe, in_channels: int, out_channels: int) -> nn.Module:
+def build_generator(recipe: Recipe, in_channels: int, out_channels: int) -> Generator:
     spec = recipe.model.generator
     return GENERATORS.build(spec.name, spec.params, plugins=recipe.plugins, in_channels=in_channels, out_channels=out_channels)
 
 
-def build_discriminator(recipe: Recipe, in_channels: int, out_channels: int) -> nn.Module:
+def build_discriminator(recipe: Recipe, in_channels: int, out_channels: int) -> Discriminator:
     """The discriminator sees (condition, image) stacked on channels."""
     spec = recipe.model.discriminator
     return DISCRIMINATORS.build(spec.name, spec.params, plugins=recipe.plugins, in_channels=in_channels + out_channels)
 
 
-def build_losses(recipe: Recipe) -> tuple[tuple[nn.Module, float], list[tuple[str, nn.Module, float]]]:
-    """(adversarial loss, weight) and [(name, reconstruction loss, weight), ...]."""
-    adversarial, reconstruction = [], []
-    for spec in recipe.losses:
-        loss = LOSSES.build(spec.name, spec.params, plugins=recipe.plugins)
-        role = getattr(loss, "role", None)
-        if role == "adversarial":
-            adversarial.append((loss, spec.weight))
-        elif role == "reconstruction":
-            reconstruction.append((spec.name, loss, spec.weight))
-        else:
-            raise I2IError(f"loss '{spec.name}' has role {role!r}; expected 'adversarial' or 'reconstruction'")
-    if len(adversarial) != 1:
-        raise I2IError(f"a recipe needs exactly one adversarial loss, found {len(adversarial)}")
-    return adversarial[0], reconstruction
+def build_losses(recipe: Recipe) -> tuple[tuple[AdversarialLoss, float], list[tuple[str, ReconstructionLoss, float]]]:
+    """(adversarial loss, weight) and [(name, reconstruction loss, weight), ...]; recipe
+    validation made sure there is exactly one adversarial loss."""
+    losses = [(spec, LOSSES.build(spec.name, spec.params, plugins=recipe.plugins)) for spec in recipe.losses]
+    (adversarial,) = [(loss, spec.weight) for spec, loss in losses if isinstance(loss, AdversarialLoss)]
+    return adversarial, [(spec.name, loss, spec.weight) for spec, loss in losses if isinstance(loss, ReconstructionLoss)]
 
 
 def resolve_device(name: str) -> torch.device:

@@ -45,8 +45,8 @@ def limit_problems(recipe: Recipe) -> list[str]:
         return too_large
     generator, discriminator = recipe.model.generator, recipe.model.discriminator
     return list(_fit_problems(
-        GENERATORS.get(generator.name, recipe.plugins), json.dumps(generator.params, sort_keys=True),
-        DISCRIMINATORS.get(discriminator.name, recipe.plugins), json.dumps(discriminator.params, sort_keys=True),
+        GENERATORS.get(generator.name, recipe.plugins), generator.params.model_dump_json(),
+        DISCRIMINATORS.get(discriminator.name, recipe.plugins), discriminator.params.model_dump_json(),
         data.crop_size, recipe.train.batch_size,
     ))
 

@@ -1,3 +1,2 @@
-"""Built-in generators and discriminators; importing this package registers them."""
-
-from i2i.models import patchgan, resnet, timm_unet, unet  # noqa: F401  (registration)
+"""Built-in generators and discriminators. Importing a module registers its networks;
+pyproject.toml's entry points say which module holds which."""

@@ -8,16 +8,15 @@ The input is the channel concatenation (condition, image).
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
+from i2i.contracts import Discriminator, Params
 from i2i.models.layers import Norm, conv_bias, init_weights, norm_layer
 from i2i.registry import DISCRIMINATORS
 
 
-class PatchGANParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class PatchGANParams(Params):
     n_layers: int = Field(3, ge=1, le=6, description="strided conv layers: 1 -> 16x16, 3 -> 70x70, 5 -> 286x286")
     ndf: int = Field(64, ge=1)
     norm: Norm = "batch"
@@ -25,8 +24,8 @@ class PatchGANParams(BaseModel):
     init_std: float = Field(0.02, gt=0.0)
 
 
-@DISCRIMINATORS.register("patchgan", params=PatchGANParams)
-class PatchGANDiscriminator(nn.Module):
+@DISCRIMINATORS.register("patchgan", params=PatchGANParams, example={"ndf": 8, "n_layers": 2})
+class PatchGANDiscriminator(Discriminator):
     def __init__(self, params: PatchGANParams, in_channels: int = 6):
         super().__init__()
         ndf, norm = params.ndf, params.norm
@@ -56,16 +55,14 @@ class PatchGANDiscriminator(nn.Module):
         return self.model(x)
 
 
-class PixelGANParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class PixelGANParams(Params):
     ndf: int = Field(64, ge=1)
     norm: Norm = "batch"
     init_std: float = Field(0.02, gt=0.0)
 
 
-@DISCRIMINATORS.register("pixelgan", params=PixelGANParams)
-class PixelGANDiscriminator(nn.Module):
+@DISCRIMINATORS.register("pixelgan", params=PixelGANParams, example={"ndf": 8})
+class PixelGANDiscriminator(Discriminator):
     def __init__(self, params: PixelGANParams, in_channels: int = 6):
         super().__init__()
         ndf, norm = params.ndf, params.norm
@@ -87,8 +84,8 @@ class MultiscaleParams(PatchGANParams):
     num_scales: int = Field(2, ge=1, le=5, description="PatchGANs, each on a 2x smaller input than the last (pix2pixHD: 2)")
 
 
-@DISCRIMINATORS.register("multiscale", params=MultiscaleParams)
-class MultiscaleDiscriminator(nn.Module):
+@DISCRIMINATORS.register("multiscale", params=MultiscaleParams, example={"ndf": 8, "n_layers": 2, "num_scales": 2})
+class MultiscaleDiscriminator(Discriminator):
     """pix2pixHD's multi-scale discriminator: identical PatchGANs (separate weights) on the
     input average-pooled 0, 1, 2, ... times. Returns one logit map per scale, finest first;
     the GAN loss averages over them."""

@@ -12,9 +12,10 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
+from i2i.contracts import Generator, Params
 from i2i.models.layers import Norm, conv_bias, init_weights, norm_layer
 from i2i.registry import GENERATORS
 
@@ -44,9 +45,7 @@ def _padded_conv3x3(channels: int, padding: Padding, bias: bool) -> list[nn.Modu
     return [pad, nn.Conv2d(channels, channels, 3, bias=bias)]
 
 
-class ResnetParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ResnetParams(Params):
     n_blocks: int = Field(9, ge=1, description="residual blocks: 9 for 256x256 (reference), 6 for 128x128")
     ngf: int = Field(64, ge=1, description="filters in the first layer")
     n_downsampling: int = Field(2, ge=1, le=5, description="stride-2 downsamplings before the blocks (reference: 2)")
@@ -56,13 +55,12 @@ class ResnetParams(BaseModel):
     init_std: float = Field(0.02, gt=0.0)
 
 
-@GENERATORS.register("resnet", params=ResnetParams)
-class ResnetGenerator(nn.Module):
+@GENERATORS.register("resnet", params=ResnetParams, example={"ngf": 8, "n_blocks": 2})
+class ResnetGenerator(Generator):
     def __init__(self, params: ResnetParams, in_channels: int = 3, out_channels: int = 3):
-        super().__init__()
+        super().__init__(params)
         ngf, norm = params.ngf, params.norm
         bias = conv_bias(norm)
-        self.size_multiple = 2**params.n_downsampling  # input sides must divide by it
         layers: list[nn.Module] = [
             nn.ReflectionPad2d(3),
             nn.Conv2d(in_channels, ngf, 7, bias=bias),
@@ -84,6 +82,10 @@ class ResnetGenerator(nn.Module):
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
         init_weights(self, params.init_std)
+
+    @classmethod
+    def size_multiple_for(cls, params: ResnetParams) -> int:
+        return 2**params.n_downsampling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

@@ -16,21 +16,21 @@ nothing is downloaded at run time.
 from __future__ import annotations
 
 import difflib
+from functools import lru_cache
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from torch import nn
 
-from i2i.models.layers import Norm, conv_bias, init_weights, norm_layer
+from i2i.contracts import Generator, Params
 from i2i.errors import I2IError
+from i2i.models.layers import Norm, conv_bias, init_weights, norm_layer
 from i2i.registry import GENERATORS
 
 
-class TimmUNetParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TimmUNetParams(Params):
     backbone: str = Field("resnet34", description="timm model name (timm.list_models()), with features_only support")
     pretrained_path: Path | None = Field(None, description="local file with the backbone's timm weights; none = random init")
     decoder_width: int = Field(16, ge=1, description="channels of the last decoder block; doubled per level upwards")
@@ -68,10 +68,23 @@ def _conv_block(in_channels: int, out_channels: int, norm: Norm) -> nn.Sequentia
     )
 
 
-@GENERATORS.register("timm_unet", params=TimmUNetParams)
-class TimmUNetGenerator(nn.Module):
+@lru_cache
+def _encoder_stride(backbone: str) -> int:
+    """The backbone's total stride, read from a copy built on the meta device (no memory, no weights)."""
+    import timm
+
+    try:
+        with torch.device("meta"):
+            encoder = timm.create_model(backbone, features_only=True, pretrained=False)
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise I2IError(f"timm_unet: cannot build backbone {backbone!r}: {error}") from None
+    return encoder.feature_info.reduction()[-1]
+
+
+@GENERATORS.register("timm_unet", params=TimmUNetParams, example={"backbone": "test_resnet", "decoder_width": 8})
+class TimmUNetGenerator(Generator):
     def __init__(self, params: TimmUNetParams, in_channels: int = 3, out_channels: int = 3):
-        super().__init__()
+        super().__init__(params)
         import timm
 
         weights = {"pretrained_cfg_overlay": {"file": str(params.pretrained_path)}} if params.pretrained_path else {}
@@ -91,8 +104,6 @@ class TimmUNetGenerator(nn.Module):
         self.register_buffer("mean", mean.view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", std.view(1, -1, 1, 1), persistent=False)
 
-        # Sides that divide by the encoder's total stride keep every skip aligned without resizing.
-        self.size_multiple = self.encoder.feature_info.reduction()[-1]
         skips = [in_channels, *self.encoder.feature_info.channels()[:-1]][::-1]
         below = self.encoder.feature_info.channels()[-1]
         self.decoder = nn.ModuleList()
@@ -103,6 +114,11 @@ class TimmUNetGenerator(nn.Module):
         self.head = nn.Sequential(nn.Conv2d(below, out_channels, 3, padding=1), nn.Tanh())
         init_weights(self.decoder, params.init_std)
         init_weights(self.head, params.init_std)
+
+    @classmethod
+    def size_multiple_for(cls, params: TimmUNetParams) -> int:
+        # Sides that divide by the encoder's total stride keep every skip aligned without resizing.
+        return _encoder_stride(params.backbone)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.encoder(((x + 1) / 2 - self.mean) / self.std)

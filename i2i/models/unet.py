@@ -11,16 +11,15 @@ the encoder's pre-activation output; the math equals "conv, norm, activation".
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
+from i2i.contracts import Generator, Params
 from i2i.models.layers import Norm, conv_bias, init_weights, norm_layer
 from i2i.registry import GENERATORS
 
 
-class UNetParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class UNetParams(Params):
     num_downs: int = Field(8, ge=2, le=10, description="downsamplings; 8 for 256x256 (1x1 bottleneck)")
     ngf: int = Field(64, ge=1, description="filters in the first encoder block")
     norm: Norm = "batch"
@@ -28,13 +27,12 @@ class UNetParams(BaseModel):
     init_std: float = Field(0.02, gt=0.0)
 
 
-@GENERATORS.register("unet", params=UNetParams)
-class UNetGenerator(nn.Module):
+@GENERATORS.register("unet", params=UNetParams, example={"num_downs": 5, "ngf": 8})
+class UNetGenerator(Generator):
     def __init__(self, params: UNetParams, in_channels: int = 3, out_channels: int = 3):
-        super().__init__()
+        super().__init__(params)
         n, ngf, norm = params.num_downs, params.ngf, params.norm
         bias = conv_bias(norm)
-        self.size_multiple = 2**n  # input sides must divide by it
         channels = [ngf * min(2**i, 8) for i in range(n)]
 
         down = [nn.Conv2d(in_channels, ngf, 4, 2, 1, bias=bias)]
@@ -70,6 +68,10 @@ class UNetGenerator(nn.Module):
         self.down = nn.ModuleList(down)
         self.up = nn.ModuleList(up)
         init_weights(self, params.init_std)
+
+    @classmethod
+    def size_multiple_for(cls, params: UNetParams) -> int:
+        return 2**params.num_downs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []

@@ -1,4 +1,5 @@
-"""i2i-hd's components, found by i2i through the entry points of the installed distribution."""
+"""i2i-hd's components, found by i2i through the entry points of the installed distribution:
+i2i's contract suite, then what is particular to each."""
 
 import math
 from pathlib import Path
@@ -15,10 +16,13 @@ from i2i.data.base import DataError  # noqa: E402
 from i2i.engine.trainer import Trainer  # noqa: E402
 from i2i.recipe import Recipe  # noqa: E402
 from i2i.registry import DATASETS, DISCRIMINATORS, GENERATORS, LOSSES  # noqa: E402
+from i2i.testing import contract_tests  # noqa: E402
 
 torch.set_num_threads(2)
-SMALL_G = {"ngf": 4, "n_downsample_global": 2, "n_blocks_global": 1, "n_blocks_local": 1}
-SMALL_D = {"ndf": 4, "n_downsampling": 2}
+SMALL_G = GENERATORS.get("hd_local").example
+SMALL_D = DISCRIMINATORS.get("sn_resnet").example
+
+test_contract = contract_tests("i2i-hd")
 
 
 @pytest.mark.parametrize(

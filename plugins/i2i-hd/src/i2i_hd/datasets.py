@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from i2i.contracts import Params
 from i2i.data.base import DataError, list_images, natural_key
 from i2i.data.paired_folders import FilePairsDataset
 from i2i.recipe import DataSection
@@ -26,9 +27,7 @@ from i2i.registry import DATASETS
 SHOWN = 10  # names listed in an error
 
 
-class CycleGANFoldersParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class CycleGANFoldersParams(Params):
     a_suffix: str = Field("_A", description="removed from the end of A file names before pairing")
     b_suffix: str = Field("_B", description="removed from the end of B file names before pairing")
 

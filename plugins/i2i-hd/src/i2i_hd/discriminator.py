@@ -11,16 +11,15 @@ which pairs well with the hinge loss and needs no batch statistics (batch size 1
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from i2i.contracts import Discriminator, Params
 from i2i.registry import DISCRIMINATORS
 
 
-class SNResnetParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SNResnetParams(Params):
     ndf: int = Field(64, ge=1, description="channels of the first block; doubled per downsampling, up to 8 * ndf")
     n_downsampling: int = Field(3, ge=1, le=6, description="blocks that halve the resolution (logits at 1/2**n)")
 
@@ -47,8 +46,8 @@ class DiscriminatorBlock(nn.Module):
         return self.shortcut(x) + self.residual(x)
 
 
-@DISCRIMINATORS.register("sn_resnet", params=SNResnetParams)
-class SNResnetDiscriminator(nn.Module):
+@DISCRIMINATORS.register("sn_resnet", params=SNResnetParams, example={"ndf": 4, "n_downsampling": 2})
+class SNResnetDiscriminator(Discriminator):
     def __init__(self, params: SNResnetParams, in_channels: int = 6):
         super().__init__()
         widths = [params.ndf * min(2**i, 8) for i in range(params.n_downsampling)]

@@ -11,17 +11,16 @@ with residual blocks and one transposed conv back to full resolution.
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
+from i2i.contracts import Generator, Params
 from i2i.models.layers import Norm, conv_bias, init_weights, norm_layer
 from i2i.models.resnet import ResnetBlock, ResnetGenerator, ResnetParams
 from i2i.registry import GENERATORS
 
 
-class LocalEnhancerParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class LocalEnhancerParams(Params):
     ngf: int = Field(32, ge=1, description="local enhancer filters; the global generator uses 2 * ngf (pix2pixHD: 32)")
     n_downsample_global: int = Field(4, ge=1, le=5, description="global generator downsamplings (pix2pixHD: 4)")
     n_blocks_global: int = Field(9, ge=1, description="global generator residual blocks")
@@ -30,11 +29,13 @@ class LocalEnhancerParams(BaseModel):
     init_std: float = Field(0.02, gt=0.0)
 
 
-@GENERATORS.register("hd_local", params=LocalEnhancerParams)
-class LocalEnhancerGenerator(nn.Module):
+@GENERATORS.register(
+    "hd_local", params=LocalEnhancerParams,
+    example={"ngf": 4, "n_downsample_global": 2, "n_blocks_global": 1, "n_blocks_local": 1},
+)
+class LocalEnhancerGenerator(Generator):
     def __init__(self, params: LocalEnhancerParams, in_channels: int = 3, out_channels: int = 3):
-        super().__init__()
-        self.size_multiple = 2 ** (params.n_downsample_global + 1)  # input sides must divide by it
+        super().__init__(params)
         ngf, norm = params.ngf, params.norm
         bias = conv_bias(norm)
         global_params = ResnetParams(
@@ -64,6 +65,11 @@ class LocalEnhancerGenerator(nn.Module):
         )
         init_weights(self.encode, params.init_std)
         init_weights(self.decode, params.init_std)
+
+    @classmethod
+    def size_multiple_for(cls, params: LocalEnhancerParams) -> int:
+        # The global generator downsamples an input that is already half size.
+        return 2 ** (params.n_downsample_global + 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x) + self.coarse(self.downsample(x)))

@@ -11,27 +11,21 @@ the mean squared pixel error.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
-from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
+from pydantic import Field
 
+from i2i.contracts import Params, ReconstructionLoss
 from i2i.registry import LOSSES
 
 
-class FocalFrequencyParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class FocalFrequencyParams(Params):
     alpha: float = Field(1.0, ge=0.0, description="focusing exponent of the spectrum weights (paper: 1)")
     log_weights: bool = Field(False, description="weights log(1 + w) before scaling, for images with huge spectra")
     batch_weights: bool = Field(False, description="scale the weights by the batch's maximum instead of each image's")
 
 
 @LOSSES.register("focal_frequency", params=FocalFrequencyParams)
-class FocalFrequencyLoss(nn.Module):
-    role: ClassVar[str] = "reconstruction"
-
+class FocalFrequencyLoss(ReconstructionLoss):
     def __init__(self, params: FocalFrequencyParams):
         super().__init__()
         self.params = params

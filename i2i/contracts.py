@@ -1,0 +1,105 @@
+"""What each kind of component promises: the base class it subclasses, how it is built, what it returns.
+
+A registry accepts only subclasses of its kind's contract, so the rest of i2i asks the
+type (``isinstance(loss, AdversarialLoss)``) instead of probing attributes. Each
+component's parameters are a ``Params`` model; ``i2i.testing`` checks every registered
+component against these contracts.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+from torch.utils.data import Dataset
+
+# One logit map, or one per scale (a multi-scale discriminator, finest first).
+Logits = torch.Tensor | list[torch.Tensor]
+
+
+class Params(BaseModel):
+    """Parameters a recipe may set; a key the model does not know is an error that names it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Generator(nn.Module, ABC):
+    """Built as ``cls(params, in_channels=, out_channels=)``; ``forward`` maps N x in_channels x H x W
+    in [-1, 1] to N x out_channels x H x W in [-1, 1] (tanh) for every H and W that divide by
+    ``size_multiple``. Subclasses call ``super().__init__(params)``."""
+
+    def __init__(self, params: Params):
+        super().__init__()
+        self.size_multiple = self.size_multiple_for(params)
+
+    @classmethod
+    @abstractmethod
+    def size_multiple_for(cls, params: Params) -> int:
+        """What input sides must divide by, from the params alone: recipe validation checks the
+        crop with it and ``i2i translate`` pads to it, neither building the network."""
+
+    @abstractmethod
+    def forward(self, image: torch.Tensor) -> torch.Tensor: ...
+
+
+class Discriminator(nn.Module, ABC):
+    """Built as ``cls(params, in_channels=)``, where the input is (condition, image) stacked on
+    channels; ``forward`` returns logits N x 1 x H' x W', or a list of them (one per scale)."""
+
+    @abstractmethod
+    def forward(self, pair: torch.Tensor) -> Logits: ...
+
+
+class ReconstructionLoss(nn.Module, ABC):
+    """Built as ``cls(params)``; compares the generated image with the ground truth (L1 in pix2pix).
+    A recipe may have any number, each scaled by its ``weight``."""
+
+    @abstractmethod
+    def forward(self, fake: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """A scalar."""
+
+
+class AdversarialLoss(nn.Module, ABC):
+    """Built as ``cls(params)``; the GAN objective on discriminator logits. A recipe has exactly one."""
+
+    @abstractmethod
+    def generator_loss(self, fake: Logits) -> torch.Tensor:
+        """A scalar: how far the discriminator is from calling the generated images real."""
+
+    @abstractmethod
+    def discriminator_loss(self, real: Logits, fake: Logits) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two scalars, the real and the fake term (the trainer averages them)."""
+
+    def gradient_penalty(
+        self, discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor, rank: int = 0, world_size: int = 1
+    ) -> torch.Tensor | None:
+        """A scalar added to the discriminator's loss, or None. ``rank`` and ``world_size`` let
+        every process draw its share of one global batch's random numbers."""
+        return None
+
+
+class PairedDataset(Dataset, ABC):
+    """Built as ``cls(params, data=<the recipe's data section>, split=, train=, seed=)``.
+
+    ``dataset[i]`` is ``{"input": in_channels x S x S, "target": out_channels x S x S, "path": str}``,
+    float32 in [-1, 1], S = ``data.crop_size``, and depends only on (seed, epoch, i), so a resumed
+    run sees the same samples. Subclass ``i2i.data.base.ImagePairDataset``, which does the resize,
+    crop, flip, normalisation and decode-once cache around your ``load_pair``."""
+
+    in_channels: int = 3
+    out_channels: int = 3
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called before each epoch; random augmentation follows it."""
+
+    def prepare(self) -> None:
+        """Called once before training: a place to decode, cache and drop unreadable samples."""
