@@ -52,6 +52,8 @@ from i2i.engine.inference import (
 )
 from i2i.errors import I2IError
 from i2i.export import onnxruntime_generator
+from i2i.hub import download_from_hub
+from i2i.model_catalogue import MODELS, ensure_model, is_model_name
 from i2i.recipe import Recipe
 from i2i.run import train_from_recipe
 from i2i.visual import quantize
@@ -198,14 +200,10 @@ def resolve_source(source: str | Path) -> Path:
     """A local path to the weights: as given, from the model catalogue or from the Hub."""
     text = str(source)
     if text.startswith(HUB_PREFIX):
-        from i2i.hub import download_from_hub
-
         return download_from_hub(text[len(HUB_PREFIX) :])
     path = Path(text).expanduser()
     if path.exists():
         return path
-    from i2i.model_catalogue import MODELS, ensure_model, is_model_name
-
     if is_model_name(text):
         return ensure_model(text)
     close = difflib.get_close_matches(text, list(MODELS))

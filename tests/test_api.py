@@ -6,7 +6,6 @@ import json
 import shutil
 import subprocess
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -140,15 +139,13 @@ def test_an_onnx_export_runs_on_onnxruntime(tiny_run, translator, tmp_path):
 
 
 def test_hub_and_catalogue_sources_are_handed_to_their_modules(tiny_run, monkeypatch):
+    """The real downloads are tested in test_hub.py and test_model_catalogue.py."""
+    import i2i.api
+
     file = latest_checkpoint(tiny_run) / "generator.safetensors"
     asked = []
-    hub = types.SimpleNamespace(download_from_hub=lambda spec: asked.append(spec) or file)
-    catalogue = types.SimpleNamespace(
-        MODELS={"map2sat": None}, is_model_name=lambda name: name == "map2sat",
-        ensure_model=lambda name: asked.append(name) or file.parent,
-    )
-    monkeypatch.setitem(sys.modules, "i2i.hub", hub)
-    monkeypatch.setitem(sys.modules, "i2i.model_catalogue", catalogue)
+    monkeypatch.setattr(i2i.api, "download_from_hub", lambda spec: asked.append(spec) or file)
+    monkeypatch.setattr(i2i.api, "ensure_model", lambda name: asked.append(name) or file.parent)
     assert i2i.load("hf://owner/repo@v1", device="cpu").recipe.name == "tiny"
     assert i2i.load("map2sat", device="cpu").recipe.name == "tiny"
     assert asked == ["owner/repo@v1", "map2sat"]
