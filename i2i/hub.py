@@ -59,7 +59,7 @@ def download_from_hub(spec: str) -> Path:
     """The ``generator.safetensors`` of ``[hf://]owner/name[@revision]``, downloaded into the Hub cache."""
     hub = _huggingface_hub()
     from huggingface_hub.errors import (
-        HfHubHTTPError,
+        HTTPError,
         LocalEntryNotFoundError,
         RemoteEntryNotFoundError,
         RepositoryNotFoundError,
@@ -81,8 +81,8 @@ def download_from_hub(spec: str) -> Path:
         offline = " (HF_HUB_OFFLINE is set)" if hub.constants.HF_HUB_OFFLINE else ""
         raise HubError(f"{where}: {GENERATOR_FILE} is not in the cache and the Hub ({hub.constants.ENDPOINT}) "
                        f"cannot be reached{offline}") from None
-    except HfHubHTTPError as error:
-        raise HubError(f"{where}: the Hub answered {_first_line(error)}") from None
+    except (HTTPError, OSError) as error:  # HTTPError: the base of huggingface_hub's errors, and of the transport's
+        raise HubError(f"{where}: download from {hub.constants.ENDPOINT} failed: {_first_line(error)}") from None
 
 
 def _first_line(error: Exception) -> str:
@@ -101,7 +101,7 @@ def push_to_hub(
     """Upload the run's newest good generator, its recipe, its newest sample grid and a model card
     to ``repo_id`` (created if missing) in one commit. ``token``: None uses HF_TOKEN or the login."""
     hub = _huggingface_hub()
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.errors import HTTPError
 
     run_dir = Path(run_dir)
     parse_spec(repo_id if revision is None else f"{repo_id}@{revision}")
@@ -129,7 +129,7 @@ def push_to_hub(
             commit_message=f"i2i push: {recipe.name}, step {step}",
             revision=revision,
         )
-    except HfHubHTTPError as error:
-        raise HubError(f"pushing to {repo_id} failed: the Hub answered {_first_line(error)}") from None
+    except (HTTPError, OSError) as error:  # as in download_from_hub; OSError: offline mode, unreadable files
+        raise HubError(f"pushing to {repo_id} at {api.endpoint} failed: {_first_line(error)}") from None
     url = f"{api.endpoint}/{repo_id}" + (f"/tree/{revision}" if revision else "")
     return Pushed(url, step, list(uploads))

@@ -227,7 +227,7 @@ def test_clear_errors_for_what_is_not_an_i2i_generator_on_the_hub(hub):
 def test_private_repo_needs_the_token_and_a_push_without_one_changes_nothing(tiny_run, hub, monkeypatch):
     from i2i.hub import HubError, download_from_hub, push_to_hub
 
-    with pytest.raises(HubError, match="pushing to someone/tiny-maps failed: the Hub answered"):
+    with pytest.raises(HubError, match=r"pushing to someone/tiny-maps at http://127.0.0.1:\d+ failed: .*401"):
         push_to_hub(tiny_run, OWNER_REPO, quality_results=None)
     assert hub.repos == {}
     push_to_hub(tiny_run, OWNER_REPO, private=True, token=TOKEN, quality_results=None)
@@ -281,7 +281,7 @@ def test_cli_push_takes_the_token_from_the_environment_and_never_prints_it(tiny_
     assert TOKEN not in result.output and not files_holding(TOKEN, tmp_path)
 
 
-def test_a_downloaded_generator_loads_from_the_cache_when_the_hub_is_unreachable(tiny_run, hub, monkeypatch):
+def test_with_the_hub_unreachable_a_downloaded_generator_loads_from_the_cache_and_errors_say_so(tiny_run, hub, monkeypatch):
     from huggingface_hub.utils import _http
 
     from i2i.hub import HubError, download_from_hub, push_to_hub
@@ -298,3 +298,5 @@ def test_a_downloaded_generator_loads_from_the_cache_when_the_hub_is_unreachable
     assert download_from_hub(OWNER_REPO) == cached
     with pytest.raises(HubError, match=r"generator.safetensors is not in the cache and the Hub \(http://127.0.0.1:\d+\) cannot be reached"):
         download_from_hub("someone/never-downloaded")
+    with pytest.raises(HubError, match=r"pushing to someone/tiny-maps at http://127.0.0.1:\d+ failed"):
+        push_to_hub(tiny_run, OWNER_REPO, token=TOKEN, quality_results=None)
