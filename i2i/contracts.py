@@ -31,6 +31,8 @@ class Generator(nn.Module, ABC):
     in [-1, 1] to N x out_channels x H x W in [-1, 1] (tanh) for every H and W that divide by
     ``size_multiple``. Subclasses call ``super().__init__(params)``."""
 
+    size_multiple: int  # set from size_multiple_for(params) when built
+
     def __init__(self, params: Params):
         super().__init__()
         self.size_multiple = self.size_multiple_for(params)
