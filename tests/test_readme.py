@@ -1,5 +1,5 @@
-"""The README stays true: its shell blocks run, its links resolve, its recipes table
-matches recipes/.
+"""The README stays true: its shell blocks and Python examples run, its links resolve,
+its recipes table matches recipes/.
 
 Every line of every ```bash block runs, in order, in one sandbox folder whose
 ``recipes/`` holds shrunk copies of the shipped recipes (tiny networks, 32x32
@@ -54,6 +54,12 @@ def shell_blocks(text: str) -> list[str]:
     return re.findall(r"^```bash\n(.*?)^```", text, re.S | re.M)
 
 
+def python_block(containing: str) -> str:
+    """The README's one ```python block that contains ``containing``."""
+    (block,) = [b for b in re.findall(r"^```python\n(.*?)^```", README.read_text(), re.S | re.M) if containing in b]
+    return block
+
+
 def readme_commands() -> list[str]:
     """Each command line of the README's shell blocks, without its trailing comment."""
     lines = [line.split("  #")[0].strip() for block in shell_blocks(README.read_text()) for line in block.splitlines()]
@@ -103,6 +109,27 @@ def test_readme_shell_blocks_run(sandbox, monkeypatch):
             assert done.returncode == 0, f"{command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
 
 
+def test_readme_first_screen_example_runs(sandbox, monkeypatch):
+    """For real: the shrunk flagship recipe trains runs/pix2pix_maps (as `i2i run
+    recipes/pix2pix_maps.yaml` under Set up does), map.png is the map half of a fake
+    val pair, and the example must write aerial.png at map.png's size."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from i2i.cli import app
+
+    monkeypatch.chdir(sandbox)
+    result = CliRunner().invoke(app, ["run", "recipes/pix2pix_maps.yaml", "--quiet", "--no-tensorboard"])
+    assert result.exit_code == 0, f"{result.output[-3000:]}\n{result.exception!r}"
+    with Image.open("data/maps/val/1.jpg") as pair:
+        pair.crop((pair.width // 2, 0, pair.width, pair.height)).save("map.png")
+    block = python_block("i2i.load(")
+    assert README.read_text().index(block) < README.read_text().index("## Set up"), "keep the example on the first screen"
+    exec(compile(block, "README.md", "exec"), {})
+    with Image.open("aerial.png") as aerial, Image.open("map.png") as source:
+        assert aerial.size == source.size and aerial.mode == "RGB"
+
+
 def test_readme_links_resolve():
     text = README.read_text()
     links = re.findall(r"\]\(([^)#\s]+)[^)]*\)", text)
@@ -132,7 +159,7 @@ def test_readme_component_example_registers_and_works_in_a_recipe():
 
     from conftest import tiny_recipe
 
-    (block,) = re.findall(r"^```python\n(.*?)^```", README.read_text(), re.S | re.M)
+    block = python_block("LOSSES.register")
     name = re.search(r'LOSSES\.register\("(\w+)"', block).group(1)
     try:
         exec(compile(block, "README.md", "exec"), {})
