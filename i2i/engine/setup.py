@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from i2i.data.base import PairedDataset
+from i2i.contracts import PairedDataset
 from i2i.data.device import device_batches
 from i2i.engine.build import build_discriminator, build_generator
 from i2i.engine.compiled import CompiledOrEager
