@@ -267,14 +267,17 @@ def load(
     return Translator(generator, run, recipe, metadata, mode, torch_device, backend, tile, overlap, batch_size)
 
 
-def train(recipe: str | Path, *, resume: bool = False, quiet: bool = False, **overrides: Any) -> Path:
+def train(
+    recipe: str | Path, *, resume: bool = False, overwrite: bool = False, quiet: bool = False, **overrides: Any
+) -> Path:
     """Train from a recipe file as ``i2i run`` does; returns the run directory.
 
     Each override sets one recipe value, its sections joined by a double underscore
     (``i2i.train("recipes/pix2pix_maps.yaml", train__max_steps=100, output_dir="runs/x")``)
     or by dots through a dict (``**{"train.max_steps": 100}``). Values are Python values,
-    not YAML text. ``resume`` continues from the run directory's last checkpoint;
+    not YAML text. ``resume`` continues from the run directory's last checkpoint,
+    ``overwrite`` moves a finished run there aside first (as ``i2i run --overwrite``);
     ``quiet`` prints only the final lines."""
     settings = [f"{key.replace('__', '.')}={json.dumps(value, default=str)}" for key, value in overrides.items()]
-    trainer = train_from_recipe(Path(recipe), settings, None, resume, Console(), quiet=quiet)
+    trainer = train_from_recipe(Path(recipe), settings, None, resume, Console(), quiet=quiet, overwrite=overwrite)
     return trainer.run_dir

@@ -244,3 +244,7 @@ def test_train_takes_overrides_with_double_underscores_or_dots(write_recipe, tmp
     assert run == tmp_path / "a" and latest_checkpoint(run).name == "step_00000001"
     translator = i2i.load(run, device="cpu")
     assert translator.recipe.train.max_steps == 1 and translator(rgb(32, 32)).shape == (32, 32, 3)
+    with pytest.raises(I2IError, match="--resume"):  # a notebook cell run twice
+        i2i.train(recipe, quiet=True, train__max_steps=1, output_dir=run)
+    assert i2i.train(recipe, quiet=True, overwrite=True, train__max_steps=2, output_dir=run) == run
+    assert latest_checkpoint(run).name == "step_00000002"
