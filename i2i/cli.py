@@ -61,6 +61,8 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no summary and no progress, only the final lines"),
     tensorboard: bool = typer.Option(True, "--tensorboard/--no-tensorboard", help="log to <run dir>/tensorboard (also train.tensorboard)"),
     nproc: int = typer.Option(1, "--nproc", help="train in N processes with DistributedDataParallel (starts torchrun)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="the run directory holds a run: move it aside to <dir>.old-<time> and start afresh"),
+    allow_changes: bool = typer.Option(False, "--allow-changes", help="with --resume: accept recipe changes beyond the schedule and cadence (lr, crop, ...)"),
 ) -> None:
     """Train from a recipe; the run directory gets checkpoints, samples, log.jsonl and report.html."""
     from i2i.engine import distributed
@@ -74,7 +76,8 @@ def run(
         distributed.init_from_torchrun()
         run_console = console if distributed.rank_and_world_size()[0] == 0 else Console(quiet=True)
     try:
-        train_from_recipe(recipe, overrides, out, resume, run_console, quiet=quiet, tensorboard=tensorboard)
+        train_from_recipe(recipe, overrides, out, resume, run_console, quiet=quiet, tensorboard=tensorboard,
+                          overwrite=overwrite, allow_changes=allow_changes)
     finally:
         distributed.leave()
 
@@ -95,9 +98,11 @@ def validate(
 ) -> None:
     """Check a recipe and build its models without training."""
     from i2i.engine.build import build_discriminator, build_generator
+    from i2i.engine.limits import check_limits
     from i2i.recipe import Recipe
 
     parsed = Recipe.from_file(recipe, overrides)
+    check_limits(parsed, str(recipe))
     in_ch, out_ch = _channels(parsed)
     sizes = {}
     for role, build in (("generator", build_generator), ("discriminator", build_discriminator)):
@@ -252,7 +257,7 @@ def main() -> None:
     try:
         app()
     except I2IError as error:
-        err_console.print("[bold red]error:[/bold red]", escape(str(error)), highlight=False)
+        err_console.print("[bold red]error:[/bold red]", escape(str(error)), highlight=False, soft_wrap=True)
         sys.exit(getattr(error, "exit_code", 2))
     except KeyboardInterrupt:
         err_console.print("interrupted")

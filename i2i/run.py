@@ -11,6 +11,7 @@ Elsewhere (CI, a file): the same summary and one plain line per log record.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,12 @@ from i2i.bench.during_training import EvaluationCallback
 from i2i.data.download import ensure_data
 from i2i.engine.callbacks import Callback
 from i2i.engine.distributed import barrier, rank_and_world_size
+from i2i.engine.limits import check_limits
 from i2i.engine.tensorboard import TensorBoardCallback
 from i2i.engine.trainer import Trainer
 from i2i.recipe import Recipe
 from i2i.report import REPORT, ReportCallback
+from i2i.run_dir import check_resume_changes, claim_run_dir
 
 
 def _count(module: torch.nn.Module) -> str:
@@ -152,11 +155,28 @@ def train_from_recipe(
     console: Console,
     quiet: bool = False,
     tensorboard: bool = True,
+    overwrite: bool = False,
+    allow_changes: bool = False,
 ) -> Trainer:
     recipe = Recipe.from_file(recipe_path, overrides)
     if out is not None:
         recipe = recipe.model_copy(update={"output_dir": out})
-    if rank_and_world_size()[0] == 0:  # data.download: one process fetches a missing root ...
+    check_limits(recipe, str(recipe_path))
+    is_main = rank_and_world_size()[0] == 0
+
+    def note(text: str) -> None:
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    # Rank 0 alone holds the run directory (its lock, its checks) while the run lives.
+    with claim_run_dir(recipe.run_dir, resume, overwrite, note) if is_main else contextlib.nullcontext():
+        if is_main and resume:
+            check_resume_changes(recipe.run_dir, recipe.model_dump(mode="json"), allow_changes, note)
+        return _train(recipe, console, resume, quiet, tensorboard, is_main)
+
+
+def _train(recipe: Recipe, console: Console, resume: bool, quiet: bool, tensorboard: bool, is_main: bool) -> Trainer:
+    """Data, trainer, console: the run itself, in a directory already claimed."""
+    if is_main:  # data.download: one process fetches a missing root ...
         ensure_data(recipe.data, show_progress=console.is_terminal and not quiet)
     barrier()  # ... while the others wait for it
     trainer = build_trainer(recipe, tensorboard=tensorboard)

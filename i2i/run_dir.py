@@ -13,7 +13,6 @@
 
 On resume, ``recipe_changes`` lists what differs from the run's ``recipe.yaml``;
 anything beyond the schedule and cadence (``FREE_TO_CHANGE``) needs ``allow_changes``.
-``truncate_log`` drops the log records of the steps a resumed run will redo.
 """
 
 from __future__ import annotations
@@ -265,26 +264,3 @@ def check_resume_changes(
         )
     note(f"resuming with a changed recipe: {shown}")
     return changes
-
-
-def truncate_log(run_dir: Path, step: int) -> int:
-    """Drop the records of ``log.jsonl`` past ``step`` (the resumed run writes them again), and a
-    line half-written by a killed run; returns how many lines were dropped."""
-    path = Path(run_dir) / "log.jsonl"
-    if not path.is_file():
-        return 0
-    lines = path.read_text().splitlines()
-    kept = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if not (isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step):
-            kept.append(line)
-    dropped = len(lines) - len(kept)
-    if dropped:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, path)
-    return dropped

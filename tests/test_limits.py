@@ -3,9 +3,7 @@
 import pytest
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict
-from torch import nn
-
+from i2i.contracts import Generator, Params
 from i2i.engine.limits import MAX_SIDE, check_limits, limit_problems
 from i2i.engine.trainer import Trainer
 from i2i.recipe import Recipe, RecipeError
@@ -72,16 +70,16 @@ def test_every_shipped_recipe_is_within_its_limits_as_shipped_and_shrunk(path, f
     assert limit_problems(Recipe.from_dict(shrink(yaml.safe_load(path.read_text()), fake_data_root))) == []
 
 
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Shrinks(nn.Module):
-    """A generator that returns half-size images."""
+class Shrinks(Generator):
+    """A generator that returns half-size images, against its contract."""
 
     def __init__(self, params, in_channels=3, out_channels=3):
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 2, 2)
+        super().__init__(params)
+        self.conv = torch.nn.Conv2d(in_channels, out_channels, 2, 2)
+
+    @classmethod
+    def size_multiple_for(cls, params):
+        return 2
 
     def forward(self, x):
         return self.conv(x)

@@ -112,6 +112,19 @@ def test_a_nonfinite_loss_stops_naming_step_and_term_and_keeps_the_last_good_che
     assert all(torch.isfinite(t).all() for t in load_file(last / "generator.safetensors").values())
 
 
+def test_a_nonfinite_stop_names_the_checkpoint_kept_and_never_claims_one_that_does_not_exist(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=6)
+    poison_batch_at(trainer, 3, float("nan"))
+    with pytest.raises(NonFiniteError, match=rf"The last good checkpoint is kept: {tmp_path}/checkpoints/step_00000002;"):
+        trainer.fit()
+    trainer = make_trainer(tmp_path / "early", max_steps=6, checkpoint_every=1000, log_every=1)
+    poison_batch_at(trainer, 1, float("nan"))
+    with pytest.raises(NonFiniteError) as caught:
+        trainer.fit()
+    assert f"No checkpoint was saved before this (none in {tmp_path / 'early' / 'checkpoints'})" in str(caught.value)
+    assert "kept" not in str(caught.value)
+
+
 def test_a_nonfinite_gradient_with_finite_losses_stops_naming_the_network(tmp_path):
     trainer = make_trainer(tmp_path, max_steps=6)
     weight = next(trainer.generator.parameters())
@@ -305,3 +318,24 @@ def test_other_runtime_errors_pass_through(tmp_path):
     trainer.train_step = train_step
     with pytest.raises(RuntimeError, match="shapes do not match"):
         trainer.fit()
+
+
+# ------------------------------------------------------------ misleading figures
+class MeanColour(torch.nn.Module):
+    """A stand-in for the Inception features: the mean colour of each image."""
+
+    def forward(self, images):
+        return images.float().mean((2, 3))
+
+
+def test_bench_quality_on_the_train_split_warns_and_records_it(tmp_path, fake_data_root, capsys):
+    from i2i.bench.quality import bench_quality
+
+    make_trainer(tmp_path / "run", max_steps=1).fit()
+    capsys.readouterr()
+    scored = {split: bench_quality(tmp_path / "run", fake_data_root, limit=2, device="cpu", split=split, results=None,
+                                   extractor=MeanColour()) for split in ("val", "train")}
+    assert "warning" not in scored["val"]
+    assert scored["train"]["warning"].startswith(f"scoring the train split of {fake_data_root}: if the generator was "
+                                                 f"trained on it, these figures measure memory")
+    assert capsys.readouterr().err.count("WARNING: scoring the train split") == 1

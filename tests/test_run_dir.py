@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from i2i.engine.run_log import truncate_log
 from i2i.run_dir import (
     LOCK_NAME,
     RunDirError,
@@ -19,7 +20,6 @@ from i2i.run_dir import (
     check_run_dir_path,
     claim_run_dir,
     recipe_changes,
-    truncate_log,
 )
 
 from conftest import ROOT

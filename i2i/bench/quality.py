@@ -11,6 +11,7 @@ PSNR against the ground truth, averaged over images.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,6 +30,10 @@ from i2i.recipe import Recipe
 from i2i.errors import I2IError
 
 IMAGE_SIZE = 256
+TRAINING_SPLIT_WARNING = (
+    "scoring the train split of {data}: if the generator was trained on it, these figures measure memory, "
+    "not translation, and overstate its quality; score --split val (or test) to compare runs"
+)
 PROTOCOL = {
     "image_size": IMAGE_SIZE,
     "resize": "PIL bicubic",
@@ -109,6 +114,9 @@ def bench_quality(
     """Score a trained generator on ``split`` of ``data_root``; append the record to ``results``."""
     if mode not in ("train", "eval"):
         raise I2IError(f"--mode must be train or eval, got {mode!r}")
+    warning = TRAINING_SPLIT_WARNING.format(data=data_root) if split == "train" else None
+    if warning:  # before the long scoring, where it cannot be missed
+        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     torch_device = resolve_device(device)
     generator, recipe, metadata = load_generator(checkpoint, torch_device)
     dataset = protocol_dataset(recipe, data_root, split)
@@ -129,6 +137,7 @@ def bench_quality(
         "mode": mode,
         "protocol": PROTOCOL,
         "metrics": metrics,
+        **({"warning": warning} if warning else {}),
     }
     if recipe.data.dataset.name == "degrade":
         record["bicubic_baseline"] = bicubic_baseline(dataset, limit)

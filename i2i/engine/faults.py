@@ -20,11 +20,13 @@ import signal
 import sys
 import threading
 from functools import partial
+from pathlib import Path
 from typing import Iterator
 
 import torch
 from torch import nn
 
+from i2i.engine.checkpoint import list_checkpoints
 from i2i.errors import I2IError
 
 
@@ -136,8 +138,8 @@ class NonFiniteGuard:
         """For the log record: the steps skipped so far, once there are any."""
         return {"skipped_steps": self.skipped_steps} if self.skipped_steps else {}
 
-    def check(self, where: str) -> None:
-        """Raise if any term went non-finite (a host sync under ``stop``)."""
+    def check(self, where: Path) -> None:
+        """Raise if any term went non-finite (a host sync under ``stop``); ``where``: the checkpoints folder."""
         if self.first_bad is None:
             return
         bad = [(step, term) for term, step in zip(self.terms, self.first_bad.tolist()) if step >= 0]
@@ -146,18 +148,23 @@ class NonFiniteGuard:
             terms = ", ".join(f"{term} (from step {step})" for step, term in sorted(bad))
             raise NonFiniteError(
                 f"training stopped: non-finite values at step {first}: {terms}. "
-                f"The last good checkpoint is kept in {where}; try a lower train.lr or train.precision fp32, "
+                f"{_what_is_kept(where)}; try a lower train.lr or train.precision fp32, "
                 f"or train.on_nonfinite skip to skip such steps"
             )
 
-    def check_weights(self, where: str) -> None:
+    def check_weights(self, where: Path) -> None:
         for name, (module, _) in self.networks.items():
             floats = [t for t in module.state_dict().values() if t.is_floating_point()]
             if not torch.stack([torch.isfinite(t).all() for t in floats]).all():
                 raise NonFiniteError(
                     f"training stopped: the {name} holds non-finite weights; not saving them. "
-                    f"The last good checkpoint is kept in {where}"
+                    f"{_what_is_kept(where)}"
                 )
+
+
+def _what_is_kept(folder: Path) -> str:
+    found = list_checkpoints(Path(folder))
+    return f"The last good checkpoint is kept: {found[-1]}" if found else f"No checkpoint was saved before this (none in {folder})"
 
 
 OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "cannot allocate memory")

@@ -3,8 +3,8 @@
 
 - ``data.load_size`` and ``data.crop_size`` stop at ``MAX_SIDE``: past it, one image alone
   takes gigabytes (the error says how many).
-- The crop must be a multiple of the generator's ``size_multiple`` (what its input sides
-  must divide by), and large enough for both networks at ``train.batch_size``: a dry run
+- The crop must be a multiple of the generator's ``size_multiple_for(params)`` (what its
+  input sides must divide by), and large enough for both networks at ``train.batch_size``: a dry run
   moves them to the meta device (shapes only, no memory, no arithmetic) and runs one
   training-mode forward pass, so a bottleneck below 1x1, a BatchNorm with one value per
   channel or a generator that returns another size is an error naming the smallest crop
@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import math
 from typing import NamedTuple
 
@@ -43,12 +42,18 @@ def limit_problems(recipe: Recipe) -> list[str]:
     too_large = [_too_large(key, getattr(data, key)) for key in ("load_size", "crop_size") if getattr(data, key) > MAX_SIDE]
     if too_large:
         return too_large
-    generator, discriminator = recipe.model.generator, recipe.model.discriminator
-    return list(_fit_problems(
-        GENERATORS.get(generator.name, recipe.plugins), generator.params.model_dump_json(),
-        DISCRIMINATORS.get(discriminator.name, recipe.plugins), discriminator.params.model_dump_json(),
-        data.crop_size, recipe.train.batch_size,
-    ))
+    g_spec, d_spec = recipe.model.generator, recipe.model.discriminator
+    g_entry, d_entry = GENERATORS.get(g_spec.name, recipe.plugins), DISCRIMINATORS.get(d_spec.name, recipe.plugins)
+    g_params, d_params = g_entry.params.model_validate(g_spec.params), d_entry.params.model_validate(d_spec.params)
+    multiple = g_entry.obj.size_multiple_for(g_params)
+    crop = data.crop_size
+    if crop % multiple:
+        below, above = crop // multiple * multiple, (crop // multiple + 1) * multiple
+        choices = f"{below} or {above}" if below else str(above)
+        return [f"data.crop_size: {crop} is not a multiple of {multiple}, which generator {g_spec.name} needs "
+                f"(its input sides must divide by {multiple} with these params); use {choices}"]
+    return list(_fit_problems(g_entry, g_params.model_dump_json(), d_entry, d_params.model_dump_json(),
+                              crop, recipe.train.batch_size, multiple))
 
 
 def _too_large(key: str, side: int) -> str:
@@ -62,46 +67,39 @@ def _size(count: int) -> str:
 
 
 @functools.lru_cache(maxsize=256)  # one build per setup in a process that checks it often (tests, fuzzing)
-def _fit_problems(g_entry: Entry, g_params: str, d_entry: Entry, d_params: str, crop: int, batch: int) -> tuple[str, ...]:
+def _fit_problems(
+    g_entry: Entry, g_params: str, d_entry: Entry, d_params: str, crop: int, batch: int, multiple: int
+) -> tuple[str, ...]:
     networks = _build_on_meta(g_entry, g_params, d_entry, d_params)
     if networks is None:
         return ()
-    generator, _ = networks
-    multiple = getattr(generator, "size_multiple", None)
-    step = multiple if isinstance(multiple, int) and multiple > 0 else 1
-    if crop % step:
-        below, above = crop // step * step, (crop // step + 1) * step
-        choices = f"{below} or {above}" if below else str(above)
-        return (f"data.crop_size: {crop} is not a multiple of {step}, which generator {g_entry.name} needs "
-                f"(its input sides must divide by {step} with these params); use {choices}",)
     misfit = _dry_run(networks, g_entry.name, d_entry.name, crop, batch)
     if misfit is None:
         return ()
     if misfit.certain:
         return (f"model.generator: {misfit.reason}; a generator must return images of its input's size",)
-    control = step * math.ceil(max(COMFORTABLE_SIDE, 2 * crop) / step)
+    control = multiple * math.ceil(max(COMFORTABLE_SIDE, 2 * crop) / multiple)
     if _dry_run(networks, g_entry.name, d_entry.name, control, max(batch, 2)) is not None:
         return ()  # the networks do not run on the meta device: nothing to learn from it
-    low, high = crop // step, control // step  # multiples of step: low fails, high fits
+    low, high = crop // multiple, control // multiple  # in multiples: low fails, high fits
     while high - low > 1:
         middle = (low + high) // 2
-        if _dry_run(networks, g_entry.name, d_entry.name, middle * step, batch) is None:
+        if _dry_run(networks, g_entry.name, d_entry.name, middle * multiple, batch) is None:
             high = middle
         else:
             low = middle
     return (f"data.crop_size: {crop} is too small at train.batch_size {batch}: {misfit.reason}. A crop of "
-            f"{high * step} fits (or raise train.batch_size, or use fewer downsamplings)",)
+            f"{high * multiple} fits (or raise train.batch_size, or use fewer downsamplings)",)
 
 
 def _build_on_meta(g_entry: Entry, g_params: str, d_entry: Entry, d_params: str) -> tuple[nn.Module, nn.Module] | None:
     try:
         with torch.device("meta"):
-            generator = g_entry.obj(g_entry.params.model_validate(json.loads(g_params)),
+            generator = g_entry.obj(g_entry.params.model_validate_json(g_params),
                                     in_channels=CHECK_CHANNELS, out_channels=CHECK_CHANNELS)
         # Discriminators are small, and built on meta, spectral normalisation's power iterations
         # take seconds (measured: 20 times the CPU's time): build on the CPU, then drop the memory.
-        discriminator = d_entry.obj(d_entry.params.model_validate(json.loads(d_params)),
-                                    in_channels=2 * CHECK_CHANNELS).to("meta")
+        discriminator = d_entry.obj(d_entry.params.model_validate_json(d_params), in_channels=2 * CHECK_CHANNELS).to("meta")
     except Exception:  # a component that needs real memory to be built is checked by its first step
         return None
     return generator.train(), discriminator.train()

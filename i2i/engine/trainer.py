@@ -26,6 +26,7 @@ from i2i.engine.distributed import barrier, rank_and_world_size
 from i2i.engine.faults import NonFiniteGuard, StopSignals, TrainingInterrupted, advise_on_out_of_memory
 from i2i.engine.inference import generator_mode
 from i2i.engine.meter import LossMeter
+from i2i.engine.run_log import truncate_log
 from i2i.engine.schedule import EpochSampler, Schedule, linear_decay
 from i2i.engine.setup import build_networks, build_optimizers, training_batches, wrap_for_step
 from i2i.engine.train_state import TrainState
@@ -160,6 +161,7 @@ class Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "recipe.yaml").write_text(self.recipe.to_yaml())
+            truncate_log(self.run_dir, self.step)  # steps past a resumed checkpoint are redone: one record each
         self._sample_batch = self.sample_inputs()
 
     def check_finite(self) -> None:
