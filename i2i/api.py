@@ -1,5 +1,4 @@
-"""Using i2i from Python: ``i2i.load`` a trained generator and call it on images;
-``i2i.train`` a recipe.
+"""Using a trained generator from Python: ``i2i.load`` it and call it on images.
 
     import i2i
     translator = i2i.load("runs/pix2pix_maps")
@@ -29,14 +28,12 @@ one as gray RGB.
 from __future__ import annotations
 
 import difflib
-import json
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
-from rich.console import Console
 from torch import nn
 
 from i2i.data.base import DataError
@@ -55,7 +52,6 @@ from i2i.export import onnxruntime_generator
 from i2i.hub import download_from_hub
 from i2i.model_catalogue import MODELS, ensure_model, is_model_name
 from i2i.recipe import Recipe
-from i2i.run import train_from_recipe
 from i2i.visual import quantize
 
 MODES = ("eval", "train")
@@ -265,19 +261,3 @@ def load(
         example = torch.zeros(1, int(metadata["in_channels"]), crop, crop, device=torch_device)
         run = fast_generator(generator, mode, example, compile=backend == "compiled")
     return Translator(generator, run, recipe, metadata, mode, torch_device, backend, tile, overlap, batch_size)
-
-
-def train(
-    recipe: str | Path, *, resume: bool = False, overwrite: bool = False, quiet: bool = False, **overrides: Any
-) -> Path:
-    """Train from a recipe file as ``i2i run`` does; returns the run directory.
-
-    Each override sets one recipe value, its sections joined by a double underscore
-    (``i2i.train("recipes/pix2pix_maps.yaml", train__max_steps=100, output_dir="runs/x")``)
-    or by dots through a dict (``**{"train.max_steps": 100}``). Values are Python values,
-    not YAML text. ``resume`` continues from the run directory's last checkpoint,
-    ``overwrite`` moves a finished run there aside first (as ``i2i run --overwrite``);
-    ``quiet`` prints only the final lines."""
-    settings = [f"{key.replace('__', '.')}={json.dumps(value, default=str)}" for key, value in overrides.items()]
-    trainer = train_from_recipe(Path(recipe), settings, None, resume, Console(), quiet=quiet, overwrite=overwrite)
-    return trainer.run_dir

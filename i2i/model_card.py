@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from i2i.bench.during_training import MODE as EVALUATION_MODE
+from i2i.bench import EVALUATION_MODE
 from i2i.bench.records import read_records
 from i2i.recipe import Recipe
 from i2i.report import read_log

@@ -12,6 +12,7 @@ Elsewhere (CI, a file): the same summary and one plain line per log record.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -147,8 +148,29 @@ def build_trainer(recipe: Recipe, run_dir: Path | None = None, tensorboard: bool
     return trainer
 
 
+def train(
+    recipe: str | Path | Recipe, *, resume: bool = False, overwrite: bool = False, quiet: bool = False, **overrides: Any
+) -> Path:
+    """Train as ``i2i run`` does, from a recipe file or a ``Recipe``; returns the run directory
+    (``i2i.train`` in notebooks).
+
+    Each override sets one recipe value, its sections joined by a double underscore
+    (``i2i.train("recipes/pix2pix_maps.yaml", train__max_steps=100, output_dir="runs/x")``)
+    or by dots through a dict (``**{"train.max_steps": 100}``). Values are Python values,
+    not YAML text. ``resume`` continues from the run directory's last checkpoint,
+    ``overwrite`` moves a finished run there aside first (as ``i2i run --overwrite``);
+    ``quiet`` prints only the final lines."""
+    changes = {key.replace("__", "."): value for key, value in overrides.items()}
+    if isinstance(recipe, Recipe):
+        recipe = recipe.variant(**changes)
+    else:
+        recipe = Recipe.from_file(recipe, [f"{key}={json.dumps(value, default=str)}" for key, value in changes.items()])
+    trainer = train_from_recipe(recipe, [], None, resume, Console(), quiet=quiet, overwrite=overwrite)
+    return trainer.run_dir
+
+
 def train_from_recipe(
-    recipe_path: Path,
+    recipe: Path | Recipe,
     overrides: list[str],
     out: Path | None,
     resume: bool,
@@ -158,10 +180,12 @@ def train_from_recipe(
     overwrite: bool = False,
     allow_changes: bool = False,
 ) -> Trainer:
-    recipe = Recipe.from_file(recipe_path, overrides)
+    source = recipe.name if isinstance(recipe, Recipe) else str(recipe)
+    if not isinstance(recipe, Recipe):
+        recipe = Recipe.from_file(recipe, overrides)
     if out is not None:
         recipe = recipe.model_copy(update={"output_dir": out})
-    check_limits(recipe, str(recipe_path))
+    check_limits(recipe, source)
     is_main = rank_and_world_size()[0] == 0
 
     def note(text: str) -> None:

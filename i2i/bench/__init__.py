@@ -4,3 +4,7 @@ PSNR) on pinned protocols, recorded as JSON lines under benchmarks/results/."""
 from pathlib import Path
 
 RESULTS_DIR = Path("benchmarks") / "results"
+
+# How generators are scored during training and by default: as the pix2pix reference tests
+# (batch statistics and active dropout).
+EVALUATION_MODE = "train"

@@ -14,6 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
+from i2i.bench import EVALUATION_MODE
 from i2i.bench.inception import inception_extractor
 from i2i.bench.metrics import QualityMeter
 from i2i.bench.quality import evaluate
@@ -24,7 +25,6 @@ from i2i.engine.trainer import Trainer
 from i2i.errors import I2IError
 
 
-MODE = "train"
 BEST = "best"
 
 
@@ -77,7 +77,7 @@ class EvaluationCallback(Callback):
             self.extractor = inception_extractor(trainer.device)
         meter = QualityMeter(self.extractor)
         metrics = evaluate(
-            trainer.generator, self.dataset, meter, MODE, trainer.device, self.images, trainer.cfg.seed, self.real_features
+            trainer.generator, self.dataset, meter, EVALUATION_MODE, trainer.device, self.images, trainer.cfg.seed, self.real_features
         )
         self.real_features = meter.real_features_all()
         record = {"step": trainer.step, "epoch": epochs_done - 1, "eval_images": metrics["images"],
@@ -87,6 +87,6 @@ class EvaluationCallback(Callback):
         if self.best is None or metrics["fid"] < self.best:
             self.best = metrics["fid"]
             checkpoint = trainer.run_dir / "checkpoints" / f"step_{trainer.step:08d}"
-            keep_as_best(checkpoint, trainer.run_dir, {"step": trainer.step, "mode": MODE, **metrics})
+            keep_as_best(checkpoint, trainer.run_dir, {"step": trainer.step, "mode": EVALUATION_MODE, **metrics})
             line += f"  (best so far: {trainer.run_dir / BEST})"
         trainer.log_line(line)
