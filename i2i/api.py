@@ -37,7 +37,7 @@ from PIL import Image
 from torch import nn
 
 from i2i.data.base import DataError
-from i2i.data.images import _to_rgb
+from i2i.data.images import to_rgb
 from i2i.engine.build import resolve_device
 from i2i.engine.checkpoint import CheckpointError
 from i2i.engine.inference import (
@@ -168,7 +168,7 @@ def pil_to_rgb(image: Image.Image) -> np.ndarray:
             f"PIL image mode {image.mode!r} is not supported; use one of {', '.join(PIL_MODES)} "
             f"(for example image.convert('RGB'))"
         )
-    return _to_rgb(image, "the PIL image")
+    return to_rgb(image, "the PIL image")
 
 
 def array_to_rgb(array: np.ndarray) -> np.ndarray:
@@ -181,7 +181,7 @@ def array_to_rgb(array: np.ndarray) -> np.ndarray:
     if array.ndim == 2:
         array = array[..., None]
     if array.shape[2] == 4:
-        return _to_rgb(Image.fromarray(np.ascontiguousarray(array), "RGBA"), "the numpy image")
+        return to_rgb(Image.fromarray(np.ascontiguousarray(array), "RGBA"), "the numpy image")
     return np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array
 
 

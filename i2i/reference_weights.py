@@ -36,7 +36,7 @@ from torch import nn
 
 from i2i.version import __version__
 from i2i.engine.build import build_generator
-from i2i.engine.checkpoint import MANIFEST, _with_checksum
+from i2i.engine.checkpoint import MANIFEST, weights_with_checksum
 from i2i.engine.inference import GENERATOR_FILE
 from i2i.errors import I2IError
 from i2i.recipe import Recipe
@@ -169,7 +169,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
 def write_generator(folder: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """``folder/generator.safetensors`` (with its own checksum, as training checkpoints) and
     then its manifest, each renamed into place when complete."""
-    weights = _with_checksum(tensors, metadata)
+    weights = weights_with_checksum(tensors, metadata)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / MANIFEST).unlink(missing_ok=True)  # a manifest never vouches for other weights, even briefly

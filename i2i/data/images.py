@@ -28,14 +28,14 @@ def read_rgb(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()
-            return _to_rgb(image, path)
+            return to_rgb(image, path)
     except DataError:
         raise
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise DataError(f"{path}: cannot decode image ({error}); the file is corrupt, truncated or not an image") from None
 
 
-def _to_rgb(image: Image.Image, path: str | Path) -> np.ndarray:
+def to_rgb(image: Image.Image, path: str | Path) -> np.ndarray:
     mode = image.mode
     if mode == "RGB":
         return np.asarray(image)

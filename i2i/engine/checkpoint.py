@@ -84,7 +84,7 @@ def _serialise(
     step: int, modules: dict[str, nn.Module], state: dict[str, Any], metadata: dict[str, str]
 ) -> dict[str, bytes]:
     """Every file of a checkpoint as bytes, the manifest last."""
-    files = {f"{name}.safetensors": _with_checksum(_weights(module), metadata) for name, module in modules.items()}
+    files = {f"{name}.safetensors": weights_with_checksum(_weights(module), metadata) for name, module in modules.items()}
     buffer = io.BytesIO()
     torch.save(state, buffer)
     files["state.pt"] = buffer.getvalue()
@@ -111,7 +111,7 @@ def _content_digest(header: dict[str, Any], tensors: memoryview) -> str:
     return digest.hexdigest()
 
 
-def _with_checksum(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+def weights_with_checksum(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
     digest = _content_digest(*_split_safetensors(save_safetensors(tensors, metadata)))
     return save_safetensors(tensors, {**metadata, WEIGHTS_SHA256: digest})
 
