@@ -30,21 +30,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from i2i.bench.speed import configurations  # noqa: E402
+from i2i.engine.autotune import flipped, probed_settings  # noqa: E402
 from i2i.engine.fast_inference import fast_generator  # noqa: E402
 from i2i.engine.inference import generator_mode  # noqa: E402
 from i2i.engine.trainer import Trainer  # noqa: E402
 from i2i.recipe import Recipe  # noqa: E402
 
-# The same two configurations `i2i bench speed` times.
+# `i2i bench speed`'s baseline and tuned, and tuned with each setting the engine probe
+# times on this CPU the other way (bf16 only where the CPU has it natively).
 CONFIGURATIONS = configurations(torch.device("cpu"))
 BASELINE, TUNED = CONFIGURATIONS["baseline"], CONFIGURATIONS["tuned"]
-TRAIN_CONFIGS = {
-    "baseline": BASELINE,
-    "bf16+channels_last+fused_adam": {**BASELINE, "precision": "bf16", "channels_last": True, "fused_adam": True},
-    "tuned": TUNED,
-    "tuned, no channels_last": {**TUNED, "channels_last": False},
-    "tuned, foreach adam": {**TUNED, "fused_adam": False},
-}
+TRAIN_CONFIGS = {"baseline": BASELINE, "tuned": TUNED, "tuned, foreach adam": {**TUNED, "fused_adam": False}}
+for key in probed_settings(torch.device("cpu"), {}):
+    variant = flipped(TUNED, key)
+    TRAIN_CONFIGS[f"tuned, {key} {variant[key]}"] = variant
 INFER_CONFIGS = {"baseline": BASELINE, "tuned": TUNED}
 
 

@@ -82,15 +82,22 @@ class TrainSection(Params):
     batch_size: int = Field(1, ge=1)
     seed: int = 0
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
-    channels_last: bool = False
-    compile: bool = False
+    engine: Literal["fast", "reference"] = Field(
+        "fast", description="fast: the settings below that the recipe leaves unset are the fastest measured on this "
+        "machine (docs/engine.md); reference: the published eager fp32 step"
+    )
+    engine_probe: bool = Field(True, description="engine fast: time the candidate settings on a recipe shape's first run "
+                               "on a machine (cached); false: the static choice (also env I2I_ENGINE_PROBE=0)")
+    # The engine settings: unset (null) = the engine decides.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] | None = None
+    channels_last: bool | None = None
+    compile: bool | None = None
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
         "default", description="torch.compile mode when train.compile is on"
     )
-    fused_adam: bool = Field(False, description="one fused kernel per Adam update (CPU and CUDA); the same math")
-    cpu_speedups: bool = Field(
-        False,
+    fused_adam: bool | None = Field(None, description="one fused kernel per Adam update (CPU and CUDA); the same math")
+    cpu_speedups: bool | None = Field(
+        None,
         description="CPU: thin convolutions as matmuls, dense BatchNorm gradients, freed memory kept "
         "in the process; the same math (docs/engine.md)",
     )

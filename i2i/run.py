@@ -110,6 +110,7 @@ def start_summary(trainer: Trainer, tensorboard: bool) -> str:
     return (
         f"[bold]{escape(recipe.name)}[/bold]{'  ' + escape(recipe.description) if recipe.description else ''}\n"
         f"  device        {trainer.device}, precision {str(trainer.amp_dtype).removeprefix('torch.')}, torch {torch.__version__}\n"
+        f"  engine        {escape(trainer.engine.summary(' ' * 16))}\n"
         f"  generator     {recipe.model.generator.name} ({_count(trainer.generator)} parameters)\n"
         f"  discriminator {recipe.model.discriminator.name} ({_count(trainer.discriminator)} parameters)\n"
         f"  losses        {', '.join(f'{s.weight:g} x {s.name}' for s in recipe.losses)}\n"

@@ -10,6 +10,7 @@ from i2i.bench.compare import compare_results
 from i2i.bench.quality import bench_quality, bicubic_baseline, protocol_dataset
 from i2i.bench.speed import bench_recipe
 from i2i.cli import app
+from i2i.engine.autotune import static_settings
 from i2i.engine.inference import load_generator
 from i2i.engine.trainer import Trainer
 from i2i.recipe import Recipe
@@ -25,40 +26,47 @@ def invoke(*args: str):
     return runner.invoke(app, list(args))
 
 
-def test_bench_speed_appends_a_json_line_and_compare_flags_a_slowdown(write_recipe, tmp_path):
+def test_bench_speed_appends_a_json_line_and_compare_flags_a_slowdown_and_a_drift(write_recipe, tmp_path, monkeypatch):
+    monkeypatch.setenv("I2I_CACHE", str(tmp_path / "cache"))
     results = tmp_path / "results"
     recipe = write_recipe(tiny_recipe())
     arguments = ["bench", "speed", str(recipe), "--device", "cpu", "--steps", "1", "--warmup", "1", "--repeats", "2",
                  "--infer-batch", "2", "--results", str(results / "speed.jsonl")]
     result = invoke(*arguments)
     assert result.exit_code == 0, result.output
-    assert "train steps/s" in result.output
+    assert "steps/s" in result.output and "default" in result.output
     (line,) = (results / "speed.jsonl").read_text().splitlines()
     record = json.loads(line)
     assert record["kind"] == "speed" and record["recipe"] == "tiny" and record["device"] == "cpu"
     assert record["torch"] == torch.__version__ and record["git_commit"]
     assert record["image_size"] == 32 and record["batches"] == "real"
-    baseline = record["configs"]["baseline"]["settings"]
-    assert {k: baseline[k] for k in ("precision", "channels_last", "compile")} == {
-        "precision": "fp32", "channels_last": False, "compile": False}
-    assert set(baseline) == set(record["configs"]["tuned"]["settings"])
-    for config in record["configs"].values():
+    configs = record["configs"]
+    assert configs["baseline"]["settings"] == {"engine": "reference", "precision": "fp32", "channels_last": False,
+                                               "fused_adam": False, "cpu_speedups": False, "compile": False}
+    assert configs["baseline"]["engine_source"] == "reference"
+    assert configs["tuned"]["settings"] == {"engine": "fast", **static_settings(torch.device("cpu"))}
+    assert configs["default"]["settings"] == {} and configs["default"]["engine_source"] in ("measured", "cached", "static")
+    for config in configs.values():
         assert config["train_steps_per_s"]["median"] > 0 and len(config["train_steps_per_s"]["runs"]) == 2
-        assert set(config["inference_images_per_s"]) == {"eval_batch1", "eval_batch2", "train_batch1", "train_batch2"}
-        assert config["peak_memory_mib"] > 0
-    assert record["ratio"]["train_steps_per_s"] > 0
-    tuned = record["configs"]["tuned"]
+    for name in ("baseline", "tuned"):
+        assert set(configs[name]["inference_images_per_s"]) == {"eval_batch1", "eval_batch2", "train_batch1", "train_batch2"}
+        assert configs[name]["peak_memory_mib"] > 0
+    assert record["ratio"]["train_steps_per_s"] > 0 and record["ratio"]["default_over_tuned_train_steps_per_s"] > 0
+    tuned = configs["tuned"]
     assert tuned["inference_path"] == "fast_generator compiled" and tuned["inference_notes"] == [], tuned
 
-    assert invoke("bench", "compare", "--results", str(results)).exit_code == 0  # one record: nothing to compare
-    slower = json.loads(line)
-    slower["configs"]["tuned"]["train_steps_per_s"]["median"] /= 2
+    even = json.loads(line)  # default and tuned equal: nothing drifts, and one record has no history
+    even["configs"]["default"]["train_steps_per_s"]["median"] = even["configs"]["tuned"]["train_steps_per_s"]["median"]
+    (results / "speed.jsonl").write_text(json.dumps(even) + "\n")
+    assert invoke("bench", "compare", "--results", str(results)).exit_code == 0
+    slower = json.loads(json.dumps(even))
+    slower["configs"]["tuned"]["train_steps_per_s"]["median"] /= 2  # a regression, and default now 2x tuned
     with open(results / "speed.jsonl", "a") as handle:
         handle.write(json.dumps(slower) + "\n")
     result = invoke("bench", "compare", "--results", str(results), "--threshold", "0.1")
-    assert result.exit_code == 1 and "REGRESSION" in result.output
+    assert result.exit_code == 1 and "REGRESSION" in result.output and "DRIFT" in result.output
     flagged = [c for c in compare_results(results) if c.is_regression(0.1)]
-    assert [c.figure for c in flagged] == ["tuned train steps/s"]
+    assert [c.figure for c in flagged] == ["tuned train steps/s", "default vs tuned train steps/s"]
 
 
 def test_speed_uses_random_batches_when_the_data_folder_is_missing(write_recipe, tmp_path):

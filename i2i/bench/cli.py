@@ -21,29 +21,31 @@ def _rate(summary: dict[str, Any]) -> str:
 
 
 def speed_table(record: dict[str, Any]) -> Table:
-    baseline, tuned = record["configs"]["baseline"], record["configs"]["tuned"]
+    baseline, tuned, default = (record["configs"][name] for name in ("baseline", "tuned", "default"))
+    ratio = record["ratio"]
     table = Table(
-        "figure", "baseline", "tuned", "tuned/baseline",
+        "figure", "baseline", "tuned", "default", "tuned/baseline", "default/baseline",
         title=f"{record['recipe']} at {record['image_size']}x{record['image_size']}, batch {record['batch_size']}, "
               f"{record['device_name']} ({record['batches']} batches; median (min-max) of {record['repeats']} repeats)",
     )
-    table.add_row("train steps/s", _rate(baseline["train_steps_per_s"]), _rate(tuned["train_steps_per_s"]),
-                  f"{record['ratio']['train_steps_per_s']:.2f}")
+    table.add_row("train steps/s", *(_rate(c["train_steps_per_s"]) for c in (baseline, tuned, default)),
+                  f"{ratio['train_steps_per_s']:.2f}", f"{ratio['default_train_steps_per_s']:.2f}")
     for key in baseline["inference_images_per_s"]:
         table.add_row(f"inference {key.replace('_', ' ')} images/s", _rate(baseline["inference_images_per_s"][key]),
-                      _rate(tuned["inference_images_per_s"][key]), f"{record['ratio'][f'inference_{key}']:.2f}")
+                      _rate(tuned["inference_images_per_s"][key]), "", f"{ratio[f'inference_{key}']:.2f}", "")
     memory = [c["peak_memory_mib"] for c in (baseline, tuned)]
-    table.add_row("peak memory MiB", *(f"{m:.0f}" if m is not None else "n/a" for m in memory), "")
+    table.add_row("peak memory MiB", *(f"{m:.0f}" if m is not None else "n/a" for m in memory), "", "", "")
     return table
 
 
 def describe_settings(record: dict[str, Any]) -> str:
     lines = []
     for name, config in record["configs"].items():
-        settings = " ".join(f"{key}={value}" for key, value in config["settings"].items())
-        lines.append(f"{name}: {settings} (autocast {config['autocast']}; inference through {config['inference_path']})")
+        settings = " ".join(f"{key}={value}" for key, value in config["engine"].items())
+        path = f"; inference through {config['inference_path']}" if "inference_path" in config else ""
+        lines.append(f"{name}: {settings} ({config['engine_source']}; autocast {config['autocast']}{path})")
         lines.extend(f"  {note}" for note in dict.fromkeys(config.get("inference_notes", [])))
-    memory = record["configs"]["baseline"]["peak_memory_kind"]
+    memory = record["configs"]["tuned"]["peak_memory_kind"]
     return "\n".join(lines) + f"\npeak memory: {memory.replace('_', ' ')}"
 
 
@@ -59,7 +61,8 @@ def speed(
     results: Path = typer.Option(RESULTS_DIR / "speed.jsonl", "--results", help="JSON lines file to append to"),
     compile_inference: bool = typer.Option(True, "--compile-inference/--no-compile-inference", help="tuned inference through the compiled, frozen generator (`translate --backend compiled`; a minute or two of compiling) or its eager form (`--backend fast`)"),
 ) -> None:
-    """Training and inference throughput: baseline (eager fp32) against the engine's tuned settings."""
+    """Training and inference throughput: baseline (the reference engine), tuned (the fast engine's static
+    choice) and default (what `i2i run` chooses here, probe included)."""
     from i2i.bench.speed import bench_speed
 
     record = bench_speed(recipe, overrides, device, steps, warmup, repeats, infer_batch, results,
@@ -121,8 +124,9 @@ def compare(
         regressed = change.is_regression(threshold)
         regressions += regressed
         table.add_row(change.setup, change.figure, f"{change.previous:.4g}", f"{change.latest:.4g}",
-                      f"{change.relative:+.1%}", "[red]REGRESSION[/red]" if regressed else "ok")
+                      f"{change.relative:+.1%}", f"[red]{change.flag}[/red]" if regressed else "ok")
     console.print(table)
     if regressions:
-        console.print(f"[red]{regressions} figure(s) worse by more than {threshold:.0%}[/red]")
+        console.print(f"[red]{regressions} figure(s) flagged: worse than before, or default and tuned apart, "
+                      f"by more than {threshold:.0%}[/red]")
         raise typer.Exit(1)

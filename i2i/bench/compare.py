@@ -1,10 +1,13 @@
-"""``i2i bench compare``: the newest result of each setup against the one before it.
+"""``i2i bench compare``: the newest result of each setup against the one before it,
+and the newest speed record's ``default`` against its ``tuned``.
 
 Two records share a setup when they ran on the same device (and thread count)
 with the same recipe and configuration: for speed the image and batch sizes,
-overrides, batch source and the settings of both configurations; for quality the
-checkpoint's recipe and steps, the data, split, image count and generator mode.
-A figure that got worse by more than ``threshold`` (relative) is a regression.
+overrides, batch source and the settings each configuration asked for; for quality
+the checkpoint's recipe and steps, the data, split, image count and generator mode.
+A figure that got worse by more than ``threshold`` (relative) is a regression. In
+one speed record, ``default`` (what ``i2i run`` chooses) and ``tuned`` (the engine's
+static choice) training more than ``threshold`` apart, either way, is a drift.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class Change:
     previous: float
     latest: float
     higher_is_better: bool
+    drift: bool = False  # previous is tuned's figure, latest default's, of one record
 
     @property
     def relative(self) -> float:
@@ -38,12 +42,18 @@ class Change:
         return change if self.higher_is_better else -change
 
     def is_regression(self, threshold: float) -> bool:
+        if self.drift:
+            return abs(self.relative) > threshold
         return self.relative < -threshold
+
+    @property
+    def flag(self) -> str:
+        return "DRIFT" if self.drift else "REGRESSION"
 
 
 def setup_of(record: dict[str, Any]) -> str:
     if record.get("kind") == "speed":
-        settings = {name: config["settings"] for name, config in record["configs"].items()}
+        settings = {name: config["settings"] for name, config in record["configs"].items()}  # asked for, not chosen
         fields = {key: record.get(key) for key in SPEED_SETUP} | {"settings": settings}
     else:
         fields = {key: record.get(key) for key in QUALITY_SETUP}
@@ -56,7 +66,7 @@ def figures(record: dict[str, Any]) -> dict[str, tuple[float, bool]]:
     if record.get("kind") == "speed":
         for name, config in record["configs"].items():
             found[f"{name} train steps/s"] = (config["train_steps_per_s"]["median"], True)
-            for key, rate in config["inference_images_per_s"].items():
+            for key, rate in config.get("inference_images_per_s", {}).items():
                 found[f"{name} inference {key} images/s"] = (rate["median"], True)
     else:
         for key, value in record["metrics"].items():
@@ -82,8 +92,18 @@ def latest_changes(records: list[dict[str, Any]]) -> list[Change]:
     return changes
 
 
+def drifts(records: list[dict[str, Any]]) -> list[Change]:
+    """For every speed setup: the newest record's default training rate against its tuned one."""
+    newest = {setup_of(record): record for record in records if "default" in record.get("configs", {})}
+    return [
+        Change(f"speed {record.get('recipe')} on {record.get('device_name')}", "default vs tuned train steps/s",
+               record["configs"]["tuned"]["train_steps_per_s"]["median"],
+               record["configs"]["default"]["train_steps_per_s"]["median"], True, drift=True)
+        for record in newest.values()
+    ]
+
+
 def compare_results(results_dir: Path) -> list[Change]:
-    records = []
-    for name in ("speed.jsonl", "quality.jsonl"):
-        records += read_records(results_dir / name)
-    return latest_changes(records)
+    speed = read_records(results_dir / "speed.jsonl")
+    quality = [record for record in read_records(results_dir / "quality.jsonl") if record.get("kind") == "quality"]
+    return latest_changes(speed + quality) + drifts(speed)

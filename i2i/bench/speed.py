@@ -1,15 +1,18 @@
-"""``i2i bench speed``: training and inference throughput, baseline against tuned.
+"""``i2i bench speed``: training and inference throughput of three configurations.
 
-Both configurations run in one process on the same recipe: ``baseline`` is the
-reference's way (eager fp32, contiguous tensors) and ``tuned`` adds the engine's
-``tuned_settings(device)``. Training is timed through ``Trainer.train_step`` on
-one fixed batch of the recipe's crop size (a real one when the data folder is
-there, random tensors otherwise), so data loading is not part of the figure.
-Inference is timed on the plain generator for ``baseline`` and through the
-engine's inference path (``fast_generator``, compiled with freezing unless
-``--no-compile-inference``) for ``tuned``.
-Each figure is timed ``repeats`` times after ``warmup`` untimed iterations, with
-the device synchronized before every clock read; the median and the range are kept.
+All run in one process on the same recipe: ``baseline`` is the reference engine (the
+published eager fp32 step: contiguous tensors, foreach Adam); ``tuned`` is the fast
+engine's static choice for the device (``autotune.static_settings``), every setting
+pinned; ``default`` pins nothing: what ``i2i run`` chooses on this machine, probe and
+cache included. Training is timed through ``Trainer.train_step`` on one fixed batch
+of the recipe's crop size (a real one when the data folder is there, random tensors
+otherwise), so data loading is not part of the figure; ``tuned`` and ``default``
+alternate round by round, so that their ratio is measured under the same load.
+Inference is timed on the plain generator for ``baseline`` and through the engine's
+inference path (``fast_generator``, compiled with freezing unless
+``--no-compile-inference``) for ``tuned``. Each figure is timed ``repeats`` times after
+``warmup`` untimed iterations, with the device synchronized before every clock read;
+the median and the range are kept.
 """
 
 from __future__ import annotations
@@ -25,25 +28,25 @@ import torch
 
 from i2i.bench import RESULTS_DIR
 from i2i.bench.records import append_record, environment
-from i2i.engine.build import build_dataset, resolve_device, tuned_settings
+from i2i.engine.autotune import REFERENCE, static_settings
+from i2i.engine.build import build_dataset, resolve_device
 from i2i.engine.fast_inference import fast_generator
 from i2i.engine.inference import generator_mode
 from i2i.engine.setup import training_batches
 from i2i.engine.trainer import Trainer
-from i2i.recipe import Recipe, TrainSection
+from i2i.recipe import Recipe
 from i2i.errors import I2IError
 
-BASELINE = {"precision": "fp32", "channels_last": False, "compile": False}
 INFERENCE_MODES = ("eval", "train")
 
 
 def configurations(device: torch.device) -> dict[str, dict[str, Any]]:
-    """Every setting the tuned configuration changes is pinned in the baseline too: to the
-    reference's value, or else to the recipe schema's default, whatever the recipe says."""
-    tuned = tuned_settings(device)
-    defaults = {key: TrainSection.model_fields[key].default for key in tuned if key in TrainSection.model_fields}
-    baseline = {**defaults, **BASELINE}
-    return {"baseline": baseline, "tuned": {**baseline, **tuned}}
+    """The ``train.*`` overrides of each configuration."""
+    return {
+        "baseline": {"engine": "reference", **REFERENCE},
+        "tuned": {"engine": "fast", **static_settings(device)},
+        "default": {},
+    }
 
 
 def _synchronize(device: torch.device) -> None:
@@ -52,19 +55,22 @@ def _synchronize(device: torch.device) -> None:
 
 
 def time_per_iteration(
-    run: Callable[[], Any], iterations: int, warmup: int, repeats: int, device: torch.device
-) -> list[float]:
-    """Seconds per call of ``run``, one figure per repeat of ``iterations`` calls."""
-    for _ in range(warmup):
-        run()
-    _synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(iterations):
+    runs: dict[str, Callable[[], Any]], iterations: int, warmup: int, repeats: int, device: torch.device
+) -> dict[str, list[float]]:
+    """Seconds per call of each of ``runs``, one figure per repeat of ``iterations`` calls;
+    the runs alternate within each repeat."""
+    for run in runs.values():
+        for _ in range(warmup):
             run()
-        _synchronize(device)
-        times.append((time.perf_counter() - start) / iterations)
+    _synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            for _ in range(iterations):
+                run()
+            _synchronize(device)
+            times[name].append((time.perf_counter() - start) / iterations)
     return times
 
 
@@ -135,63 +141,65 @@ def plain_forward(trainer: Trainer, images: torch.Tensor) -> torch.Tensor:
         return trainer.G(images)
 
 
-def measure(
-    recipe: Recipe,
-    settings: dict[str, Any],
-    real_data: bool,
-    steps: int,
-    warmup: int,
-    repeats: int,
-    infer_batch: int,
-    fast_inference: bool = False,
-    compile_inference: bool = False,
-) -> dict[str, Any]:
-    """Every figure of one configuration."""
-    configured = recipe.model_dump(mode="json")
-    configured["train"].update(settings)
-    configured = Recipe.from_dict(configured, recipe.name)
-    # The trainer never writes here: only train_step and the generator are used.
-    trainer = Trainer(configured, run_dir=Path(tempfile.gettempdir()) / "i2i-bench-speed")
-    device = trainer.device
-    memory = PeakMemory(device)
-    memory.reset()
-    real_a, real_b = first_batch(trainer, real_data)
+def build(recipe: Recipe, settings: dict[str, Any], real_data: bool) -> tuple[Trainer, torch.Tensor, torch.Tensor]:
+    """A trainer of ``recipe`` with the ``train.*`` ``settings``, and its fixed batch."""
+    trainer = Trainer(recipe.variant(**{f"train.{key}": value for key, value in settings.items()}),
+                      run_dir=Path(tempfile.gettempdir()) / "i2i-bench-speed")  # never written: step and generator only
     trainer.generator.train()
     trainer.discriminator.train()
-    train = time_per_iteration(lambda: trainer.train_step(real_a, real_b), steps, warmup, repeats, device)
-    result = {
+    return (trainer, *first_batch(trainer, real_data))
+
+
+def describe(trainer: Trainer, settings: dict[str, Any], train: list[float]) -> dict[str, Any]:
+    return {
         "settings": settings,
+        "engine": trainer.engine.settings,
+        "engine_source": trainer.engine.source,
+        "engine_reasons": trainer.engine.reasons,
         "autocast": str(trainer.amp_dtype).removeprefix("torch."),
         "train_steps_per_s": rate_summary(train),
         "train_images_per_s": rate_summary(train, trainer.cfg.batch_size),
-        "inference_images_per_s": {},
-        "inference_notes": [],  # e.g. a compile that fell back to eager: the figure is then eager's
     }
+
+
+def inference(
+    trainer: Trainer, images: torch.Tensor, infer_batch: int, timing: dict[str, int], fast: bool, compile: bool
+) -> dict[str, Any]:
+    """Inference figures of ``trainer``'s generator: plain, or through the engine's path."""
+    found: dict[str, Any] = {"inference_images_per_s": {}, "inference_notes": []}  # notes: e.g. a compile fell back to eager
     for mode in INFERENCE_MODES:
         for batch in sorted({1, infer_batch}):
-            images = real_a[:1].expand(batch, -1, -1, -1).contiguous(memory_format=trainer.memory_format)
-            if fast_inference:
-                # The engine's inference path (what `i2i translate --backend fast` runs).
-                forward = fast_generator(trainer.generator, mode, images, configured.train.precision,
-                                         compile=compile_inference, log_line=result["inference_notes"].append)
-                seconds = time_per_iteration(lambda: forward(images), steps, warmup, repeats, device)
+            batch_images = images[:1].expand(batch, -1, -1, -1).contiguous(memory_format=trainer.memory_format)
+            if fast:  # what `i2i translate --backend fast` (or `compiled`) runs
+                forward = fast_generator(trainer.generator, mode, batch_images, trainer.engine.settings["precision"],
+                                         compile=compile, log_line=found["inference_notes"].append)
+                seconds = time_per_iteration({mode: lambda: forward(batch_images)}, device=trainer.device, **timing)[mode]
             else:
                 with generator_mode(trainer.generator, mode):
-                    seconds = time_per_iteration(lambda: plain_forward(trainer, images), steps, warmup, repeats, device)
-            result["inference_images_per_s"][f"{mode}_batch{batch}"] = rate_summary(seconds, batch)
-    result["inference_path"] = ("fast_generator" + (" compiled" if compile_inference else "")) if fast_inference else "generator"
-    result["peak_memory_mib"] = memory.read_mib()
-    result["peak_memory_kind"] = memory.kind
-    del trainer, real_a, real_b
+                    seconds = time_per_iteration({mode: lambda: plain_forward(trainer, batch_images)},
+                                                 device=trainer.device, **timing)[mode]
+            found["inference_images_per_s"][f"{mode}_batch{batch}"] = rate_summary(seconds, batch)
+    found["inference_path"] = ("fast_generator" + (" compiled" if compile else "")) if fast else "generator"
+    return found
+
+
+def release(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return result
 
 
-def ratios(baseline: dict[str, Any], tuned: dict[str, Any]) -> dict[str, float]:
-    """tuned / baseline of every median rate (above 1: tuned is faster)."""
-    found = {"train_steps_per_s": tuned["train_steps_per_s"]["median"] / baseline["train_steps_per_s"]["median"]}
+def ratios(configs: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Each median rate of ``tuned`` and ``default`` over ``baseline``'s (above 1: faster), and
+    ``default``'s training rate over ``tuned``'s."""
+    baseline, tuned, default = configs["baseline"], configs["tuned"], configs["default"]
+
+    def train(config: dict[str, Any]) -> float:
+        return config["train_steps_per_s"]["median"]
+
+    found = {"train_steps_per_s": train(tuned) / train(baseline),
+             "default_train_steps_per_s": train(default) / train(baseline),
+             "default_over_tuned_train_steps_per_s": train(default) / train(tuned)}
     for key, value in tuned["inference_images_per_s"].items():
         found[f"inference_{key}"] = value["median"] / baseline["inference_images_per_s"][key]["median"]
     return found
@@ -209,19 +217,45 @@ def bench_speed(
     on_config: Callable[[str], None] | None = None,
     compile_inference: bool = True,
 ) -> dict[str, Any]:
-    """Time baseline and tuned on ``recipe_path``; append the record to ``results``."""
+    """Time baseline, tuned and default on ``recipe_path``; append the record to ``results``."""
     if min(steps, repeats, infer_batch) < 1 or warmup < 0:
         raise I2IError("--steps, --repeats and --infer-batch must be at least 1, --warmup at least 0")
     overrides = list(overrides or [])
     torch_device = resolve_device(device)
     recipe, real_data = bench_recipe(Path(recipe_path), overrides, torch_device)
-    configs = {}
-    for name, settings in configurations(torch_device).items():
-        if on_config:
-            on_config(name)
-        tuned = name == "tuned"
-        configs[name] = measure(recipe, settings, real_data, steps, warmup, repeats, infer_batch,
-                                fast_inference=tuned, compile_inference=tuned and compile_inference)
+    settings = configurations(torch_device)
+    timing = {"iterations": steps, "warmup": warmup, "repeats": repeats}
+    memory = PeakMemory(torch_device)
+    notify = on_config or (lambda name: None)
+
+    # baseline alone and first: the fast CPU settings change the allocator for the whole process
+    notify("baseline")
+    memory.reset()
+    trainer, real_a, real_b = build(recipe, settings["baseline"], real_data)
+    train = time_per_iteration({"baseline": lambda: trainer.train_step(real_a, real_b)}, device=torch_device, **timing)
+    configs = {"baseline": {**describe(trainer, settings["baseline"], train["baseline"]),
+                            **inference(trainer, real_a, infer_batch, timing, fast=False, compile=False),
+                            "peak_memory_mib": memory.read_mib(), "peak_memory_kind": memory.kind}}
+    del trainer, real_a, real_b
+    release(torch_device)
+
+    notify("tuned and default (alternating)")
+    memory.reset()
+    built = {name: build(recipe, settings[name], real_data) for name in ("tuned", "default")}
+    train = time_per_iteration({name: lambda t=t, a=a, b=b: t.train_step(a, b) for name, (t, a, b) in built.items()},
+                               device=torch_device, **timing)
+    for name, (trainer, real_a, _) in built.items():
+        configs[name] = describe(trainer, settings[name], train[name])
+    configs["tuned"]["peak_memory_mib"] = memory.read_mib()
+    configs["tuned"]["peak_memory_kind"] = memory.kind + " (tuned and default trainers together)"
+    trainer, real_a, _ = built.pop("tuned")
+    del built
+    release(torch_device)
+    notify("tuned inference")
+    configs["tuned"].update(inference(trainer, real_a, infer_batch, timing, fast=True, compile=compile_inference))
+    del trainer, real_a
+    release(torch_device)
+
     record = {
         **environment(torch_device),
         "kind": "speed",
@@ -236,9 +270,8 @@ def bench_speed(
         "warmup": warmup,
         "repeats": repeats,
         "configs": configs,
-        "ratio": ratios(configs["baseline"], configs["tuned"]),
+        "ratio": ratios(configs),
     }
     if results is not None:
         append_record(results, record)
     return record
-

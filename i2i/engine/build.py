@@ -56,8 +56,8 @@ def cpu_has_fast_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """The autocast dtype (float32 = no autocast). ``auto`` picks bf16 where the hardware runs it fast."""
+def resolve_precision(precision: str | None, device: torch.device) -> torch.dtype:
+    """The autocast dtype (float32 = no autocast). ``auto`` (or unset) picks bf16 where the hardware runs it fast."""
     if precision == "fp32":
         return torch.float32
     if precision == "fp16":
@@ -69,14 +69,3 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
-
-
-def tuned_settings(device: torch.device) -> dict[str, object]:
-    """The engine's fastest settings on ``device`` for the same math (``train.*`` overrides);
-    ``i2i bench speed`` times them against plain eager fp32. Measured and explained in
-    docs/engine.md. ``torch.compile`` is left out: the issue's probe found no gain for the
-    training step on this CPU, and it costs a minute of compilation per run."""
-    settings: dict[str, object] = {"precision": "auto", "channels_last": True, "fused_adam": True}
-    if device.type == "cpu":
-        settings["cpu_speedups"] = True
-    return settings

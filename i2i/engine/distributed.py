@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -92,3 +93,10 @@ def without_option(args: list[str], option: str) -> list[str]:
         elif not arg.startswith(option + "="):
             kept.append(arg)
     return kept
+
+
+def broadcast_from_main(value: Any) -> Any:
+    """Rank 0's ``value`` (any picklable object) on every process."""
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]

@@ -13,16 +13,18 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from i2i.version import __version__
+from i2i.engine.autotune import EngineChoice, choose_engine
 from i2i.engine.build import build_dataset, build_losses, resolve_device, resolve_precision
 from i2i.engine.callbacks import Callback
 from i2i.engine.checkpoint import latest_good_checkpoint, load_weights, save_checkpoint
-from i2i.engine.distributed import barrier, rank_and_world_size
+from i2i.engine.distributed import barrier, broadcast_from_main, rank_and_world_size
 from i2i.engine.faults import NonFiniteGuard, StopSignals, TrainingInterrupted, advise_on_out_of_memory
 from i2i.engine.inference import generator_mode
 from i2i.engine.meter import LossMeter
@@ -45,31 +47,42 @@ class Trainer:
         self.callbacks: list[Callback] = []
         self.step, self.saved_step = 0, None
         self.device = resolve_device(self.cfg.device)
-        self.amp_dtype = resolve_precision(self.cfg.precision, self.device)
-        self.memory_format = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
         torch.manual_seed(self.cfg.seed)
 
         self.dataset = build_dataset(recipe, "train", train=True)
         self.dataset.prepare()  # decode-once cache and on_bad_image, before the sampler counts samples
         self.in_channels, self.out_channels = self.dataset.in_channels, self.dataset.out_channels
-        self.generator, self.discriminator = build_networks(recipe, self.dataset, self.device, self.memory_format, world_size)
+        self.schedule = Schedule.of(self.cfg, len(self.dataset), world_size)
+        self.engine = self.choose_engine()
+        engine_recipe = recipe.variant(**{f"train.{key}": value for key, value in self.engine.settings.items()})
+        self.amp_dtype = resolve_precision(self.engine.settings["precision"], self.device)
+        self.memory_format = torch.channels_last if self.engine.settings["channels_last"] else torch.contiguous_format
+        self.generator, self.discriminator = build_networks(engine_recipe, self.dataset, self.device, self.memory_format, world_size)
         (self.gan_loss, self.gan_weight), self.reconstruction = build_losses(recipe)
         self.gan_loss.to(self.device)
-        self.opt_g, self.opt_d, self.scaler = build_optimizers(recipe, self.generator, self.discriminator, self.device, self.amp_dtype)
+        self.opt_g, self.opt_d, self.scaler = build_optimizers(engine_recipe, self.generator, self.discriminator, self.device, self.amp_dtype)
         self.guard = NonFiniteGuard(
             self.cfg.on_nonfinite,
             {"generator": (self.generator, self.opt_g), "discriminator": (self.discriminator, self.opt_d)},
             watch_gradients=not self.scaler.is_enabled(),
         )
-        wrap = dict(recipe=recipe, device=self.device, world_size=world_size, log_line=self.log_line)
+        wrap = dict(recipe=engine_recipe, device=self.device, world_size=world_size, log_line=self.log_line)
         self.G = wrap_for_step(self.generator, "generator", **wrap)
         self.D = wrap_for_step(self.discriminator, "discriminator", **wrap)
         # The G update only reads D: under DDP, D's wrapper would wait for D gradients that never come.
         self.D_for_G = wrap_for_step(self.discriminator, "discriminator", ddp=False, **wrap) if world_size > 1 else self.D
 
         self.sampler = EpochSampler(len(self.dataset), self.cfg.seed, rank, world_size)
-        self.schedule = Schedule.of(self.cfg, len(self.dataset), world_size)
         self.steps_per_epoch, self.total_steps = self.schedule.steps_per_epoch, self.schedule.total_steps
+
+    def choose_engine(self) -> EngineChoice:
+        """The engine settings (``autotune.choose_engine``): rank 0 decides, every rank uses its choice."""
+        choice = None
+        if self.is_main:
+            choice = choose_engine(self.recipe, self.device, (self.in_channels, self.out_channels),
+                                   lambda settings: probe_step(self.recipe, settings), self.schedule.total_steps,
+                                   self.log_line)
+        return broadcast_from_main(choice) if self.world_size > 1 else choice
 
     def autocast(self):
         if self.amp_dtype == torch.float32:
@@ -282,3 +295,18 @@ class Trainer:
         converted = self.schedule.step_from(step, saved, saved_world_size, self.world_size)
         self.log_line(f"checkpoint step {step} of {saved_world_size} process(es) is step {converted} of {self.world_size}")
         return converted
+
+
+def probe_step(recipe: Recipe, settings: dict[str, Any]) -> Callable[[], Any]:
+    """One training step with the engine ``settings``, of a throwaway trainer on one fixed
+    random batch of the recipe's shape (for the engine probe: nothing is written)."""
+    probe = recipe.variant(**{f"train.{key}": value for key, value in settings.items()},
+                           **{"train.eval_every": None, "data.cache": "none", "data.on_bad_image": "error", "data.on_device": False})
+    trainer = Trainer(probe, run_dir=Path(tempfile.gettempdir()) / "i2i-engine-probe", rank=0, world_size=1)
+    size, batch = probe.data.crop_size, probe.train.batch_size
+    real_a, real_b = (torch.rand(batch, channels, size, size, device=trainer.device).mul(2).sub(1)
+                      .contiguous(memory_format=trainer.memory_format)
+                      for channels in (trainer.in_channels, trainer.out_channels))
+    trainer.generator.train()
+    trainer.discriminator.train()
+    return lambda: trainer.train_step(real_a, real_b)
