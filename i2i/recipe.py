@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import reprlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -74,13 +74,16 @@ class DataSection(Params):
         return self
 
 
+Beta = Annotated[float, Field(ge=0, lt=1)]  # an Adam moment's decay
+
+
 class TrainSection(Params):
     epochs: int = Field(100, ge=0, description="epochs at the initial learning rate")
     epochs_decay: int = Field(100, ge=0, description="epochs of linear decay to zero afterwards")
-    lr: float = Field(2e-4, gt=0)
-    betas: tuple[float, float] = (0.5, 0.999)
+    lr: float = Field(2e-4, gt=0, le=1, description="Adam's learning rate (above 1 it only overflows)")
+    betas: tuple[Beta, Beta] = (0.5, 0.999)
     batch_size: int = Field(1, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63, description="seeds the weights, the data order and the augmentation")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     engine: Literal["fast", "reference"] = Field(
         "fast", description="fast: the settings below that the recipe leaves unset are the fastest measured on this "

@@ -25,7 +25,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from i2i.data.aligned import AlignedDataset, AlignedParams, read_rgb
+from i2i.contracts import Params
+from i2i.data.aligned import AlignedDataset, read_rgb
 from i2i.data.base import DataError
 from i2i.errors import I2IError
 from i2i.recipe import DataSection, Recipe, RecipeError, TrainSection
@@ -184,7 +185,7 @@ def test_damaged_images_in_an_aligned_dataset_load_or_raise_a_data_error(image_f
     (split / "1.png").write_bytes(data)
     section = DataSection(dataset={"name": "aligned"}, root=image_folder, load_size=16, crop_size=16, cache="none")
     try:
-        sample = AlignedDataset(AlignedParams(), section, "train", train=True)[0]
+        sample = AlignedDataset(Params(), section, "train", train=True)[0]
     except DataError:
         return
     assert sample["input"].shape == sample["target"].shape == (3, 16, 16)
@@ -239,3 +240,57 @@ def test_translate_options_succeed_or_raise_one_clear_line_and_never_touch_an_in
                 n for n in names if Path(n).stem == path.stem)
             with Image.open(path) as image:
                 assert image.size == sizes_by_name[original]
+
+
+# ------------------------------------------------------- recipe values near the components' limits
+@st.composite
+def crops_near_the_multiple(draw) -> tuple[int, int]:
+    """(U-Net downsamplings, crop): a crop on, or one pixel off, a small multiple of 2**downsamplings."""
+    num_downs = draw(st.integers(2, 5))
+    multiple = 2**num_downs
+    return num_downs, max(1, multiple * draw(st.integers(1, 3)) + draw(st.sampled_from([-1, 0, 0, 0, 1])))
+
+
+# One train value at a time at or just past a limit; the rest stay usable, so that most examples train.
+TRAIN_EDGES = (
+    [("lr", value) for value in (1e-300, 1e-12, 1.0, 1.5, 1e300, float("inf"), float("nan"))]
+    + [("betas", value) for value in ((0.0, 0.0), (0.9, 0.9999), (-0.1, 0.999), (0.5, 1.0), (1.0, 0.5))]
+    + [("seed", value) for value in (2**63 - 1, -1, 2**63, 2**70)]
+)
+
+
+@settings(FUZZ, max_examples=40)
+@given(
+    sizes=crops_near_the_multiple(),
+    load_extra=st.integers(0, 8),
+    norm=st.sampled_from(["batch", "instance", "none"]),
+    n_layers=st.integers(1, 4),
+    batch_size=st.sampled_from([1, 2, 3, 5, 2**20]),
+    edge=st.none() | st.sampled_from(TRAIN_EDGES),
+)
+def test_recipe_values_near_the_limits_train_or_raise_a_clear_error(
+    tmp_path_factory, sizes, load_extra, norm, n_layers, batch_size, edge
+):
+    """Validated, checked against the components' limits as ``i2i run`` does, then one training
+    step: nothing but an I2IError (a RecipeError above all) may come out."""
+    from i2i.engine.limits import check_limits
+    from i2i.engine.trainer import Trainer
+
+    num_downs, crop = sizes
+    data = tiny_recipe(
+        model={"generator": {"name": "unet", "params": {"num_downs": num_downs, "ngf": 4, "norm": norm}},
+               "discriminator": {"name": "patchgan", "params": {"ndf": 4, "n_layers": n_layers, "norm": norm}}},
+        data={"dataset": {"name": "synthetic", "params": {"length": 3, "size": 40}}, "load_size": crop + load_extra,
+              "crop_size": crop},
+        train={"batch_size": batch_size, "max_steps": 1, "tensorboard": False, "engine": "reference",
+               **dict([edge] if edge else [])},
+    )
+    try:
+        recipe = Recipe.from_dict(data)
+        check_limits(recipe)
+    except RecipeError:
+        return
+    try:
+        Trainer(recipe, run_dir=tmp_path_factory.mktemp("limits")).fit()
+    except I2IError:
+        pass
