@@ -66,9 +66,10 @@ def run(
 ) -> None:
     """Train from a recipe; the run directory gets checkpoints, samples, log.jsonl and report.html."""
     from i2i.engine import distributed
-    from i2i.run import train_from_recipe
+    from i2i.run import check_before_launch, train_from_recipe
 
     if nproc != 1:
+        check_before_launch(recipe, overrides, out, resume, overwrite, allow_changes, console)
         distributed.launch(nproc, distributed.without_option(sys.argv[1:], "--nproc"))
         return
     run_console = console

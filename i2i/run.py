@@ -15,7 +15,7 @@ import contextlib
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from rich.console import Console
@@ -181,22 +181,40 @@ def train_from_recipe(
     overwrite: bool = False,
     allow_changes: bool = False,
 ) -> Trainer:
+    recipe = _checked_recipe(recipe, overrides, out)
+    is_main = rank_and_world_size()[0] == 0
+    note = _printer(console)
+    # Rank 0 alone holds the run directory (its lock, its checks) while the run lives.
+    with claim_run_dir(recipe.run_dir, resume, overwrite, note) if is_main else contextlib.nullcontext():
+        if is_main and resume:
+            check_resume_changes(recipe.run_dir, recipe.model_dump(mode="json"), allow_changes, note)
+        return _train(recipe, console, resume, quiet, tensorboard, is_main)
+
+
+def check_before_launch(
+    recipe: Path, overrides: list[str], out: Path | None, resume: bool, overwrite: bool, allow_changes: bool,
+    console: Console,
+) -> None:
+    """``--nproc N``: rank 0's checks, made once before the ranks start, so that a refusal is one
+    line rather than N processes failing at a barrier (rank 0 claims the directory again to train)."""
+    recipe = _checked_recipe(recipe, overrides, out)
+    with claim_run_dir(recipe.run_dir, resume, overwrite, _printer(console)):
+        if resume:  # rank 0 prints the changes
+            check_resume_changes(recipe.run_dir, recipe.model_dump(mode="json"), allow_changes, note=lambda _: None)
+
+
+def _checked_recipe(recipe: Path | Recipe, overrides: list[str], out: Path | None) -> Recipe:
     source = recipe.name if isinstance(recipe, Recipe) else str(recipe)
     if not isinstance(recipe, Recipe):
         recipe = Recipe.from_file(recipe, overrides)
     if out is not None:
         recipe = recipe.model_copy(update={"output_dir": out})
     check_limits(recipe, source)
-    is_main = rank_and_world_size()[0] == 0
+    return recipe
 
-    def note(text: str) -> None:
-        console.print(text, markup=False, highlight=False, soft_wrap=True)
 
-    # Rank 0 alone holds the run directory (its lock, its checks) while the run lives.
-    with claim_run_dir(recipe.run_dir, resume, overwrite, note) if is_main else contextlib.nullcontext():
-        if is_main and resume:
-            check_resume_changes(recipe.run_dir, recipe.model_dump(mode="json"), allow_changes, note)
-        return _train(recipe, console, resume, quiet, tensorboard, is_main)
+def _printer(console: Console) -> Callable[[str], None]:
+    return lambda text: console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def _train(recipe: Recipe, console: Console, resume: bool, quiet: bool, tensorboard: bool, is_main: bool) -> Trainer:

@@ -60,6 +60,15 @@ def test_a_finished_run_is_not_overwritten_without_resume(finished, monkeypatch,
     assert hashes(run_dir) == before
 
 
+def test_with_several_processes_the_refusal_comes_once_before_they_start(finished, monkeypatch, capsys):
+    recipe, run_dir = finished
+    launched = []
+    monkeypatch.setattr("i2i.engine.distributed.launch", lambda *args: launched.append(args))
+    code, _, err = run_cli(["run", recipe, "--out", run_dir, "--nproc", "2"], monkeypatch, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "already holds a run" in err
+    assert launched == []
+
+
 def test_overwrite_moves_the_old_run_aside(finished, monkeypatch, capsys, tmp_path):
     recipe, run_dir = finished
     before = hashes(run_dir)
