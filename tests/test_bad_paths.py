@@ -31,7 +31,7 @@ def bad_run_dirs(tmp_path: Path) -> dict[str, list[str]]:
     }
 
 
-CASES = list(bad_run_dirs(Path("/tmp")))
+CASES = list(bad_run_dirs(Path("/tmp")))  # the names; each test makes the paths under its own tmp_path
 
 
 @pytest.fixture
