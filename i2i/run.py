@@ -26,7 +26,7 @@ from rich.text import Text
 from i2i.bench.during_training import EvaluationCallback
 from i2i.data.download import ensure_data
 from i2i.engine.callbacks import Callback
-from i2i.engine.distributed import barrier, rank_and_world_size
+from i2i.engine.distributed import barrier, local_rank, rank_and_world_size
 from i2i.engine.limits import check_limits
 from i2i.engine.tensorboard import TensorBoardCallback
 from i2i.engine.trainer import Trainer
@@ -222,6 +222,9 @@ def _train(recipe: Recipe, console: Console, resume: bool, quiet: bool, tensorbo
     if is_main:  # data.download: one process fetches a missing root ...
         ensure_data(recipe.data, show_progress=console.is_terminal and not quiet)
     barrier()  # ... while the others wait for it
+    if local_rank() == 0 and not is_main:  # then each other node without a shared filesystem fetches its own
+        ensure_data(recipe.data, show_progress=False)
+    barrier()
     trainer = build_trainer(recipe, tensorboard=tensorboard)
     tensorboard = tensorboard and recipe.train.tensorboard
     started = time.perf_counter()

@@ -2,6 +2,8 @@
 and log the losses of both."""
 
 import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +53,56 @@ def test_two_processes_match_one_with_twice_the_batch(tmp_path, gan_mode):
         moved = (weight - init[name]).abs().max()
         assert moved > 1e-5, f"{name} did not train"
         assert (distributed[name] - weight).abs().max() < 1e-3 * moved, name
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def two_nodes(recipe_file: Path, nodes: list[Path], *args: str) -> None:
+    """``i2i run`` as two torchrun "nodes" on 127.0.0.1 (c10d rendezvous, one gloo process
+    each), each in its own folder, as if on machines that share no filesystem."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "I2I_ENGINE_PROBE": "0"}
+    launches = [
+        subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(rank),
+                          "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint,
+                          "--rdzv-id", endpoint, "-m", "i2i", "run", str(recipe_file), "--quiet", *args],
+                         cwd=node, env=env)
+        for rank, node in enumerate(nodes)
+    ]
+    try:
+        assert [launch.wait(timeout=300) for launch in launches] == [0, 0]
+    finally:
+        for launch in launches:
+            launch.kill()
+
+
+def test_two_nodes_resume_from_rank_0s_checkpoint_and_match_one_process(tmp_path):
+    recipe = without_batchnorm(batch_size=2)
+    recipe["train"]["epochs"] = 2  # 8 pairs at a global batch of 4: 4 steps
+    recipe["output_dir"] = "run"  # relative: each node's own folder
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump(recipe))
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    for node in nodes:
+        node.mkdir()
+    two_nodes(recipe_file, nodes, "--set", "train.max_steps=2")
+    (holder,) = [node for node in nodes if (node / "run").exists()]  # rank 0's node alone writes the run
+    assert latest_checkpoint(holder / "run").name == "step_00000002"
+    two_nodes(recipe_file, nodes, "--resume")  # the other node has no checkpoint: it gets rank 0's
+    assert [node for node in nodes if (node / "run").exists()] == [holder]
+
+    single = Trainer(Recipe.from_dict({**without_batchnorm(batch_size=4), "train": {
+        **without_batchnorm(batch_size=4)["train"], "epochs": 2}}), run_dir=tmp_path / "single")
+    single.fit()
+    checkpoint = latest_checkpoint(holder / "run")
+    assert int(checkpoint.name.removeprefix("step_")) == single.step == 4
+    distributed = load_file(checkpoint / "generator.safetensors")
+    for name, weight in single.generator.state_dict().items():
+        assert (distributed[name] - weight).abs().max() < 1e-5, name
 
 
 def train_and_record_losses(rank: int, world_size: int, recipe: dict, folder: Path) -> None:

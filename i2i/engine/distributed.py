@@ -31,11 +31,15 @@ def init_from_torchrun() -> None:
     """Join the process group torchrun describes in the environment (once)."""
     if dist.is_initialized():
         return
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(local_rank())
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend, timeout=timedelta(minutes=30))
+
+
+def local_rank() -> int:
+    """This process's rank on its node (torchrun's LOCAL_RANK; 0 alone)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def rank_and_world_size() -> tuple[int, int]:
@@ -100,3 +104,10 @@ def broadcast_from_main(value: Any) -> Any:
     holder = [value]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def broadcast_weights(*modules: nn.Module) -> None:
+    """Rank 0's parameters and buffers into every process's copy of ``modules``, in place."""
+    for module in modules:
+        for tensor in module.state_dict().values():
+            dist.broadcast(tensor, src=0)

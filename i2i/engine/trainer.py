@@ -24,7 +24,7 @@ from i2i.engine.autotune import EngineChoice, choose_engine
 from i2i.engine.build import build_dataset, build_losses, resolve_device, resolve_precision
 from i2i.engine.callbacks import Callback
 from i2i.engine.checkpoint import latest_good_checkpoint, load_weights, save_checkpoint
-from i2i.engine.distributed import barrier, broadcast_from_main, rank_and_world_size
+from i2i.engine.distributed import barrier, broadcast_from_main, broadcast_weights, rank_and_world_size
 from i2i.engine.faults import NonFiniteGuard, StopSignals, TrainingInterrupted, advise_on_out_of_memory
 from i2i.engine.inference import generator_mode
 from i2i.engine.meter import LossMeter
@@ -275,13 +275,21 @@ class Trainer:
         return path
 
     def resume(self) -> bool:
-        path = latest_good_checkpoint(self.run_dir, self.log_line)
+        # Rank 0 alone reads the checkpoint and hands it to the others: nodes need not share a filesystem.
+        path = latest_good_checkpoint(self.run_dir, self.log_line) if self.is_main else None
+        if self.world_size > 1:
+            path = broadcast_from_main(path)
         if path is None:
             self.log_line(f"no checkpoint in {self.run_dir}; starting from scratch")
             return False
-        load_weights(self.generator, path / "generator.safetensors")
-        load_weights(self.discriminator, path / "discriminator.safetensors")
-        state = TrainState.load(path / "state.pt")
+        state = None
+        if self.is_main:
+            load_weights(self.generator, path / "generator.safetensors")
+            load_weights(self.discriminator, path / "discriminator.safetensors")
+            state = TrainState.load(path / "state.pt")
+        if self.world_size > 1:
+            broadcast_weights(self.generator, self.discriminator)
+            state = broadcast_from_main(state)
         state.restore(path / "state.pt", self.opt_g, self.opt_d, self.scaler, self.device)
         self.step = self.step_for_world_size(state.step, state.world_size)
         self.guard.skipped_steps = state.skipped_steps
