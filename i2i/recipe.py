@@ -80,7 +80,7 @@ Beta = Annotated[float, Field(ge=0, lt=1)]  # an Adam moment's decay
 class TrainSection(Params):
     epochs: int = Field(100, ge=0, description="epochs at the initial learning rate")
     epochs_decay: int = Field(100, ge=0, description="epochs of linear decay to zero afterwards")
-    lr: float = Field(2e-4, gt=0, le=1, description="Adam's learning rate (above 1 it only overflows)")
+    lr: float = Field(2e-4, gt=0, le=1, description="Adam's learning rate (at most 1)")
     betas: tuple[Beta, Beta] = (0.5, 0.999)
     batch_size: int = Field(1, ge=1)
     seed: int = Field(0, ge=0, lt=2**63, description="seeds the weights, the data order and the augmentation")
