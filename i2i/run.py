@@ -150,7 +150,13 @@ def build_trainer(recipe: Recipe, run_dir: Path | None = None, tensorboard: bool
 
 
 def train(
-    recipe: str | Path | Recipe, *, resume: bool = False, overwrite: bool = False, quiet: bool = False, **overrides: Any
+    recipe: str | Path | Recipe,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    allow_changes: bool = False,
+    quiet: bool = False,
+    **overrides: Any,
 ) -> Path:
     """Train as ``i2i run`` does, from a recipe file or a ``Recipe``; returns the run directory
     (``i2i.train`` in notebooks).
@@ -159,14 +165,17 @@ def train(
     (``i2i.train("recipes/pix2pix_maps.yaml", train__max_steps=100, output_dir="runs/x")``)
     or by dots through a dict (``**{"train.max_steps": 100}``). Values are Python values,
     not YAML text. ``resume`` continues from the run directory's last checkpoint,
-    ``overwrite`` moves a finished run there aside first (as ``i2i run --overwrite``);
-    ``quiet`` prints only the final lines."""
+    ``overwrite`` moves a finished run there aside first and ``allow_changes`` resumes with
+    a changed recipe (as ``i2i run --overwrite`` / ``--allow-changes``); ``quiet`` prints
+    only the final lines."""
     changes = {key.replace("__", "."): value for key, value in overrides.items()}
     if isinstance(recipe, Recipe):
         recipe = recipe.variant(**changes)
     else:
         recipe = Recipe.from_file(recipe, [f"{key}={json.dumps(value, default=str)}" for key, value in changes.items()])
-    trainer = train_from_recipe(recipe, [], None, resume, Console(), quiet=quiet, overwrite=overwrite)
+    trainer = train_from_recipe(
+        recipe, [], None, resume, Console(), quiet=quiet, overwrite=overwrite, allow_changes=allow_changes
+    )
     return trainer.run_dir
 
 
