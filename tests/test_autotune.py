@@ -1,5 +1,6 @@
 """The engine probe: timed once per machine and recipe shape, cached, reused without timing."""
 
+import contextlib
 import json
 
 import pytest
@@ -178,3 +179,44 @@ def test_the_reference_engine_trains_as_the_published_step(tmp_path):
     assert trainer.opt_g.defaults["foreach"] and not trainer.opt_g.defaults["fused"]
     assert not any(isinstance(layer, MatmulConv2d) for layer in trainer.generator.modules())
     assert trainer.G is trainer.generator  # eager: no compile wrapper
+
+
+def test_compile_is_kept_only_for_runs_long_enough_to_repay_compiling(clock, monkeypatch):
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(autotune, "native_bf16", lambda device: False)
+    monkeypatch.setattr(autotune, "synchronize", lambda device: None)
+    monkeypatch.setattr(autotune, "device_name", lambda device: "a GPU")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.random, "fork_rng", lambda devices: contextlib.nullcontext())
+    compiled = steps_costing(clock, lambda s: 0.5 if s["compile"] else 1.0, [])
+
+    def make_step(settings):  # compiling takes 100 s, at the first step
+        step, first = compiled(settings), [settings["compile"]]
+
+        def run():
+            if first.pop() if first else False:
+                clock.now += 100.0
+            step()
+
+        return run
+
+    long_run = choose_engine(recipe(), cuda, (3, 3), make_step, 100_000)
+    assert long_run.settings["compile"] is True
+    assert long_run.reasons["compile"] == "measured 2.00x the speed of compile false on this GPU"
+    short_run = choose_engine(recipe(), cuda, (3, 3), make_step, 150)  # saves 75 s: less than the compile
+    assert short_run.source == "cached" and short_run.settings["compile"] is False
+    assert "costs more than they save over 150 steps" in short_run.reasons["compile"]
+
+
+def test_a_candidate_that_fails_is_left_out_with_its_error(clock, monkeypatch):
+    monkeypatch.setattr(autotune, "native_bf16", lambda device: False)
+    working = steps_costing(clock, lambda s: 1.0, [])
+
+    def make_step(settings):
+        if settings["channels_last"]:
+            raise RuntimeError("no kernel for this layout\nmore detail")
+        return working(settings)
+
+    choice = choose(recipe(), make_step)
+    assert choice.settings["channels_last"] is False
+    assert choice.reasons["channels_last"] == "channels_last true failed on this CPU (RuntimeError: no kernel for this layout)"

@@ -28,7 +28,7 @@ def l1_terms(train: dict, tmp_path, steps: int = 5) -> list[float]:
     recipe = Recipe.from_dict(tiny_recipe(train={"batch_size": 2, **train}))
     trainer = Trainer(recipe, run_dir=tmp_path)
     real_a, real_b = (
-        torch.stack([trainer.dataset[i][key] for i in range(2)]).contiguous(memory_format=trainer.memory_format)
+        torch.stack([trainer.dataset[i][key] for i in range(2)]).to(trainer.device).contiguous(memory_format=trainer.memory_format)
         for key in ("input", "target")
     )
     return [float(trainer.train_step(real_a, real_b)["G_l1"]) for _ in range(steps)]
@@ -296,3 +296,57 @@ def test_training_rewrites_come_off_for_inference():
     assert not any(layer._forward_hooks for layer in generator.modules())
     with torch.no_grad():
         torch.testing.assert_close(generator(x), expected, atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------- CUDA (benchmarks/gpu_check.sh runs these)
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@cuda
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_cuda_low_precision_training_tracks_fp32(tmp_path, precision):
+    fp32 = l1_terms({"engine": "reference", "device": "cuda"}, tmp_path / "fp32")
+    fast = l1_terms({"device": "cuda", "precision": precision, "channels_last": True, "fused_adam": True,
+                     "compile": False}, tmp_path / precision)
+    assert fp32[-1] < fp32[0]
+    for reference, candidate in zip(fp32, fast):
+        assert abs(candidate - reference) / reference < 0.03
+
+
+@cuda
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_cuda_compiled_training_matches_eager(tmp_path, mode):
+    eager = l1_terms({"device": "cuda", "compile": False}, tmp_path / "eager", steps=3)
+    compiled = l1_terms({"device": "cuda", "compile": True, "compile_mode": mode}, tmp_path / mode, steps=3)
+    assert compiled == pytest.approx(eager, rel=1e-2)
+
+
+@cuda
+def test_cuda_engine_probe_times_chooses_and_caches(tmp_path, monkeypatch):
+    from i2i.engine import autotune
+
+    monkeypatch.setenv("I2I_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("I2I_ENGINE_PROBE", raising=False)
+    # long enough a run for a budget that times bf16 and channels_last, too short for a compile (never trained)
+    recipe = Recipe.from_dict(tiny_recipe(train={"device": "cuda", "epochs": 2500, "epochs_decay": 0}))  # 20,000 steps
+    first = Trainer(recipe, run_dir=tmp_path / "first")
+    assert first.engine.source == "measured" and first.engine.cache_file.is_file()
+    assert first.engine.comparisons, "the probe timed at least one alternative"
+    monkeypatch.setattr(autotune, "clock", lambda: pytest.fail("a cached choice must not time anything"))
+    assert Trainer(recipe, run_dir=tmp_path / "second").engine.settings == first.engine.settings
+
+
+@cuda
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_cuda_fast_generator_matches_the_fp32_generator(mode):
+    from i2i.engine.fast_inference import fast_generator
+    from i2i.engine.inference import generator_mode
+    from i2i.models.unet import UNetGenerator, UNetParams
+
+    torch.manual_seed(0)
+    generator = UNetGenerator(UNetParams(num_downs=5, ngf=8, dropout=0.0)).cuda()
+    x = torch.rand(2, 3, 32, 32, device="cuda") * 2 - 1
+    run = fast_generator(generator, mode, x, precision="bf16")
+    with torch.no_grad(), generator_mode(generator, mode):
+        expected = generator(x)
+    torch.testing.assert_close(run(x), expected, atol=3e-2, rtol=0)

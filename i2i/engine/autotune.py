@@ -19,6 +19,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +154,7 @@ def shape_key(recipe: Any, device: torch.device, channels: tuple[int, int], fixe
         "batch_size": recipe.train.batch_size,
         "channels": list(channels),
         "fixed": fixed,
+        "compile_mode": recipe.train.compile_mode,  # what the compile candidate means
     }
 
 
@@ -212,8 +214,9 @@ def probe(
 ) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
     """Starting from ``first``, time the best so far against it with each of ``keys`` the
     other way, in alternating rounds; returns (best, comparisons, whether every key was
-    timed within the budget). Other work on the machine only ever adds time, so each
-    side's fastest round is its speed. Two trainers are alive at a time."""
+    timed within the budget). Other work on the machine only ever adds time: the speedup
+    is the smaller of the fastest rounds' ratio and the median round's. Two trainers are
+    alive at a time."""
     warmup, rounds, round_seconds = (5, 5, 0.1) if device.type == "cuda" else (2, 5, 0.3)
     started = clock()
     best = first
@@ -232,14 +235,25 @@ def probe(
         if clock() - started + cost > budget:
             log_line(f"engine probe: {describe_change(best, option)} not timed (over the probe's budget of {budget:.0f} s)")
             return best, comparisons, False
-        step = make_step(option)
-        for _ in range(warmup):
-            step()
-        pairs = [(seconds_per_step(best_step, steps, device), seconds_per_step(step, steps, device)) for _ in range(rounds)]
+        built = clock()
+        try:
+            step = make_step(option)
+            for _ in range(warmup):
+                step()
+            startup = clock() - built  # with compile: the compilation
+            pairs = [(seconds_per_step(best_step, steps, device), seconds_per_step(step, steps, device))
+                     for _ in range(rounds)]
+        except Exception as error:  # a candidate that cannot train here is not a candidate
+            detail = (str(error).strip().splitlines() or [""])[0][:200]
+            log_line(f"engine probe: {describe_change(best, option)} failed ({type(error).__name__}: {detail}); not used")
+            comparisons.append({"best": best, "option": option, "speedup": 0.0, "failed": f"{type(error).__name__}: {detail}"})
+            continue
         best_seconds, option_seconds = [old for old, _ in pairs], [new for _, new in pairs]
-        speedup = min(best_seconds) / min(option_seconds)
+        # Both the fastest rounds and the typical round must agree: a neighbour's burst can fake either alone.
+        speedup = min(min(best_seconds) / min(option_seconds), statistics.median(old / new for old, new in pairs))
         comparisons.append({"best": best, "option": option, "speedup": speedup, "steps_per_round": steps,
-                            "best_seconds": best_seconds, "option_seconds": option_seconds})
+                            "best_seconds": best_seconds, "option_seconds": option_seconds,
+                            "startup_seconds": startup, "best_startup_seconds": build})
         log_line(f"engine probe: {describe_change(best, option)} runs {speedup:.2f}x the speed of {describe_change(option, best)}")
         if speedup > 1 + MARGIN:
             best, best_step = option, step
@@ -259,6 +273,9 @@ def reasons_for(
     for comparison in comparisons:
         best, option, speedup = comparison["best"], comparison["option"], comparison["speedup"]
         (key,) = [key for key in ENGINE_SETTINGS if best[key] != option[key]]
+        if "failed" in comparison:
+            reasons[key] = f"{key} {_show(option[key])} failed {where} ({comparison['failed']})"
+            continue
         chosen_won = settings[key] == option[key]
         other = best[key] if chosen_won else option[key]
         ratio = speedup if chosen_won else 1 / speedup
@@ -275,6 +292,21 @@ def reasons_for(
         else "not tried on the CPU: slower than eager where measured (docs/engine.md)",
     }
     return {key: reasons.get(key, static[key]) for key in ENGINE_SETTINGS}
+
+
+def paid_off(settings: dict[str, Any], comparisons: list[dict[str, Any]], planned_steps: int) -> tuple[dict[str, Any], str | None]:
+    """``settings``, or its eager form where the measured compile time is more than compiling
+    saves over ``planned_steps`` steps (with the reason)."""
+    timed = [c for c in comparisons if c["option"]["compile"] and not c["best"]["compile"]]
+    if not settings["compile"] or not timed:
+        return settings, None
+    (comparison,) = timed
+    saved = min(comparison["best_seconds"]) - min(comparison["option_seconds"])
+    compiling = comparison["startup_seconds"] - comparison["best_startup_seconds"]
+    if planned_steps * saved >= compiling:
+        return settings, None
+    return comparison["best"], (f"compiled steps measured {comparison['speedup']:.2f}x as fast, but compiling "
+                                f"({compiling:.0f} s) costs more than they save over {planned_steps} steps")
 
 
 def choose_engine(
@@ -301,12 +333,15 @@ def choose_engine(
     key = shape_key(recipe, device, channels, fixed)
     path = cache_file(key)
     entry = read_cached(path, key, planned_steps)
-    if entry is not None:
-        return EngineChoice(entry["settings"], entry["reasons"], "cached", path, entry["comparisons"])
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):  # the run's own random stream does not see the probe
-        best, comparisons, complete = probe(first, keys, make_step, device, planned_steps, log_line)
-    reasons = reasons_for(best, fixed, comparisons, device)
-    write_cached(path, {"key": key, "settings": best, "reasons": reasons, "comparisons": comparisons,
-                        "complete": complete, "planned_steps": planned_steps})
-    return EngineChoice(best, reasons, "measured", path, comparisons)
+    source = "cached"
+    if entry is None:
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):  # the run's own random stream does not see the probe
+            best, comparisons, complete = probe(first, keys, make_step, device, planned_steps, log_line)
+        entry = {"key": key, "settings": best, "reasons": reasons_for(best, fixed, comparisons, device),
+                 "comparisons": comparisons, "complete": complete, "planned_steps": planned_steps}
+        write_cached(path, entry)
+        source = "measured"
+    settings, short_run = paid_off(entry["settings"], entry["comparisons"], planned_steps)
+    reasons = {**entry["reasons"], **({"compile": short_run} if short_run else {})}
+    return EngineChoice(settings, reasons, source, path, entry["comparisons"])
