@@ -8,13 +8,14 @@
 #     bash benchmarks/gpu_check.sh
 # Sections, each under its own time limit so that one failure or overrun loses only itself:
 #   1. the CUDA-only tests (tests/test_engine.py -k cuda)
-#   2. i2i bench speed on cuda, batch 1: baseline (reference), tuned (static fast choice) and
-#      default (the probe, with the full schedule's length so that a compiled step,
-#      CUDA graphs included, is tried); the probe's timings are in the engine cache
-#   3. 2,000 training steps of the flagship at the defaults on the maps data
-#   4. the quality check, reference and fast, 2 seeds each, outputs saved for FID/KID here:
-#          .venv/bin/python benchmarks/quality_check.py --data .gpu/maps --score-translations DIR
-#   5. i2i bench speed on cuda, batch 8 (eager: the compile probe is section 2's)
+#   2. the engine probe for the flagship at the full schedule's length (long enough that a
+#      compiled step, CUDA graphs included, is tried): benchmarks/engine_probe.py
+#   3. i2i bench speed on cuda, batch 1: baseline (reference), tuned (static fast choice) and
+#      default (section 2's cached choice, as `i2i run` would take it)
+#   4. 2,000 training steps of the flagship at the defaults on the maps data
+#   5. the quality check, reference and fast, 2 seeds each, outputs saved for FID/KID here:
+#          .venv/bin/python benchmarks/quality_check.py --score-translations DIR
+#   6. i2i bench speed on cuda, batch 8 (eager: the compiled step is section 2's question)
 # Everything lands in $OUT: log, records.tar (speed.jsonl, engine cache, the run's log,
 # quality runs.json) and one q_<run>.tar of val outputs per quality run.
 set -u -o pipefail
@@ -41,14 +42,22 @@ export PYTHONUNBUFFERED=1 I2I_CACHE=/tmp/i2i-cache
 OUT=${OUT:-/tmp/gpu_check_out}
 mkdir -p "$OUT"
 DATA=.gpu/maps
+DEADLINE=${DEADLINE:-440}  # seconds for all sections; packing the records follows
 started=$SECONDS
 
-section() {  # section NAME SECONDS COMMAND...: runs COMMAND under a time limit, says how it ended
-    local name=$1 limit=$2
+section() {  # section NAME SECONDS COMMAND...: COMMAND under a time limit (never past the deadline), its status
+    local name=$1 limit=$2 status
     shift 2
+    limit=$(( limit < DEADLINE - (SECONDS - started) ? limit : DEADLINE - (SECONDS - started) ))
+    if [ "$limit" -lt 10 ]; then
+        echo "=== $name: skipped, the check's deadline is near"
+        return 124
+    fi
     echo "=== $name (limit ${limit} s; $((SECONDS - started)) s into the check)"
-    timeout --kill-after=10 "$limit" "$@"
-    echo "=== $name: exit $? at $((SECONDS - started)) s"
+    timeout --kill-after=5 "$limit" "$@"
+    status=$?
+    echo "=== $name: exit $status at $((SECONDS - started)) s"
+    return $status
 }
 
 main() {
@@ -57,23 +66,27 @@ main() {
     export PYTHONPATH=/tmp/site
     python3 -c "import torch, i2i; print('torch', torch.__version__, torch.cuda.get_device_name(), 'i2i', i2i.__version__)" || return
 
-    section "CUDA tests" 80 python3 -m pytest -q -p no:cacheprovider tests/test_engine.py -k cuda
+    section "CUDA tests" 50 python3 -m pytest -q -p no:cacheprovider tests/test_engine.py -k cuda
 
-    # 300 training pairs; 366 + 365 epochs is the full maps schedule's length (219,300 steps),
-    # what decides whether the probe may spend a compile
-    section "bench speed, batch 1" 160 python3 -m i2i bench speed recipes/pix2pix_maps.yaml --device cuda \
-        --steps 50 --warmup 10 --repeats 5 --no-compile-inference --results "$OUT/speed.jsonl" \
-        --set "data.root=$DATA" --set train.epochs=366 --set train.epochs_decay=365 \
-        --set train.compile_mode=reduce-overhead
+    # 300 training pairs: 366 + 365 epochs is the full maps schedule's length (219,300 steps)
+    local schedule=(--set "data.root=$DATA" --set train.epochs=366 --set train.epochs_decay=365
+                    --set train.compile_mode=reduce-overhead)
+    if ! section "engine probe, full schedule" 140 python3 benchmarks/engine_probe.py recipes/pix2pix_maps.yaml \
+        --set train.device=cuda "${schedule[@]}"; then
+        schedule+=(--set train.compile=false)  # no cached choice: the bench must not probe a compile again
+    fi
 
-    section "2,000 steps at the defaults" 50 python3 -m i2i run recipes/pix2pix_maps.yaml --out /tmp/run2000 \
+    section "bench speed, batch 1" 85 python3 -m i2i bench speed recipes/pix2pix_maps.yaml --device cuda \
+        --steps 50 --warmup 10 --repeats 5 --no-compile-inference --results "$OUT/speed.jsonl" "${schedule[@]}"
+
+    section "2,000 steps at the defaults" 45 python3 -m i2i run recipes/pix2pix_maps.yaml --out /tmp/run2000 \
         --no-tensorboard --set "data.root=$DATA" --set data.download=false --set train.max_steps=2000 \
         --set train.log_every=100 --set train.sample_every=2000 --set train.checkpoint_every=2000
 
-    section "quality check" 100 python3 benchmarks/quality_check.py --data "$DATA" --steps 500 --device cuda \
+    section "quality check" 85 python3 benchmarks/quality_check.py --data "$DATA" --steps 300 --device cuda \
         --out /tmp/quality_runs --save-translations /tmp/quality
 
-    section "bench speed, batch 8" 45 python3 -m i2i bench speed recipes/pix2pix_maps.yaml --device cuda \
+    section "bench speed, batch 8" 30 python3 -m i2i bench speed recipes/pix2pix_maps.yaml --device cuda \
         --steps 20 --warmup 5 --repeats 3 --no-compile-inference --results "$OUT/speed.jsonl" \
         --set "data.root=$DATA" --set train.batch_size=8 --set train.compile=false
 }
