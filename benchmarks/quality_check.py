@@ -57,14 +57,20 @@ def i2i(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "i2i", *args], cwd=ROOT, check=True)
 
 
-def train(recipe: Path, data: Path, engine: str, seed: int, steps: int, device: str, out: Path) -> dict:
-    """One ``i2i run``; its training rate from the run's log."""
-    started = time.perf_counter()
+def start_training(recipe: Path, data: Path, engine: str, seed: int, steps: int, device: str, out: Path) -> subprocess.Popen:
+    """One ``i2i run``, started."""
     sets = [f"data.root={data}", "data.download=false", f"train.engine={engine}", f"train.seed={seed}",
             f"train.max_steps={steps}", f"train.device={device}", f"train.log_every={max(1, min(100, steps))}",
             f"train.checkpoint_every={steps}", f"train.sample_every={steps}"]
-    i2i("run", str(recipe), *(arg for value in sets for arg in ("--set", value)), "--out", str(out), "--quiet",
-        "--no-tensorboard")
+    arguments = [arg for value in sets for arg in ("--set", value)]
+    return subprocess.Popen([sys.executable, "-m", "i2i", "run", str(recipe), *arguments, "--out", str(out), "--quiet",
+                             "--no-tensorboard"], cwd=ROOT)
+
+
+def finish_training(process: subprocess.Popen, out: Path, started: float) -> dict:
+    """Wait for a run; its time and its training rate from the run's log."""
+    if process.wait():
+        raise SystemExit(f"training into {out} failed (exit status {process.returncode})")
     rates = [record["steps_per_s"] for record in map(json.loads, (out / "log.jsonl").read_text().splitlines())
              if "steps_per_s" in record]
     return {"seconds": time.perf_counter() - started, "steps_per_s_last_log": rates[-1] if rates else None}
@@ -128,8 +134,8 @@ def verdict(runs: dict[str, list[dict]]) -> dict:
 
 def record_of(env: dict, args: argparse.Namespace, runs: dict[str, list[dict]]) -> dict:
     return {**env, "kind": "quality_check", "recipe": args.recipe.stem, "data": str(args.data), "split": "val",
-            "limit": args.limit, "mode": "train", "steps_trained": args.steps, "seeds": args.seeds, "runs": runs,
-            **verdict(runs)}
+            "limit": args.limit, "mode": "train", "steps_trained": args.steps, "seeds": args.seeds,
+            "parallel": args.parallel, "runs": runs, **verdict(runs)}
 
 
 def finish(record: dict, results: Path) -> None:
@@ -150,7 +156,7 @@ def score_translations(folder: Path, args: argparse.Namespace) -> None:
         for entry in entries:
             metrics = score_saved(folder / f"{engine}-seed{entry['seed']}", recipe, args.data, saved["limit"])
             runs[engine].append({**entry, "metrics": {m: metrics[m] for m in METRICS}, "images": metrics["images"]})
-    args.steps, args.seeds, args.limit = saved["steps"], saved["seeds"], saved["limit"]
+    args.steps, args.seeds, args.limit, args.parallel = saved["steps"], saved["seeds"], saved["limit"], saved["parallel"]
     scored_on = environment(torch.device("cpu"))
     finish({**record_of(saved["environment"], args, runs), "fid_kid_scored_on": scored_on["device_name"]}, args.results)
 
@@ -168,6 +174,8 @@ def main() -> None:
     parser.add_argument("--save-translations", type=Path, metavar="DIR",
                         help="score SSIM/PSNR only and keep the outputs in DIR for --score-translations")
     parser.add_argument("--score-translations", type=Path, metavar="DIR", help="score outputs saved by --save-translations")
+    parser.add_argument("--parallel", action="store_true",
+                        help="train all runs at once (a large GPU: quality is unchanged, the recorded times are shared)")
     args = parser.parse_args()
     if len(args.seeds) < 2:
         parser.error("--seeds needs two or more seeds: the noise is the spread between them")
@@ -181,11 +189,16 @@ def main() -> None:
     device = resolve_device(args.device)
     out = args.out or Path(tempfile.mkdtemp(prefix="i2i-quality-check-"))
     runs: dict[str, list[dict]] = {engine: [] for engine in ENGINES}
-    for seed in args.seeds:
-        for engine in ENGINES:  # alternating, so a machine that slows down later slows both
+    order = [(seed, engine) for seed in args.seeds for engine in ENGINES]  # alternating: a slowing machine slows both
+    for group in [order] if args.parallel else [[run] for run in order]:
+        started = {}
+        for seed, engine in group:
             run = out / f"{engine}-seed{seed}"
             print(f"training {engine}, seed {seed}, {args.steps} steps -> {run}", flush=True)
-            entry = {"seed": seed, **train(args.recipe, args.data, engine, seed, args.steps, str(device), run)}
+            started[seed, engine] = (run, time.perf_counter(),
+                                     start_training(args.recipe, args.data, engine, seed, args.steps, str(device), run))
+        for (seed, engine), (run, since, process) in started.items():
+            entry = {"seed": seed, **finish_training(process, run, since)}
             if args.save_translations:  # scored again, FID and KID too, by --score-translations
                 metrics = translate(run, args.data, args.limit, device, args.save_translations / run.name)
                 entry.update(ssim_here=metrics["ssim"], psnr_here=metrics["psnr"])
@@ -193,10 +206,11 @@ def main() -> None:
                 metrics = score(run, args.data, args.limit, str(device), out)["metrics"]
                 entry.update(metrics={m: metrics[m] for m in METRICS}, images=metrics["images"])
             runs[engine].append(entry)
-            print(f"  {engine} seed {seed}: " + "  ".join(f"{m} {metrics[m]:.4g}" for m in METRICS if m in metrics), flush=True)
+            print(f"  {engine} seed {seed}: " + "  ".join(f"{m} {metrics[m]:.4g}" for m in METRICS if m in metrics),
+                  flush=True)
             if args.save_translations:  # after every run: a check cut short keeps the runs it finished
                 saved = {"environment": environment(device), "steps": args.steps, "seeds": args.seeds,
-                         "limit": args.limit, "runs": runs}
+                         "limit": args.limit, "parallel": args.parallel, "runs": runs}
                 (args.save_translations / "runs.json").write_text(json.dumps(saved, indent=1))
 
     if args.save_translations:

@@ -99,6 +99,8 @@ class TrainSection(Params):
         "default", description="torch.compile mode when train.compile is on"
     )
     fused_adam: bool | None = Field(None, description="one fused kernel per Adam update (CPU and CUDA); the same math")
+    cuda_graph: bool | None = Field(None, description="CUDA: the whole training step captured once as a CUDA graph "
+                                    "and replayed, one launch a step (docs/engine.md); the same math")
     cpu_speedups: bool | None = Field(
         None,
         description="CPU: thin convolutions as matmuls, dense BatchNorm gradients, freed memory kept "

@@ -42,7 +42,8 @@ def test_bench_speed_appends_a_json_line_and_compare_flags_a_slowdown_and_a_drif
     assert record["image_size"] == 32 and record["batches"] == "real"
     configs = record["configs"]
     assert configs["baseline"]["settings"] == {"engine": "reference", "precision": "fp32", "channels_last": False,
-                                               "fused_adam": False, "cpu_speedups": False, "compile": False}
+                                               "fused_adam": False, "cpu_speedups": False, "cuda_graph": False,
+                                               "compile": False}
     assert configs["baseline"]["engine_source"] == "reference"
     assert configs["tuned"]["settings"] == {"engine": "fast", **static_settings(torch.device("cpu"))}
     assert configs["default"]["settings"] == {} and configs["default"]["engine_source"] in ("measured", "cached", "static")

@@ -314,10 +314,10 @@ def test_cuda_low_precision_training_tracks_fp32(tmp_path, precision):
 
 
 @cuda
-@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
-def test_cuda_compiled_training_matches_eager(tmp_path, mode):
+@pytest.mark.slow
+def test_cuda_compiled_training_matches_eager(tmp_path):
     eager = l1_terms({"device": "cuda", "compile": False}, tmp_path / "eager", steps=3)
-    compiled = l1_terms({"device": "cuda", "compile": True, "compile_mode": mode}, tmp_path / mode, steps=3)
+    compiled = l1_terms({"device": "cuda", "compile": True}, tmp_path / "compiled", steps=3)
     assert compiled == pytest.approx(eager, rel=1e-2)
 
 
@@ -350,3 +350,30 @@ def test_cuda_fast_generator_matches_the_fp32_generator(mode):
     with torch.no_grad(), generator_mode(generator, mode):
         expected = generator(x)
     torch.testing.assert_close(run(x), expected, atol=3e-2, rtol=0)
+
+
+@cuda
+def test_cuda_graphed_step_trains_as_the_eager_step_and_follows_the_learning_rate(tmp_path):
+    from i2i.engine.compiled import GraphedStep
+
+    def run(cuda_graph: bool) -> tuple[list[float], Trainer]:
+        recipe = tiny_recipe(train={"batch_size": 2, "device": "cuda", "cuda_graph": cuda_graph, "precision": "fp32",
+                                    "channels_last": True, "fused_adam": True, "compile": False,
+                                    "epochs": 1, "epochs_decay": 3})
+        recipe["model"]["generator"]["params"]["dropout"] = 0.0  # the same math, without random draws to line up
+        trainer = Trainer(Recipe.from_dict(recipe), run_dir=tmp_path / str(cuda_graph))
+        real_a, real_b = (torch.stack([trainer.dataset[i][key] for i in range(2)]).cuda()
+                          .contiguous(memory_format=trainer.memory_format) for key in ("input", "target"))
+        found = []
+        for step in range(8):
+            if step == 6:
+                trainer.set_epoch(3)  # a quarter of the learning rate from here
+            found.append(float(trainer.train_step(real_a, real_b)["G_l1"]))
+        short = trainer.train_step(real_a[:1], real_b[:1])  # another shape: eagerly
+        assert all(torch.isfinite(value) for value in short.values())
+        return found, trainer
+
+    eager, _ = run(False)
+    graphed, trainer = run(True)
+    assert isinstance(trainer.train_step, GraphedStep) and trainer.train_step.graph is not None
+    assert graphed == pytest.approx(eager, rel=1e-3)

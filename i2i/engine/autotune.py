@@ -2,7 +2,7 @@
 
 ``train.engine: reference`` is the published eager fp32 step. ``fast`` (the default)
 leaves every engine setting the recipe does not set (``precision``, ``channels_last``,
-``fused_adam``, ``cpu_speedups``, ``compile``) to the engine: on the first run of a
+``fused_adam``, ``cpu_speedups``, ``cuda_graph``, ``compile``) to the engine: on the first run of a
 recipe shape on a machine, ``choose_engine`` times a few steps of each candidate
 against the best so far, interleaved, keeps the fastest and caches the decision in
 ``~/.cache/i2i/engine/`` (``I2I_CACHE`` replaces ``~/.cache/i2i``), keyed by device,
@@ -29,8 +29,9 @@ import torch
 
 from i2i.engine.build import cpu_has_fast_bf16
 
-ENGINE_SETTINGS = ("precision", "channels_last", "fused_adam", "cpu_speedups", "compile")
-REFERENCE = {"precision": "fp32", "channels_last": False, "fused_adam": False, "cpu_speedups": False, "compile": False}
+ENGINE_SETTINGS = ("precision", "channels_last", "fused_adam", "cpu_speedups", "cuda_graph", "compile")
+REFERENCE = {"precision": "fp32", "channels_last": False, "fused_adam": False, "cpu_speedups": False,
+             "cuda_graph": False, "compile": False}
 # Bumped when the candidates or the way they are timed change: older cache entries are then ignored.
 PROBE_VERSION = 1
 # A challenger replaces the best only when faster by more than this (timing noise on a shared machine).
@@ -113,13 +114,17 @@ def static_settings(device: torch.device) -> dict[str, Any]:
         "channels_last": bf16 or device.type == "cuda",
         "fused_adam": True,
         "cpu_speedups": device.type == "cpu",
+        "cuda_graph": False,  # a capture can fail: only where the probe saw it work
         "compile": False,
     }
 
 
-def probed_settings(device: torch.device, fixed: dict[str, Any]) -> list[str]:
-    """The settings worth timing both ways, the costliest (compile) last."""
-    keys = ["channels_last"]
+def probed_settings(device: torch.device, fixed: dict[str, Any], on_nonfinite: str = "stop") -> list[str]:
+    """The settings worth timing both ways: on CUDA the step's graph first (without launch
+    costs the other settings compare differently), the costliest (compile) last."""
+    graphable = fixed.get("precision") != "fp16" and on_nonfinite == "stop"  # no host sync inside the step
+    keys = ["cuda_graph"] if device.type == "cuda" and graphable else []
+    keys.append("channels_last")
     if native_bf16(device):  # bf16 without hardware support is emulated: never faster
         keys.append("precision")
     keys.append("cpu_speedups" if device.type == "cpu" else "compile")
@@ -288,6 +293,8 @@ def reasons_for(
         "channels_last": "NHWC with bf16 or on CUDA, else NCHW (not measured)",
         "fused_adam": "one fused kernel per Adam update, the same math",
         "cpu_speedups": "CPU rewrites of the same math (not measured)" if device.type == "cpu" else "CPU only",
+        "cuda_graph": "not timed: over the probe's budget for this run, or train.on_nonfinite skip / fp16"
+        if device.type == "cuda" else "CUDA only",
         "compile": "not timed: over the probe's budget for this run" if device.type == "cuda"
         else "not tried on the CPU: slower than eager where measured (docs/engine.md)",
     }
@@ -327,7 +334,7 @@ def choose_engine(
                    for name in ENGINE_SETTINGS}
         return EngineChoice({**REFERENCE, **fixed}, reasons, "reference")
     first = {**static_settings(device), **fixed}
-    keys = probed_settings(device, fixed)
+    keys = probed_settings(device, fixed, train.on_nonfinite)
     if not keys or not probe_allowed(train.engine_probe):
         return EngineChoice(first, reasons_for(first, fixed, [], device), "recipe" if not keys else "static")
     key = shape_key(recipe, device, channels, fixed)

@@ -66,9 +66,15 @@ def build_optimizers(
 ) -> tuple[torch.optim.Adam, torch.optim.Adam, torch.amp.GradScaler]:
     cfg = recipe.train
     implementation = {"fused": True} if cfg.fused_adam else {"foreach": True}
-    adam = dict(lr=cfg.lr, betas=cfg.betas, **implementation)
+    if cfg.cuda_graph:  # a captured step reads the learning rate from a tensor, updated in place
+        implementation["capturable"] = True
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    return torch.optim.Adam(generator.parameters(), **adam), torch.optim.Adam(discriminator.parameters(), **adam), scaler
+    optimizers = [
+        torch.optim.Adam(network.parameters(), lr=torch.tensor(cfg.lr, device=device) if cfg.cuda_graph else cfg.lr,
+                         betas=cfg.betas, **implementation)
+        for network in (generator, discriminator)
+    ]
+    return *optimizers, scaler
 
 
 def wrap_for_step(

@@ -24,6 +24,7 @@ from i2i.engine.autotune import EngineChoice, choose_engine
 from i2i.engine.build import build_dataset, build_losses, resolve_device, resolve_precision
 from i2i.engine.callbacks import Callback
 from i2i.engine.checkpoint import latest_good_checkpoint, load_weights, save_checkpoint
+from i2i.engine.compiled import GraphedStep
 from i2i.engine.distributed import barrier, broadcast_from_main, broadcast_weights, rank_and_world_size
 from i2i.engine.faults import NonFiniteGuard, StopSignals, TrainingInterrupted, advise_on_out_of_memory
 from i2i.engine.inference import generator_mode
@@ -72,6 +73,11 @@ class Trainer:
         # The G update only reads D: under DDP, D's wrapper would wait for D gradients that never come.
         self.D_for_G = wrap_for_step(self.discriminator, "discriminator", ddp=False, **wrap) if world_size > 1 else self.D
 
+        if self.engine.settings["cuda_graph"] and self.device.type == "cuda":  # the optimizers were built capturable
+            if world_size == 1:
+                self.train_step = GraphedStep(self.train_step, self.log_line)
+            else:
+                self.log_line("train.cuda_graph: not with several processes (DDP); the step runs eagerly")
         self.sampler = EpochSampler(len(self.dataset), self.cfg.seed, rank, world_size)
         self.steps_per_epoch, self.total_steps = self.schedule.steps_per_epoch, self.schedule.total_steps
 
@@ -164,9 +170,13 @@ class Trainer:
 
     def set_epoch(self, epoch: int, offset: int = 0) -> None:
         """The learning rate, augmentation seed and sample order of ``epoch``, ``offset`` steps in."""
+        lr = self.cfg.lr * linear_decay(epoch, self.cfg.epochs, self.cfg.epochs_decay)
         for optimizer in (self.opt_g, self.opt_d):
             for group in optimizer.param_groups:
-                group["lr"] = self.cfg.lr * linear_decay(epoch, self.cfg.epochs, self.cfg.epochs_decay)
+                if isinstance(group["lr"], torch.Tensor):
+                    group["lr"].fill_(lr)  # in place: a captured step reads this tensor
+                else:
+                    group["lr"] = lr
         self.dataset.set_epoch(epoch)
         self.sampler.set_epoch(epoch, offset * self.cfg.batch_size)
 
