@@ -33,7 +33,7 @@ ENGINE_SETTINGS = ("precision", "channels_last", "fused_adam", "cpu_speedups", "
 REFERENCE = {"precision": "fp32", "channels_last": False, "fused_adam": False, "cpu_speedups": False,
              "cuda_graph": False, "compile": False}
 # Bumped when the candidates or the way they are timed change: older cache entries are then ignored.
-PROBE_VERSION = 1
+PROBE_VERSION = 2
 # A challenger replaces the best only when faster by more than this (timing noise on a shared machine).
 MARGIN = 0.05
 # The probe may spend this share of a 1,000-step run (or of the planned run, if longer).
@@ -175,7 +175,7 @@ def read_cached(path: Path, key: dict[str, Any], planned_steps: int) -> dict[str
         entry = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(entry, dict) or entry.get("key") != key:
+    if not isinstance(entry, dict) or entry.get("key") != key or set(entry.get("settings", ())) != set(ENGINE_SETTINGS):
         return None
     if not entry.get("complete") and planned_steps > entry.get("planned_steps", 0):
         return None
