@@ -67,11 +67,11 @@ main() {
     export PYTHONPATH=/tmp/site
     python3 -c "import torch, i2i; print('torch', torch.__version__, torch.cuda.get_device_name(), 'i2i', i2i.__version__)" || return
 
-    section "CUDA tests" 45 python3 -m pytest -q -p no:cacheprovider tests/test_engine.py -k "cuda and not slow"
+    section "CUDA tests" 55 python3 -m pytest -q -p no:cacheprovider tests/test_engine.py -k "cuda and not slow"
 
     # 300 training pairs: 366 + 365 epochs is the full maps schedule's length (219,300 steps)
     local schedule=(--set "data.root=$DATA" --set train.epochs=366 --set train.epochs_decay=365)
-    if ! section "engine probe, full schedule" 130 python3 benchmarks/engine_probe.py recipes/pix2pix_maps.yaml \
+    if ! section "engine probe, full schedule" 125 python3 benchmarks/engine_probe.py recipes/pix2pix_maps.yaml \
         --set train.device=cuda "${schedule[@]}"; then
         schedule+=(--set train.compile=false)  # no cached choice: the bench must not probe a compile again
     fi

@@ -154,7 +154,7 @@ class Trainer:
                     if self.step % self.cfg.log_every == 0 or done:
                         self.check_finite()  # the only host sync: losses are read every log_every steps
                         last, rate = meter.read(list(losses), self.step)
-                        self.log({"step": self.step, "epoch": epoch, "lr": self.opt_g.param_groups[0]["lr"],
+                        self.log({"step": self.step, "epoch": epoch, "lr": float(self.opt_g.param_groups[0]["lr"]),
                                   "steps_per_s": rate, **last, **self.guard.counts()})
                     if self.is_main and (self.step % self.cfg.sample_every == 0 or done):
                         self.save_samples()
