@@ -104,26 +104,33 @@ def probe_allowed(configured: bool) -> bool:
 
 
 # --------------------------------------------------------------- the candidates
-def static_settings(device: torch.device) -> dict[str, Any]:
-    """The choice without measuring: bf16 where the hardware computes it natively, and with
-    it channels_last (oneDNN's and cuDNN's low-precision kernels want NHWC; in fp32 on an
-    AVX2 CPU NCHW measured faster); fused Adam; the CPU rewrites on the CPU."""
+def graphable(fixed: dict[str, Any], on_nonfinite: str) -> bool:
+    """Whether a CUDA step can be captured: nothing in it may wait for the host (fp16's
+    GradScaler and ``on_nonfinite: skip`` read values back every step)."""
+    return fixed.get("precision") != "fp16" and on_nonfinite == "stop"
+
+
+def static_settings(device: torch.device, graph: bool = True) -> dict[str, Any]:
+    """The choice without measuring (docs/engine.md has the measurements behind it): bf16
+    where the hardware computes it natively, and with it channels_last (oneDNN's and
+    cuDNN's low-precision kernels want NHWC; in fp32 on an AVX2 CPU NCHW was no slower);
+    fused Adam; the CPU rewrites on the CPU; on CUDA the step as one graph (``graph``:
+    where it can be captured)."""
     bf16 = native_bf16(device)
     return {
         "precision": "bf16" if bf16 else "fp32",
         "channels_last": bf16 or device.type == "cuda",
         "fused_adam": True,
         "cpu_speedups": device.type == "cpu",
-        "cuda_graph": False,  # a capture can fail: only where the probe saw it work
-        "compile": False,
+        "cuda_graph": device.type == "cuda" and graph,
+        "compile": False,  # a minute of compiling: only where the probe saw it repaid
     }
 
 
 def probed_settings(device: torch.device, fixed: dict[str, Any], on_nonfinite: str = "stop") -> list[str]:
     """The settings worth timing both ways: on CUDA the step's graph first (without launch
     costs the other settings compare differently), the costliest (compile) last."""
-    graphable = fixed.get("precision") != "fp16" and on_nonfinite == "stop"  # no host sync inside the step
-    keys = ["cuda_graph"] if device.type == "cuda" and graphable else []
+    keys = ["cuda_graph"] if device.type == "cuda" and graphable(fixed, on_nonfinite) else []
     keys.append("channels_last")
     if native_bf16(device):  # bf16 without hardware support is emulated: never faster
         keys.append("precision")
@@ -293,7 +300,7 @@ def reasons_for(
         "channels_last": "NHWC with bf16 or on CUDA, else NCHW (not measured)",
         "fused_adam": "one fused kernel per Adam update, the same math",
         "cpu_speedups": "CPU rewrites of the same math (not measured)" if device.type == "cpu" else "CPU only",
-        "cuda_graph": "not timed: over the probe's budget for this run, or train.on_nonfinite skip / fp16"
+        "cuda_graph": "one launch a step instead of hundreds (not measured; off with fp16 or on_nonfinite skip)"
         if device.type == "cuda" else "CUDA only",
         "compile": "not timed: over the probe's budget for this run" if device.type == "cuda"
         else "not tried on the CPU: slower than eager where measured (docs/engine.md)",
@@ -333,7 +340,7 @@ def choose_engine(
         reasons = {name: "set in the recipe" if name in fixed else "reference engine: the published eager fp32 step"
                    for name in ENGINE_SETTINGS}
         return EngineChoice({**REFERENCE, **fixed}, reasons, "reference")
-    first = {**static_settings(device), **fixed}
+    first = {**static_settings(device, graphable(fixed, train.on_nonfinite)), **fixed}
     keys = probed_settings(device, fixed, train.on_nonfinite)
     if not keys or not probe_allowed(train.engine_probe):
         return EngineChoice(first, reasons_for(first, fixed, [], device), "recipe" if not keys else "static")
