@@ -31,18 +31,10 @@ from i2i.model_catalogue import (
     model_recipe,
 )
 from i2i.models.unet import UNetParams
-from test_download import Server
+from test_download import server  # noqa: F401  (the loopback server fixture)
 from test_reference_weights import ReferenceUNet, trained_looking, unet_recipe
 
 NAME = "tiny_map2sat"
-
-
-@pytest.fixture
-def server():
-    serving = Server()
-    yield serving
-    serving.httpd.shutdown()
-    serving.httpd.server_close()
 
 
 @pytest.fixture
