@@ -26,6 +26,7 @@ class FakeClock:
 
 
 def recipe(crop_size: int = 32, **train) -> Recipe:
+    train = {"engine_probe": True, **train}  # whatever the shared tiny recipe says
     return Recipe.from_dict(tiny_recipe(data={"crop_size": crop_size, "load_size": crop_size}, train=train))
 
 
@@ -154,7 +155,7 @@ def test_a_run_probes_once_and_the_next_run_reuses_the_cache_with_the_same_train
 
     monkeypatch.setenv("I2I_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("I2I_ENGINE_PROBE", raising=False)
-    recipe = Recipe.from_dict(tiny_recipe(train={"max_steps": 2, "tensorboard": False}))
+    recipe = Recipe.from_dict(tiny_recipe(train={"max_steps": 2, "tensorboard": False, "engine_probe": True}))
     first = Trainer(recipe, run_dir=tmp_path / "first")
     assert first.engine.source == "measured" and first.engine.cache_file.is_file()
 

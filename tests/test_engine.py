@@ -328,7 +328,8 @@ def test_cuda_engine_probe_times_chooses_and_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("I2I_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("I2I_ENGINE_PROBE", raising=False)
     # long enough a run for a budget that times bf16 and channels_last, too short for a compile (never trained)
-    recipe = Recipe.from_dict(tiny_recipe(train={"device": "cuda", "epochs": 2500, "epochs_decay": 0}))  # 20,000 steps
+    recipe = Recipe.from_dict(tiny_recipe(train={"device": "cuda", "epochs": 2500, "epochs_decay": 0,  # 20,000 steps
+                                                 "engine_probe": True}))
     first = Trainer(recipe, run_dir=tmp_path / "first")
     assert first.engine.source == "measured" and first.engine.cache_file.is_file()
     assert first.engine.comparisons, "the probe timed at least one alternative"
