@@ -42,6 +42,9 @@ FREE_TO_CHANGE = (
     "train.log_every", "train.sample_every", "train.checkpoint_every", "train.keep_checkpoints",
     "train.eval_every", "train.eval_images", "train.tensorboard",
     "data.num_workers", "description", "output_dir",
+    # how the engine computes the same math (runs from before train.engine stored them explicitly)
+    "train.engine_probe", "train.channels_last", "train.fused_adam", "train.cpu_speedups", "train.cuda_graph",
+    "train.compile", "train.compile_mode",
 )
 
 

@@ -18,6 +18,8 @@ RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 MAPS = ROOT.parent / "shared" / "data" / "maps"
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tests time nothing: the engine takes its static choice (subprocesses inherit this).
+os.environ.setdefault("I2I_ENGINE_PROBE", "0")
 
 TINY_SIZE = 32
 

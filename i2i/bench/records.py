@@ -5,26 +5,14 @@ from __future__ import annotations
 import datetime
 import json
 import math
-import platform
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from i2i.engine.autotune import device_name
 from i2i.version import __version__
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def git_commit() -> str:

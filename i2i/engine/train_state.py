@@ -3,7 +3,7 @@ the step, the optimizers, the gradient scaler, the random number generators."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,8 @@ class TrainState:
         )
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Not dataclasses.asdict: it deep-copies every optimizer tensor (hundreds of MB) on each save.
+        return {field.name: getattr(self, field.name) for field in fields(self)}
 
     @classmethod
     def load(cls, path: Path) -> TrainState:
