@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from i2i.data.base import DataError
+from i2i.data.base import DataError, to_tensor as image_to_tensor
 from i2i.data.images import to_rgb
 from i2i.engine.build import resolve_device
 from i2i.engine.checkpoint import CheckpointError
@@ -189,7 +189,7 @@ def to_tensor(image: np.ndarray, channels: int) -> torch.Tensor:
     """HxWx3 uint8 -> 1xCxHxW float in [-1, 1]; gray (ITU-R 601, as PIL) where ``channels`` is 1."""
     if channels == 1 and image.shape[2] == 3:
         image = np.asarray(Image.fromarray(image).convert("L"))[..., None]
-    return torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div(127.5).sub(1).unsqueeze(0)
+    return image_to_tensor(image).unsqueeze(0)
 
 
 def resolve_source(source: str | Path) -> Path:
