@@ -16,8 +16,8 @@ class CompiledOrEager:
 
     ``freeze`` (inference only): parameters become constants that inductor folds and
     prepacks. It is set around every call rather than passed as a compile option:
-    measured, the option alone left the weights unfrozen (2.2x instead of 6.1x), and
-    a new input shape compiles again under whatever the config says then."""
+    the option alone left the weights unfrozen (docs/engine.md), and a new input
+    shape compiles again under whatever the config says then."""
 
     def __init__(self, module: nn.Module, mode: str, name: str, log_line: Callable[[str], None], freeze: bool = False):
         self.module, self.name, self.log_line = module, name, log_line

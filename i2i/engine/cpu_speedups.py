@@ -11,14 +11,14 @@ convolution; only the summation order differs.
 
 2. Dense gradients into BatchNorm. With channels_last, the gradient that reaches
 a block feeding a skip concatenation is a channel slice of the concatenation's
-gradient; BatchNorm's backward takes a slow strided path on it (32 ms instead of
-4 ms at 64x128x128). One copy into the output's own layout avoids that.
+gradient; BatchNorm's backward takes a slow strided path on it. One copy into the
+output's own layout avoids that.
 
 3. Freed memory kept in the process (glibc). By default glibc serves big blocks
 (an activation or gradient of several MiB) with fresh ``mmap`` pages and unmaps them
 on free, so every step faults in and zeroes the same hundreds of MiB again.
 
-All measured in ``benchmarks/profile_step.py`` (docs/engine.md).
+The figures behind each: docs/engine.md (from ``benchmarks/profile_step.py``).
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ docs/engine.md):
   a compile of a minute or more on a small CPU. Train mode (the reference's test:
   batch statistics, live dropout) compiles too: the copy's BatchNorm layers drop
   their running statistics, which train mode never reads, so no buffer is written
-  and every weight freezes (kept, the buffer writes left it unfrozen: 1.8x
-  instead of 5x).
+  and every weight freezes (kept, the buffer writes would leave them unfrozen;
+  figures in docs/engine.md).
 
 Two rewrites of the copy, on the CPU, keep the math (the same sums in another order):
 eval-mode BatchNorm folded into the convolution before it, and the 4x4 stride-2
