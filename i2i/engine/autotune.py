@@ -9,6 +9,7 @@ against the best so far, interleaved, keeps the fastest and caches the decision 
 torch version, networks, sizes and threads; later runs read it and time nothing.
 Without the probe (``train.engine_probe: false`` or ``I2I_ENGINE_PROBE=0``) the
 static choice holds: bf16 only where the hardware computes it natively.
+(Over 300 lines: one job, the probe, its budget and its cache.)
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ on real and generated pairs (loss halved), update G on fooling D plus the
 weighted reconstruction losses. ``fit`` is the loop around it: data order,
 learning rate, logging, samples, checkpoints. Setup lives in ``setup.py``, the
 saved training state in ``train_state.py``, data order and schedule in
-``schedule.py``.
+``schedule.py``. (Over 300 lines: the methods here are the side outputs and
+save/resume of one run, and ``probe_step`` needs a ``Trainer``.)
 """
 
 from __future__ import annotations
