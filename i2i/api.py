@@ -47,7 +47,6 @@ from i2i.engine.inference import (
     tile_size,
     translate_batch,
 )
-from i2i.errors import I2IError
 from i2i.export import onnxruntime_generator
 from i2i.hub import download_from_hub
 from i2i.model_catalogue import MODELS, ensure_model, is_model_name
@@ -210,13 +209,6 @@ def resolve_source(source: str | Path) -> Path:
     )
 
 
-def _device(name: str) -> torch.device:
-    try:
-        return resolve_device(name)
-    except RuntimeError as error:
-        raise I2IError(f"device {name!r} is not one torch knows ({error}); use auto, cpu, cuda or cuda:N") from None
-
-
 def load(
     source: str | Path,
     device: str = "auto",
@@ -246,7 +238,7 @@ def load(
     if batch_size < 1:
         raise DataError(f"batch size must be at least 1, got {batch_size}")
     path = resolve_source(source)
-    torch_device = _device(device)
+    torch_device = resolve_device(device)
     if path.suffix == ".onnx" or backend == "onnxruntime":
         if backend in ("fast", "compiled"):
             raise DataError(f"{path} is an ONNX export: it runs with backend onnxruntime, not {backend}")

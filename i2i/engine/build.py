@@ -39,7 +39,10 @@ def build_losses(recipe: Recipe) -> tuple[tuple[AdversarialLoss, float], list[tu
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise I2IError(f"device {name!r} is not one torch knows ({error}); use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise I2IError(f"train.device is {name!r} but CUDA is not available; use 'cpu' or 'auto'")
     return device
