@@ -5,13 +5,24 @@ residual blocks at 4*ngf channels (reflection padding 1), two stride-2
 transposed-conv upsamplings and a c7s1 output conv with tanh. With the
 reference's defaults (9 blocks, ngf 64, instance norm) a 3->3 network has
 11,378,179 parameters.
+
+``antialias: true`` is CUT's generator (taesungp/contrastive-unpaired-translation,
+its default ``no_antialias=False, no_antialias_up=False``): each downsampling is a
+stride-1 conv, norm, ReLU and then a fixed [1, 2, 1] x [1, 2, 1] / 16 blur with
+stride 2 (``BlurDown``), and each upsampling a fixed [1, 3, 3, 1] transposed blur
+with stride 2 (``BlurUp``) before a stride-1 conv, norm and ReLU. The filters are
+constants, not parameters, so the count stays the same. ``encode`` returns the
+outputs of chosen layers of ``model``, numbered as in CUT's reference (its
+``nce_layers`` 0, 4, 8, 12, 16).
 """
 
 from __future__ import annotations
 
+from math import comb
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
@@ -45,6 +56,40 @@ def _padded_conv3x3(channels: int, padding: Padding, bias: bool) -> list[nn.Modu
     return [pad, nn.Conv2d(channels, channels, 3, bias=bias)]
 
 
+def binomial_filter(taps: int) -> torch.Tensor:
+    """The taps x taps outer product of binomial coefficients, summing to 1."""
+    row = torch.tensor([comb(taps - 1, k) for k in range(taps)], dtype=torch.float32)
+    return torch.outer(row, row) / row.sum() ** 2
+
+
+class BlurDown(nn.Module):
+    """Anti-aliased stride-2 downsampling: reflection pad 1, then the 3x3 binomial blur
+    per channel with stride 2 (CUT's ``Downsample``)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        # Not persistent: a constant of the architecture, not a weight to save.
+        self.register_buffer("kernel", binomial_filter(3).expand(channels, 1, 3, 3).clone(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), self.kernel, stride=2, groups=x.shape[1])
+
+
+class BlurUp(nn.Module):
+    """Anti-aliased 2x upsampling: replication pad 1, a 4x4 binomial transposed blur per
+    channel with stride 2 (scaled by 4 to keep the mean), cropped to twice the input
+    size (CUT's ``Upsample``)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.register_buffer("kernel", (4 * binomial_filter(4)).expand(channels, 1, 4, 4).clone(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
+        # (H + 2 - 1) * 2 - 2 * 2 + 4 = 2H + 2 rows; the reference keeps rows 1 .. 2H.
+        return F.conv_transpose2d(padded, self.kernel, stride=2, padding=2, groups=x.shape[1])[:, :, 1:-1, 1:-1]
+
+
 class ResnetParams(Params):
     n_blocks: int = Field(9, ge=1, description="residual blocks: 9 for 256x256 (reference), 6 for 128x128")
     ngf: int = Field(64, ge=1, description="filters in the first layer")
@@ -53,6 +98,7 @@ class ResnetParams(Params):
     padding: Padding = Field("reflect", description="padding inside the residual blocks")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout inside each block (reference: 0.5 when enabled)")
     init_std: float = Field(0.02, gt=0.0)
+    antialias: bool = Field(False, description="CUT's generator: blurred stride-2 down- and upsampling (same parameters)")
 
 
 @GENERATORS.register("resnet", params=ResnetParams, example={"ngf": 8, "n_blocks": 2})
@@ -69,16 +115,18 @@ class ResnetGenerator(Generator):
         ]
         for i in range(params.n_downsampling):
             channels = ngf * 2**i
-            layers += [nn.Conv2d(channels, 2 * channels, 3, 2, 1, bias=bias), norm_layer(norm, 2 * channels), nn.ReLU(True)]
+            stride = 1 if params.antialias else 2
+            layers += [nn.Conv2d(channels, 2 * channels, 3, stride, 1, bias=bias), norm_layer(norm, 2 * channels), nn.ReLU(True)]
+            layers += [BlurDown(2 * channels)] if params.antialias else []
         width = ngf * 2**params.n_downsampling
         layers += [ResnetBlock(width, norm, params.padding, params.dropout) for _ in range(params.n_blocks)]
         for i in range(params.n_downsampling, 0, -1):
             channels = ngf * 2**i
-            layers += [
-                nn.ConvTranspose2d(channels, channels // 2, 3, 2, 1, output_padding=1, bias=bias),
-                norm_layer(norm, channels // 2),
-                nn.ReLU(True),
-            ]
+            if params.antialias:
+                layers += [BlurUp(channels), nn.Conv2d(channels, channels // 2, 3, 1, 1, bias=bias)]
+            else:
+                layers += [nn.ConvTranspose2d(channels, channels // 2, 3, 2, 1, output_padding=1, bias=bias)]
+            layers += [norm_layer(norm, channels // 2), nn.ReLU(True)]
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
         init_weights(self, params.init_std)
@@ -89,3 +137,21 @@ class ResnetGenerator(Generator):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    def encode(self, x: torch.Tensor, layers: list[int]) -> list[torch.Tensor]:
+        """The outputs of ``self.model[i]`` for each i in ``layers`` (in that order), running
+        the network only as far as the deepest of them."""
+        wanted = set(layers)
+        if not wanted or min(wanted) < 0 or max(wanted) >= len(self.model):
+            raise ValueError(f"encode layers must lie in 0..{len(self.model) - 1}, got {layers}")
+        outputs = {}
+        for index, layer in enumerate(self.model[: max(wanted) + 1]):
+            x = layer(x)
+            if index in wanted:
+                # The in-place ReLU that may follow would overwrite a returned norm output.
+                outputs[index] = x.clone() if index < max(wanted) and _in_place(self.model[index + 1]) else x
+        return [outputs[index] for index in layers]
+
+
+def _in_place(layer: nn.Module) -> bool:
+    return getattr(layer, "inplace", False)
