@@ -12,12 +12,16 @@ crop runs here or on the training device (``i2i.data.device``).
 
 ``prepare()`` decodes every pair once into one uint8 array (the cache) and, under
 ``data.on_bad_image: skip``, drops the files that cannot be read.
+
+All of this except the pairing lives in ``DecodedImages``, a set of images of
+one kind, so that unpaired datasets (``i2i.data.unaligned``) run each of their
+two sides through the same pipeline.
 """
 
 from __future__ import annotations
 
 import logging
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TypeVar
 
@@ -76,11 +80,20 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+def sample_seed(seed: int, epoch: int, index: int, *stream: int) -> int:
+    """The seed of sample ``index``'s randomness this epoch; ``stream`` tells independent draws apart."""
+    return int(np.random.SeedSequence([seed, epoch, index, *stream]).generate_state(1)[0])
 
 
-class ImagePairDataset(PairedDataset):
+class DecodedImages(ABC):
+    """Indexed uint8 images, each resized to a square ``size`` with ``channels`` channels
+    (``stored``), decoded once into the cache by ``prepare``, randomly cropped and flipped
+    per (seed, epoch, sample, ``stream``)."""
+
+    channels: int
+    stream: tuple[int, ...] = ()
+    auto_cache_bytes = AUTO_CACHE_BYTES
+
     def __init__(self, data: DataSection, split: str = "train", train: bool = True, seed: int = 0):
         self.data = data
         self.split = split
@@ -91,15 +104,17 @@ class ImagePairDataset(PairedDataset):
         self.size = data.load_size if train else data.crop_size
         self.crop = data.crop_size
         self.skipped: list[str] = []
-        self.cache: np.ndarray | None = None  # N x size x size x (in + out channels), uint8
-        self.device_copy = None  # an i2i.data.device.DeviceResidentSet, made on first use
+        self.cache: np.ndarray | None = None  # N x size x size x channels, uint8
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     @abstractmethod
-    def load_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Sample ``index`` as two uint8 HxWxC arrays: (input, target)."""
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def stored(self, index: int) -> np.ndarray:
+        """Image ``index`` decoded, checked and resized to ``size``: what the cache holds."""
 
     def describe(self, index: int) -> str:
         """Where sample ``index`` comes from (a file path for file datasets)."""
@@ -109,40 +124,31 @@ class ImagePairDataset(PairedDataset):
         """Remove samples that failed to load; only datasets of files can."""
         raise DataError(f"{type(self).__name__} cannot skip bad samples: {self.skipped[0]}")
 
-    def finish(self, source: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """A last per-sample step after the crop (``degrade`` builds its input here)."""
-        return source, target
+    def checked(self, array: np.ndarray, channels: int, index: int, role: str) -> np.ndarray:
+        """``array`` resized to ``size``, once it is a uint8 HxWx``channels`` image."""
+        if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != channels:
+            raise DataError(f"{self.describe(index)}: {role} is {array.dtype} {array.shape}, expected uint8 HxWx{channels}")
+        return resize(array, self.size)
 
     # -- decoding ---------------------------------------------------------------
-    def stored_pair(self, index: int) -> np.ndarray:
-        """Input and target resized and stacked on channels: what the cache holds."""
-        source, target = self.load_pair(index)
-        for role, array, channels in (("input", source, self.in_channels), ("target", target, self.out_channels)):
-            if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != channels:
-                raise DataError(
-                    f"{self.describe(index)}: {role} is {array.dtype} {array.shape}, expected uint8 HxWx{channels}"
-                )
-        return np.concatenate([resize(source, self.size), resize(target, self.size)], axis=2)
-
     def wants_cache(self) -> bool:
         mode = self.data.cache
         if self.data.on_device or mode == "memory":
             return True
-        estimate = len(self) * self.size * self.size * (self.in_channels + self.out_channels)
-        return mode == "auto" and self.train and estimate <= AUTO_CACHE_BYTES
+        estimate = len(self) * self.size * self.size * self.channels
+        return mode == "auto" and self.train and estimate <= self.auto_cache_bytes
 
     def prepare(self) -> None:
-        """Decode every pair once: fills the cache and applies ``on_bad_image``."""
+        """Decode every image once: fills the cache and applies ``on_bad_image``."""
         cache_wanted = self.wants_cache()
         skip = self.data.on_bad_image == "skip"
         if not (cache_wanted or skip) or self.cache is not None:
             return
-        channels = self.in_channels + self.out_channels
-        cache = np.empty((len(self), self.size, self.size, channels), np.uint8) if cache_wanted else None
+        cache = np.empty((len(self), self.size, self.size, self.channels), np.uint8) if cache_wanted else None
         bad, kept = [], 0
         for index in range(len(self)):
             try:
-                pair = self.stored_pair(index)
+                image = self.stored(index)
             except DataError as error:
                 if not skip:
                     raise
@@ -150,7 +156,7 @@ class ImagePairDataset(PairedDataset):
                 self.skipped.append(str(error))
                 continue
             if cache is not None:
-                cache[kept] = pair
+                cache[kept] = image
             kept += 1
         if bad:
             for message in self.skipped:
@@ -164,7 +170,7 @@ class ImagePairDataset(PairedDataset):
     # -- sampling ---------------------------------------------------------------
     def crop_box(self, index: int) -> tuple[int, int, bool, np.random.Generator]:
         """(top, left, flip) of sample ``index`` this epoch, and the generator for any later step."""
-        rng = np.random.default_rng(sample_seed(self.seed, self.epoch, index))
+        rng = np.random.default_rng(sample_seed(self.seed, self.epoch, index, *self.stream))
         if not self.train:
             return 0, 0, False, rng
         room = self.size - self.crop
@@ -172,12 +178,41 @@ class ImagePairDataset(PairedDataset):
         flip = bool(self.data.flip and rng.random() < 0.5)
         return top, left, flip, rng
 
+    def cropped(self, index: int, sample: int) -> tuple[np.ndarray, np.random.Generator]:
+        """Image ``index`` cropped and flipped as sample ``sample`` is this epoch, and the generator."""
+        image = self.cache[index] if self.cache is not None else self.stored(index)
+        top, left, flip, rng = self.crop_box(sample)
+        view = image[top : top + self.crop, left : left + self.crop]
+        return (view[:, ::-1] if flip else view), rng
+
+
+class ImagePairDataset(DecodedImages, PairedDataset):
+    """Pairs stacked on channels, input first: one crop and flip serve both."""
+
+    def __init__(self, data: DataSection, split: str = "train", train: bool = True, seed: int = 0):
+        super().__init__(data, split, train, seed)
+        self.device_copy = None  # an i2i.data.device.DeviceResidentSet, made on first use
+
+    @property
+    def channels(self) -> int:
+        return self.in_channels + self.out_channels
+
+    @abstractmethod
+    def load_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample ``index`` as two uint8 HxWxC arrays: (input, target)."""
+
+    def finish(self, source: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """A last per-sample step after the crop (``degrade`` builds its input here)."""
+        return source, target
+
+    def stored(self, index: int) -> np.ndarray:
+        """Input and target resized and stacked on channels."""
+        source, target = self.load_pair(index)
+        source = self.checked(source, self.in_channels, index, "input")
+        return np.concatenate([source, self.checked(target, self.out_channels, index, "target")], axis=2)
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
-        pair = self.cache[index] if self.cache is not None else self.stored_pair(index)
-        top, left, flip, rng = self.crop_box(index)
-        view = pair[top : top + self.crop, left : left + self.crop]
-        if flip:
-            view = view[:, ::-1]
+        view, rng = self.cropped(index, index)
         source, target = self.finish(view[..., : self.in_channels], view[..., self.in_channels :], rng)
         return {"input": to_tensor(source), "target": to_tensor(target), "path": self.describe(index)}
 
