@@ -31,6 +31,7 @@ from typing import Literal
 from i2i.data.download import fetch_file, sha256_of
 from i2i.engine.checkpoint import MANIFEST, CheckpointError, verify_checkpoint
 from i2i.errors import I2IError
+from i2i.safe_files import write_file
 from i2i.recipe import Recipe
 from i2i.reference_weights import find_recipe, import_reference_weights
 
@@ -167,6 +168,4 @@ def _recorded_sha256(folder: Path) -> str | None:
 def _record(folder: Path, name: str, digest: str, size: int) -> None:
     record = {"name": name, "url": source_url(name), "sha256": digest, "bytes": size,
               "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    tmp = folder / f".{SOURCE_RECORD}.tmp"
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, folder / SOURCE_RECORD)
+    write_file(folder / SOURCE_RECORD, json.dumps(record, indent=1))

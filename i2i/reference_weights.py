@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from i2i.engine.checkpoint import MANIFEST, weights_with_checksum
 from i2i.engine.inference import GENERATOR_FILE
 from i2i.errors import I2IError
 from i2i.recipe import Recipe
+from i2i.safe_files import write_file
 
 SHIPPED_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -153,19 +153,6 @@ def channels_of(state: dict[str, torch.Tensor]) -> tuple[int, int]:
 
 
 # -- writing -------------------------------------------------------------------------
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_generator(folder: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """``folder/generator.safetensors`` (with its own checksum, as training checkpoints) and
     then its manifest, each renamed into place when complete."""
@@ -173,9 +160,9 @@ def write_generator(folder: Path, tensors: dict[str, torch.Tensor], metadata: di
     try:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / MANIFEST).unlink(missing_ok=True)  # a manifest never vouches for other weights, even briefly
-        _write_atomically(folder / GENERATOR_FILE, weights)
+        write_file(folder / GENERATOR_FILE, weights, durable=True)
         manifest = {"files": {GENERATOR_FILE: hashlib.sha256(weights).hexdigest()}}
-        _write_atomically(folder / MANIFEST, json.dumps(manifest, indent=1).encode())
+        write_file(folder / MANIFEST, json.dumps(manifest, indent=1), durable=True)
     except OSError as error:
         raise WeightsError(f"cannot write {folder / GENERATOR_FILE}: {error.strerror or error}") from None
 

@@ -26,6 +26,7 @@ from i2i.version import __version__
 from i2i.engine.callbacks import Callback
 from i2i.engine.trainer import Trainer
 from i2i.errors import I2IError
+from i2i.safe_files import describe_write_failure, replacing, write_file
 
 REPORT = "report.html"
 ENVIRONMENT = "environment.json"
@@ -97,8 +98,11 @@ def plot(curves: dict[str, list[tuple[int, float]]], path: Path, title: str) -> 
     figure.suptitle(title)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
+    try:
+        with replacing(path) as handle:
+            figure.savefig(handle, format="png", dpi=90)
+    finally:
+        plt.close(figure)
     return path
 
 
@@ -141,7 +145,13 @@ def sample_grids(run_dir: Path, history: int = HISTORY) -> list[tuple[int, str]]
 
 def build_report(run_dir: Path) -> Path:
     """Write ``report.html`` (and its plots) into ``run_dir`` from what the run left there."""
-    run_dir = Path(run_dir)
+    try:
+        return _build_report(Path(run_dir))
+    except OSError as error:
+        raise ReportError(f"{describe_write_failure(error)}; free some space (or fix the path) and run `i2i report` again") from None
+
+
+def _build_report(run_dir: Path) -> Path:
     if not (run_dir / "recipe.yaml").is_file():
         raise ReportError(f"{run_dir} is not a run directory (no recipe.yaml); pass the folder `i2i run` wrote")
     records = read_log(run_dir)
@@ -175,9 +185,7 @@ def build_report(run_dir: Path) -> Path:
         last_step=last_step,
     )
     target = run_dir / REPORT
-    partial = target.with_suffix(".html.part")
-    partial.write_text(page)
-    os.replace(partial, target)  # a browser reloading mid-write never sees half a page
+    write_file(target, page)  # a browser reloading mid-write never sees half a page
     return target
 
 
@@ -265,8 +273,9 @@ class ReportCallback(Callback):
         state = _run_state(trainer.run_dir)
         if state == self.written_for:
             return
-        (trainer.run_dir / ENVIRONMENT).write_text(json.dumps(self.environment, indent=2))
-        build_report(trainer.run_dir)
+        # A failed write stops the run: `i2i run` reports it in one line.
+        write_file(trainer.run_dir / ENVIRONMENT, json.dumps(self.environment, indent=2))
+        _build_report(trainer.run_dir)
         self.written_for = state
 
     def on_sample(self, trainer: Trainer, path: Path) -> None:

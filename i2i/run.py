@@ -15,7 +15,7 @@ import contextlib
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from rich.console import Console
@@ -26,13 +26,16 @@ from rich.text import Text
 from i2i.bench.during_training import EvaluationCallback
 from i2i.data.download import ensure_data
 from i2i.engine.callbacks import Callback
+from i2i.engine.checkpoint import latest_checkpoint
 from i2i.engine.distributed import barrier, local_rank, rank_and_world_size
 from i2i.engine.limits import check_limits
 from i2i.engine.tensorboard import TensorBoardCallback
 from i2i.engine.trainer import Trainer
+from i2i.errors import I2IError
 from i2i.recipe import Recipe
 from i2i.report import REPORT, ReportCallback
 from i2i.run_dir import check_resume_changes, claim_run_dir
+from i2i.safe_files import describe_write_failure, is_disk_full
 
 
 def _count(module: torch.nn.Module) -> str:
@@ -226,6 +229,25 @@ def _printer(console: Console) -> Callable[[str], None]:
     return lambda text: console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
+class RunWriteError(I2IError):
+    pass
+
+
+@contextlib.contextmanager
+def stopping_on_write_failures(run_dir: Path) -> Iterator[None]:
+    """A sample grid, a log line or the report that cannot be written (a full disk above all)
+    stops the run in one line; a checkpoint says so itself (CheckpointError)."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is None:
+            raise
+        kept = latest_checkpoint(run_dir)
+        since = f"the newest checkpoint {kept} is intact" if kept else "no checkpoint was saved yet"
+        fix = "free some space" if is_disk_full(error) else "fix that"
+        raise RunWriteError(f"{describe_write_failure(error)}; {since}. Then {fix} and continue with --resume") from None
+
+
 def _train(recipe: Recipe, console: Console, resume: bool, quiet: bool, tensorboard: bool, is_main: bool) -> Trainer:
     """Data, trainer, console: the run itself, in a directory already claimed."""
     if is_main:  # data.download: one process fetches a missing root ...
@@ -238,12 +260,13 @@ def _train(recipe: Recipe, console: Console, resume: bool, quiet: bool, tensorbo
     tensorboard = tensorboard and recipe.train.tensorboard
     started = time.perf_counter()
     if quiet:
-        losses = trainer.fit(resume=resume)
+        with stopping_on_write_failures(trainer.run_dir):
+            losses = trainer.fit(resume=resume)
     else:
         console.print(start_summary(trainer, tensorboard), highlight=False, soft_wrap=True)
         display = ConsoleCallback(trainer, console)
         trainer.callbacks.append(display)
-        with display.progress:
+        with display.progress, stopping_on_write_failures(trainer.run_dir):
             losses = trainer.fit(resume=resume)
     summary = end_summary(trainer, losses, time.perf_counter() - started, tensorboard)
     console.print("\n".join(summary.splitlines()[:2]) if quiet else summary, highlight=False, soft_wrap=True)

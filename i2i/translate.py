@@ -5,7 +5,7 @@ named ``<stem>.png``; inputs that share a stem (``x.jpg`` and ``x.png``) keep th
 extension instead (``x.jpg.png``, ``x.png.png``), and names that would still collide
 (compared without case, as some file systems do) are refused before anything runs.
 An output that would replace an input file (the same file, through any path or link)
-is refused too. Each output is written under a temporary name and renamed into place.
+is refused too. Each output is written under a new temporary name (``i2i.safe_files``) and renamed into place.
 
 ``mode``: ``eval`` uses BatchNorm's running statistics and no dropout, so a
 result depends on its image alone. ``train`` is what the pix2pix reference does
@@ -29,6 +29,7 @@ from PIL import Image
 from i2i.api import consecutive_batches, load, to_tensor
 from i2i.data.base import DataError, list_images
 from i2i.data.images import read_rgb
+from i2i.safe_files import replacing
 from i2i.visual import to_uint8
 
 BAD_IMAGE_CHOICES = ("error", "skip")
@@ -73,13 +74,12 @@ def make_output_folder(output: Path) -> None:
 
 
 def write_png(pixels: np.ndarray, target: Path) -> None:
-    """Under a temporary name first, so a failure never leaves half an image behind."""
-    temporary = target.with_name(f".{target.name}.tmp")
+    """Under a new temporary name first (never through a link planted there), so a failure
+    never leaves half an image behind."""
     try:
-        Image.fromarray(pixels).save(temporary, format="PNG")
-        os.replace(temporary, target)
+        with replacing(target) as handle:
+            Image.fromarray(pixels).save(handle, format="PNG")
     except OSError as error:
-        temporary.unlink(missing_ok=True)
         raise DataError(f"cannot write {target}: {error.strerror or error}") from None
 
 

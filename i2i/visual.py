@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from i2i.safe_files import replacing
+
 
 def quantize(images: torch.Tensor) -> torch.Tensor:
     """NCHW in [-1, 1] -> uint8 NCHW on the same device, rounded half to even as when saving an image."""
@@ -31,5 +33,6 @@ def save_grid(columns: list[torch.Tensor], path: Path, gap: int = 2) -> Path:
         for row in range(n):
             grid[row * (h + gap) : row * (h + gap) + h, col * (w + gap) : col * (w + gap) + w] = array[row]
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).save(path)
+    with replacing(path) as handle:
+        Image.fromarray(grid).save(handle, format="PNG")
     return path

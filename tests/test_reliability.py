@@ -260,15 +260,15 @@ def test_a_damaged_newest_checkpoint_is_passed_over_on_resume(tmp_path, capsys):
 
 # ----------------------------------------------------------- resource faults
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    write = checkpoint_module._write_durably
+    write = checkpoint_module.write_file
 
-    def fills_the_disk(path, data):
+    def fills_the_disk(path, data, durable=False):
         if path.parent.name == ".step_00000002.tmp" and path.name == "state.pt":
             path.write_bytes(data[: len(data) // 2])
             raise OSError(errno.ENOSPC, "No space left on device")
-        write(path, data)
+        write(path, data, durable)
 
-    monkeypatch.setattr(checkpoint_module, "_write_durably", fills_the_disk)
+    monkeypatch.setattr(checkpoint_module, "write_file", fills_the_disk)
     with pytest.raises(CheckpointError, match=r"disk full.*step_00000001 is intact"):
         make_trainer(tmp_path, max_steps=3).fit()
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000001"]

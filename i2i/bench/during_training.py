@@ -23,6 +23,7 @@ from i2i.engine.checkpoint import MANIFEST
 from i2i.engine.callbacks import Callback
 from i2i.engine.trainer import Trainer
 from i2i.errors import I2IError
+from i2i.safe_files import remove_tree, write_file
 
 
 BEST = "best"
@@ -39,15 +40,15 @@ def best_fid(run_dir: Path) -> float | None:
 def keep_as_best(checkpoint: Path, run_dir: Path, figures: dict) -> Path:
     """Copy ``checkpoint`` to ``run_dir/best`` (built aside, then renamed into place)."""
     best, tmp = run_dir / BEST, run_dir / f".{BEST}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_tree(tmp)
     shutil.copytree(checkpoint, tmp)
     manifest = json.loads((tmp / MANIFEST).read_text())
     manifest["best"] = figures
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    write_file(tmp / MANIFEST, json.dumps(manifest, indent=1))
     # Two renames instead of delete-then-rename: the window without a best/ is two
     # metadata operations, not a whole folder's deletion.
     old = run_dir / f".{BEST}.old"
-    shutil.rmtree(old, ignore_errors=True)
+    remove_tree(old)
     if best.exists():
         os.replace(best, old)
     os.replace(tmp, best)

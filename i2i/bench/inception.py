@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from i2i.errors import I2IError
+from i2i.safe_files import write_file
 
 SOURCE_FILE = "default_1.pt"
 SOURCE_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
@@ -112,10 +113,8 @@ def converted_weights() -> Path:
     torch.save(convert(load_torchscript().state_dict()), buffer)
     data = buffer.getvalue()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    digest_file.write_text(sha256_bytes(data) + "\n")
+    write_file(path, data)
+    write_file(digest_file, sha256_bytes(data) + "\n")
     return path
 
 

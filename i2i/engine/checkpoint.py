@@ -35,6 +35,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from i2i.errors import I2IError
+from i2i.safe_files import remove_tree, write_file
 
 MANIFEST = "manifest.json"
 WEIGHTS_SHA256 = "i2i_weights_sha256"  # metadata key of a .safetensors file's own checksum
@@ -60,13 +61,6 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 def _weights(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
@@ -75,7 +69,7 @@ def _discard(path: Path) -> None:
     """Rename out of sight first, so that a kill during the deletion never leaves a
     half-deleted folder that still looks like a checkpoint."""
     trash = path.with_name(f".{path.name}.trash")
-    shutil.rmtree(trash, ignore_errors=True)
+    remove_tree(trash)
     os.replace(path, trash)
     shutil.rmtree(trash, ignore_errors=True)
 
@@ -131,14 +125,14 @@ def save_checkpoint(
     """
     folder.mkdir(parents=True, exist_ok=True)
     for leftover in folder.glob(".step_*"):  # from a save or a deletion that was killed
-        shutil.rmtree(leftover, ignore_errors=True)
+        remove_tree(leftover)
     files = _serialise(step, modules, state, metadata)
     final = folder / f"step_{step:08d}"
     tmp = folder / f".{final.name}.tmp"
     try:
         tmp.mkdir()
         for name, data in files.items():
-            _write_durably(tmp / name, data)
+            write_file(tmp / name, data, durable=True)
         _fsync(tmp)
         if final.exists():
             _discard(final)

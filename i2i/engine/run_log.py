@@ -8,8 +8,9 @@ without knowing about resumes.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from i2i.safe_files import write_file
 
 LOG = "log.jsonl"
 
@@ -31,7 +32,5 @@ def truncate_log(run_dir: Path, step: int) -> int:
             kept.append(line)
     dropped = len(lines) - len(kept)
     if dropped:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, path)
+        write_file(path, "".join(line + "\n" for line in kept))
     return dropped

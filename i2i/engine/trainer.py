@@ -36,6 +36,7 @@ from i2i.engine.setup import build_networks, build_optimizers, training_batches,
 from i2i.engine.train_state import TrainState
 from i2i.errors import I2IError
 from i2i.recipe import Recipe
+from i2i.safe_files import append_text, write_file
 from i2i.visual import save_grid
 
 
@@ -184,7 +185,7 @@ class Trainer:
     def start_run_dir(self) -> None:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "recipe.yaml").write_text(self.recipe.to_yaml())
+            write_file(self.run_dir / "recipe.yaml", self.recipe.to_yaml())
             truncate_log(self.run_dir, self.step)  # steps past a resumed checkpoint are redone: one record each
         self._sample_batch = self.sample_inputs()
 
@@ -215,8 +216,7 @@ class Trainer:
     def log(self, record: dict[str, Any]) -> None:
         if not self.is_main:
             return
-        with open(self.run_dir / "log.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_text(self.run_dir / "log.jsonl", json.dumps(record) + "\n")
         self.notify("on_log", record)
 
     def notify(self, event: str, *args: Any) -> None:

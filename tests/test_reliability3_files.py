@@ -1,0 +1,180 @@
+"""Issue 23, files: writes never follow a planted link, never land on the run they come from,
+`--overwrite` moves only a run's own files, and a full disk is one line wherever a run writes."""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import tiny_recipe
+from i2i import safe_files
+from i2i.cli import main
+
+SECRET = b"the user's file, which no i2i command may change"
+
+
+def plant_link(link: Path, target: Path) -> Path:
+    """A link where i2i used to put a temporary file, to a file outside i2i's output."""
+    target.write_bytes(SECRET)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target)
+    return target
+
+
+def run_cli(arguments: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    """``i2i ARGUMENTS`` as the console script runs it: (exit code, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["i2i", *arguments])
+    try:
+        main()
+    except SystemExit as exited:
+        return exited.code or 0, capsys.readouterr().err
+    return 0, capsys.readouterr().err
+
+
+def one_line(text: str) -> str:
+    assert "Traceback" not in text, text
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / "a.png")
+    return folder
+
+
+# -- writes that follow a planted link ---------------------------------------------------------
+def test_translate_never_writes_through_a_link_planted_at_its_temporary_name(tiny_run, image_folder, tmp_path):
+    from i2i.translate import translate_paths
+
+    out = tmp_path / "out"
+    secret = plant_link(out / ".a.png.tmp", tmp_path / "secret.txt")
+    translate_paths(tiny_run, image_folder, out, device="cpu")
+    assert secret.read_bytes() == SECRET
+    assert Image.open(out / "a.png").size == (32, 32)
+
+
+def test_report_never_writes_through_a_link_planted_at_its_temporary_name(tiny_run, tmp_path):
+    from i2i.report import build_report
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    secret = plant_link(run / "report.html.part", tmp_path / "secret.txt")
+    build_report(run)
+    assert secret.read_bytes() == SECRET
+    assert "<html" in (run / "report.html").read_text()
+
+
+def test_a_link_at_the_target_itself_is_replaced_never_followed(tmp_path):
+    """A sample grid, a plot or a report over a link put at its own name: the link goes, its target stays."""
+    import torch
+
+    from i2i.visual import save_grid
+
+    grid = tmp_path / "samples" / "step_00000002.png"
+    secret = plant_link(grid, tmp_path / "secret.txt")
+    save_grid([torch.zeros(1, 3, 8, 8)], grid)
+    assert secret.read_bytes() == SECRET
+    assert not grid.is_symlink() and Image.open(grid).size == (8, 8)
+
+
+def test_import_weights_never_writes_through_a_link_planted_at_its_temporary_name(tmp_path):
+    from test_reference_weights import ReferenceUNet, save, unet_recipe
+
+    from i2i.reference_weights import import_reference_weights
+
+    file = save(ReferenceUNet(3, 3, 6, 8).state_dict(), tmp_path / "g.pth")
+    out = tmp_path / "imported"
+    secret = plant_link(out / ".generator.safetensors.tmp", tmp_path / "secret.txt")
+    manifest_secret = plant_link(out / ".manifest.json.tmp", tmp_path / "secret2.txt")
+    import_reference_weights(file, unet_recipe(6, 8), out)
+    assert secret.read_bytes() == SECRET and manifest_secret.read_bytes() == SECRET
+    assert (out / "generator.safetensors").stat().st_size > 1000
+
+
+def test_a_log_line_never_follows_a_link_and_the_run_says_so_in_one_line(tmp_path, write_recipe, monkeypatch, capsys):
+    recipe = write_recipe(tiny_recipe(train={"max_steps": 1, "tensorboard": False}))
+    run = tmp_path / "run"
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(SECRET)
+    from i2i.engine import trainer as trainer_module
+
+    real_start = trainer_module.Trainer.start_run_dir
+
+    def start_then_plant(self):  # once the run holds its folder: a log.jsonl before makes it a run
+        real_start(self)
+        (self.run_dir / "log.jsonl").symlink_to(secret)
+
+    monkeypatch.setattr(trainer_module.Trainer, "start_run_dir", start_then_plant)
+    code, err = run_cli(["run", str(recipe), "--out", str(run), "--quiet"], monkeypatch, capsys)
+    assert code == 2
+    assert f"cannot write {run.resolve() / 'log.jsonl'}: it is a symbolic link, and i2i does not write through links" in one_line(err)
+    assert secret.read_bytes() == SECRET
+
+
+# -- a full disk -------------------------------------------------------------------------------
+class FullDisk:
+    """``os`` as ``i2i.safe_files`` sees it, where every file opened for writing whose path matches
+    ``pattern`` writes into /dev/full: the kernel's own "No space left on device"."""
+
+    def __init__(self, pattern: str):
+        self.pattern = pattern
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def fdopen(self, fd, *args, **kwargs):
+        if fnmatch.fnmatch(os.readlink(f"/proc/self/fd/{fd}"), self.pattern):
+            full = os.open("/dev/full", os.O_WRONLY)
+            os.dup2(full, fd)
+            os.close(full)
+        return os.fdopen(fd, *args, **kwargs)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("what, pattern", [
+    ("a sample grid", "*/samples/.step_00000002.png.*"),
+    ("a log line", "*/log.jsonl"),
+    ("report.html", "*/.report.html.*"),
+])
+def test_a_full_disk_while_a_run_writes_is_one_line_in_run_and_resume(what, pattern, tmp_path, write_recipe, monkeypatch, capsys):
+    recipe = write_recipe(tiny_recipe(train={"max_steps": 2, "sample_every": 2, "checkpoint_every": 1,
+                                             "tensorboard": False}))
+    run = tmp_path / "run"
+    monkeypatch.setattr(safe_files, "os", FullDisk(pattern))
+    code, err = run_cli(["run", str(recipe), "--out", str(run), "--quiet"], monkeypatch, capsys)
+    line = one_line(err)
+    assert code == 2 and line.startswith("error: disk full: no space left to write ") and "--resume" in line, line
+    assert "free some space" in line
+    if what != "a log line":  # the first log line fails before the first checkpoint
+        assert "step_00000001 is intact" in line
+
+    code, err = run_cli(["run", str(recipe), "--out", str(run), "--quiet", "--resume"], monkeypatch, capsys)
+    assert code == 2 and "disk full" in one_line(err)
+    monkeypatch.setattr(safe_files, "os", os)
+    code, err = run_cli(["run", str(recipe), "--out", str(run), "--quiet", "--resume"], monkeypatch, capsys)
+    assert code == 0, err
+    assert (run / "samples" / "step_00000002.png").is_file() and (run / "report.html").is_file()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_in_i2i_report_is_one_line(tiny_run, tmp_path, monkeypatch, capsys):
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    before = (run / "report.html").read_bytes()
+    monkeypatch.setattr(safe_files, "os", FullDisk("*/.report.html.*"))
+    code, err = run_cli(["report", str(run)], monkeypatch, capsys)
+    line = one_line(err)
+    assert code == 2 and line.startswith(f"error: disk full: no space left to write {run / 'report.html'}"), line
+    assert (run / "report.html").read_bytes() == before
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
