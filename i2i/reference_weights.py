@@ -1,6 +1,6 @@
-"""Generators saved by the PyTorch pix2pix reference implementation, as i2i checkpoints.
+"""Generators saved by the PyTorch pix2pix/CycleGAN reference implementation, as i2i checkpoints.
 
-The reference's U-Net (``unet_256``: 8 levels, ``unet_128``: 7) nests one skip
+**U-Net** (``unet_256``: 8 levels, ``unet_128``: 7). The reference nests one skip
 block per level, each keeping its layers in a ``model`` Sequential:
 
     outermost  [down conv, <level 1>, ReLU, up conv (with bias), Tanh]
@@ -18,9 +18,20 @@ transposed conv, norm, dropout), which gives the key mapping:
     up.0.1.*                  3.*                  outermost up conv
     up.k.1.* / up.k.2.*       5.* / 6.*            up conv / its norm (innermost: 3.* / 4.*)
 
+**ResNet** (``resnet_9blocks``, ``resnet_6blocks``: CycleGAN's generators). Both
+keep the layers in one ``model`` Sequential in the same order, so only the
+residual blocks' inner Sequential is named differently:
+
+    i2i                       reference
+    model.N.*                 model.N.*            every layer outside the blocks
+    model.N.block.M.*         model.N.conv_block.M.*
+
 Every i2i tensor must find its reference tensor with the same shape and every
 reference tensor must be used; BatchNorm's ``num_batches_tracked``, which older
-PyTorch versions did not save, is the only tensor that may be absent.
+PyTorch versions did not save, is the only tensor that may be absent. InstanceNorm
+layers keep no statistics, but PyTorch before 0.4 saved ``running_mean`` and
+``running_var`` for them; those are dropped where i2i has an InstanceNorm, as the
+reference drops them when it loads such a file.
 """
 
 from __future__ import annotations
@@ -28,7 +39,9 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -38,6 +51,7 @@ from i2i.engine.build import build_generator
 from i2i.engine.checkpoint import MANIFEST, weights_with_checksum
 from i2i.engine.inference import GENERATOR_FILE
 from i2i.errors import I2IError
+from i2i.models.resnet import ResnetGenerator
 from i2i.recipe import Recipe
 from i2i.safe_files import write_file
 
@@ -107,15 +121,39 @@ def reference_key(key: str, num_downs: int) -> str:
     return level_prefix(level) + f"{int(layer) + offset}." + ".".join(tensor)
 
 
+def resnet_key(key: str) -> str:
+    """The reference's name for the i2i ResNet tensor ``key`` (``model.10.block.1.weight``)."""
+    return key.replace(".block.", ".conv_block.", 1)
+
+
+def layout_of(generator: nn.Module) -> tuple[str, Callable[[str], str]]:
+    """The reference layout's name and its key mapping for ``generator``."""
+    if isinstance(generator, ResnetGenerator):
+        return "ResNet", resnet_key
+    return "U-Net", partial(reference_key, num_downs=len(generator.down))
+
+
+def instance_norm_statistics(generator: nn.Module, reference_name: Callable[[str], str]) -> set[str]:
+    """The reference names of what old saves hold for ``generator``'s InstanceNorm layers."""
+    return {
+        reference_name(f"{name}.{statistic}")
+        for name, layer in generator.named_modules()
+        if isinstance(layer, nn.InstanceNorm2d) and not layer.track_running_stats
+        for statistic in ("running_mean", "running_var", "num_batches_tracked")
+    }
+
+
 def convert(state: dict[str, torch.Tensor], generator: nn.Module, source: str) -> dict[str, torch.Tensor]:
     """i2i's state dict for ``generator`` filled from the reference's ``state``; one error
     counts the tensors that are missing, have another shape or are left over, and names them."""
-    num_downs = len(generator.down)
+    layout, reference_name = layout_of(generator)
+    stale = instance_norm_statistics(generator, reference_name)
+    state = {name: tensor for name, tensor in state.items() if name not in stale}
     converted: dict[str, torch.Tensor] = {}
     used: set[str] = set()
     missing, reshaped = [], []
     for key, tensor in generator.state_dict().items():
-        name = reference_key(key, num_downs)
+        name = reference_name(key)
         if name not in state:
             if key.endswith("num_batches_tracked"):
                 converted[key] = torch.zeros(tensor.shape, dtype=tensor.dtype, device="cpu")
@@ -137,18 +175,25 @@ def convert(state: dict[str, torch.Tensor], generator: nn.Module, source: str) -
             for line in lines[:8] + ([f"... and {len(lines) - 8} more {kind}"] if len(lines) > 8 else [])
         ]
         raise WeightsError(
-            f"{source} does not fit the reference U-Net layout of the recipe's generator ({counts} tensors):\n  "
+            f"{source} does not fit the reference {layout} layout of the recipe's generator ({counts} tensors):\n  "
             + "\n  ".join(shown)
         )
     return converted
 
 
-def channels_of(state: dict[str, torch.Tensor]) -> tuple[int, int]:
-    """(in, out) channels from the outermost convolutions; RGB where they are absent
-    (the mapping then lists what is missing)."""
-    down, up = state.get(level_prefix(0) + "0.weight"), state.get(level_prefix(0) + "3.weight")
+def channels_of(state: dict[str, torch.Tensor], generator: str) -> tuple[int, int]:
+    """(in, out) channels from the outermost convolutions of a ``unet`` or ``resnet``; RGB where
+    they are absent (the mapping then lists what is missing)."""
+    if generator == "resnet":  # model.1 is the first conv, the output conv the last layer with weights
+        top_level = {int(parts[1]): tensor for key, tensor in state.items()
+                     if len(parts := key.split(".")) == 3 and parts[0] == "model" and parts[1].isdigit() and parts[2] == "weight"}
+        down, up = top_level.get(1), top_level.get(max(top_level, default=-1))
+        up_out_axis = 0  # Conv2d: (out, in, kh, kw)
+    else:
+        down, up = state.get(level_prefix(0) + "0.weight"), state.get(level_prefix(0) + "3.weight")
+        up_out_axis = 1  # ConvTranspose2d: (in, out, kh, kw)
     in_channels = down.shape[1] if down is not None and down.dim() == 4 else 3
-    out_channels = up.shape[1] if up is not None and up.dim() == 4 else 3  # ConvTranspose2d: (in, out, kh, kw)
+    out_channels = up.shape[up_out_axis] if up is not None and up.dim() == 4 else 3
     return in_channels, out_channels
 
 
@@ -171,13 +216,13 @@ def import_reference_weights(file: Path, recipe: Recipe, output: Path) -> Path:
     """Convert the reference generator in ``file`` into the i2i checkpoint folder ``output``
     (the recipe in the weights' metadata, so ``i2i translate --checkpoint output`` runs it)."""
     spec = recipe.model.generator
-    if spec.name != "unet":
+    if spec.name not in ("unet", "resnet"):
         raise WeightsError(
             f"recipe {recipe.name} uses generator {spec.name!r}; importing reference weights needs a recipe "
-            f"with the U-Net (generator 'unet', as pix2pix_maps)"
+            f"with the U-Net (generator 'unet', as pix2pix_maps) or the ResNet ('resnet', as maps_resnet9_multiscale)"
         )
     state = read_reference_weights(file)
-    in_channels, out_channels = channels_of(state)
+    in_channels, out_channels = channels_of(state, spec.name)
     generator = build_generator(recipe, in_channels, out_channels)
     tensors = convert(state, generator, str(file))
     metadata = {

@@ -220,13 +220,13 @@ def test_other_width_and_depth_list_shapes_and_leftovers(tmp_path):
     assert "unexpected model.model.1" in message  # the seventh level has no place in a six-level U-Net
 
 
-def test_not_a_state_dict_and_not_a_unet_recipe(tmp_path):
+def test_not_a_state_dict_and_not_a_reference_generator(tmp_path):
     file = save([torch.zeros(2)], tmp_path / "list.pth")
     with pytest.raises(WeightsError, match="not a plain state dict"):
         import_reference_weights(file, unet_recipe(6, 8), tmp_path / "out")
-    resnet = unet_recipe(6, 8).variant(**{"model.generator": {"name": "resnet", "params": {"ngf": 8, "n_blocks": 2}}})
-    with pytest.raises(WeightsError, match="uses generator 'resnet'"):
-        import_reference_weights(file, resnet, tmp_path / "out")
+    timm = unet_recipe(6, 8).variant(**{"model.generator": {"name": "timm_unet", "params": {"backbone": "test_resnet"}}})
+    with pytest.raises(WeightsError, match="uses generator 'timm_unet'"):
+        import_reference_weights(file, timm, tmp_path / "out")
 
 
 def test_recipe_names_resolve_to_shipped_recipes():
