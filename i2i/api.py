@@ -230,7 +230,13 @@ def load(
     runs on onnxruntime). Images larger than ``tile`` (rounded down to the generator's
     ``size_multiple``) go through in tiles overlapping by ``overlap`` pixels, blended.
     ``warn`` receives notes such as a damaged newest checkpoint passed over (default:
-    ``warnings.warn``)."""
+    ``warnings.warn``).
+
+    The weights are untrusted input: their metadata is validated as a recipe file is and
+    their tensors must be finite floats of the shapes the recipe builds. Every refusal is an
+    ``i2i.errors.I2IError`` subclass (``CheckpointError``, ``RecipeError``, ``DataError``,
+    ``ExportError``, ``HubError``, ``ModelError``) whose message is the one line ``i2i
+    translate`` prints; other exceptions are bugs."""
     if mode not in MODES:
         raise DataError(f"mode must be eval or train, got {mode!r}")
     if backend not in BACKENDS:

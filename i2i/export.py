@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
-from i2i.engine.inference import load_generator, resolve_generator_file
+from i2i.engine.inference import load_generator, read_generator_metadata, resolve_generator_file
 from i2i.recipe import Recipe
 from i2i.errors import I2IError
 
@@ -108,7 +107,15 @@ class OnnxRuntimeGenerator(nn.Module):
 
         available = onnxruntime.get_available_providers()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        self.session = onnxruntime.InferenceSession(str(path), providers=providers)
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=providers)
+        except Exception as error:  # onnxruntime's errors share no base class; its message says what is wrong
+            detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+            raise ExportError(f"{path} is not an ONNX model onnxruntime can run ({detail}); export one with `i2i export`") from None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if [i.name for i in inputs] != ["input"] or len(inputs[0].shape) != 4 or len(outputs) != 1:
+            raise ExportError(f"{path} is not an i2i generator export: it must take one 4-d 'input' and give one output; "
+                              f"export one with `i2i export`")
         self.metadata = self.session.get_modelmeta().custom_metadata_map
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,5 +134,5 @@ def onnxruntime_generator(checkpoint: Path, mode: str) -> tuple[OnnxRuntimeGener
     generator = OnnxRuntimeGenerator(checkpoint)
     if "recipe" not in generator.metadata:
         raise ExportError(f"{checkpoint} has no recipe in its metadata; export it with `i2i export`")
-    recipe = Recipe.from_dict(yaml.safe_load(generator.metadata["recipe"]), f"{checkpoint} (embedded recipe)")
-    return generator, recipe, dict(generator.metadata)
+    recipe, metadata = read_generator_metadata(dict(generator.metadata), checkpoint)
+    return generator, recipe, metadata

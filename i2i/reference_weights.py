@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import zipfile
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -48,7 +49,7 @@ from torch import nn
 
 from i2i.version import __version__
 from i2i.engine.build import build_generator
-from i2i.engine.checkpoint import MANIFEST, weights_with_checksum
+from i2i.engine.checkpoint import MANIFEST, first_nonfinite, weights_with_checksum
 from i2i.engine.inference import GENERATOR_FILE
 from i2i.errors import I2IError
 from i2i.models.resnet import ResnetGenerator
@@ -75,9 +76,27 @@ def find_recipe(spec: str | Path) -> Path:
 
 
 # -- reading -------------------------------------------------------------------------
+def refuse_inflating(file: Path) -> None:
+    """torch.save stores the entries of its zip file uncompressed: a zip whose entries would
+    inflate beyond the file's own size is refused from its headers, before anything inflates
+    (a zip bomb). Files of the older, non-zip format cannot inflate."""
+    try:
+        with zipfile.ZipFile(file) as archive:
+            inflated = sum(entry.file_size for entry in archive.infolist())
+    except (zipfile.BadZipFile, OSError):
+        return  # not a zip: torch.load says what it is
+    size = Path(file).stat().st_size
+    if inflated > size:
+        raise WeightsError(
+            f"refusing to load {file}: its zip entries would inflate from {size:,} to {inflated:,} bytes, and "
+            f"torch.save stores them uncompressed; save a plain state dict: torch.save(net.state_dict(), path)"
+        )
+
+
 def read_reference_weights(file: Path) -> dict[str, torch.Tensor]:
     """The state dict in ``file``, loaded without running code from it; a leading
     ``module.`` (saved from DataParallel) is dropped."""
+    refuse_inflating(file)
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -164,6 +183,8 @@ def convert(state: dict[str, torch.Tensor], generator: nn.Module, source: str) -
         if state[name].shape != tensor.shape:
             reshaped.append(f"shape of {name}: file {tuple(state[name].shape)}, expected {tuple(tensor.shape)} (i2i {key})")
             continue
+        if state[name].is_floating_point() != tensor.is_floating_point():
+            raise WeightsError(f"{source}: tensor {name} is {state[name].dtype}; the U-Net needs {tensor.dtype} there (i2i {key})")
         converted[key] = state[name].to(tensor.dtype).contiguous()
     left_over = [f"unexpected {name} {tuple(state[name].shape)}" for name in sorted(set(state) - used)]
     groups = {"missing": missing, "with another shape": reshaped, "left over": left_over}
@@ -225,6 +246,10 @@ def import_reference_weights(file: Path, recipe: Recipe, output: Path) -> Path:
     in_channels, out_channels = channels_of(state, spec.name)
     generator = build_generator(recipe, in_channels, out_channels)
     tensors = convert(state, generator, str(file))
+    bad = first_nonfinite(tensors)
+    if bad is not None:
+        raise WeightsError(f"{file}: tensor {reference_key(bad, len(generator.down))} (i2i {bad}) holds NaN or infinite "
+                           f"values; these weights cannot translate anything")
     metadata = {
         "recipe": recipe.to_yaml(),
         "in_channels": str(in_channels),

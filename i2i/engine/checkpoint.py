@@ -26,11 +26,11 @@ import os
 import pickle
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file as load_safetensors_file
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
@@ -39,6 +39,9 @@ from i2i.safe_files import remove_tree, write_file
 
 MANIFEST = "manifest.json"
 WEIGHTS_SHA256 = "i2i_weights_sha256"  # metadata key of a .safetensors file's own checksum
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")  # safetensors' names of the dtypes a float tensor may be read from
+
+Layout = dict[str, tuple[str, tuple[int, ...]]]  # tensor name -> (safetensors dtype, shape)
 
 
 class CheckpointError(I2IError):
@@ -96,17 +99,19 @@ def _split_safetensors(data: bytes) -> tuple[dict[str, Any], memoryview]:
     return header, memoryview(data)[8 + length :]
 
 
-def _content_digest(header: dict[str, Any], tensors: memoryview) -> str:
+def _content_digest(header: dict[str, Any], tensors: Iterable[bytes | memoryview]) -> str:
     """sha256 of the header without the checksum field (canonical JSON), then of the tensor bytes."""
     metadata = {k: v for k, v in (header.get("__metadata__") or {}).items() if k != WEIGHTS_SHA256}
     canonical = {k: v for k, v in header.items() if k != "__metadata__"} | ({"__metadata__": metadata} if metadata else {})
     digest = hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode())
-    digest.update(tensors)
+    for chunk in tensors:
+        digest.update(chunk)
     return digest.hexdigest()
 
 
 def weights_with_checksum(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
-    digest = _content_digest(*_split_safetensors(save_safetensors(tensors, metadata)))
+    header, tensor_bytes = _split_safetensors(save_safetensors(tensors, metadata))
+    digest = _content_digest(header, [tensor_bytes])
     return save_safetensors(tensors, {**metadata, WEIGHTS_SHA256: digest})
 
 
@@ -204,25 +209,47 @@ def latest_good_checkpoint(run_dir: Path, warn: Callable[[str], None]) -> Path |
     return None
 
 
+def read_layout(file: Path) -> tuple[dict[str, str], Layout]:
+    """A safetensors file's metadata (without the checksum field) and each tensor's dtype and
+    shape, from the header alone. safetensors checks every tensor's byte range against the
+    file's size, so a header claiming more than the file holds is refused before any tensor
+    is read or allocated."""
+    try:
+        with safe_open(file, "pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            layout = {name: (handle.get_slice(name).get_dtype(), tuple(handle.get_slice(name).get_shape()))
+                      for name in handle.keys()}
+    except OSError as error:
+        raise CheckpointError(f"cannot read weights {file}: {error.strerror or error}") from None
+    except (SafetensorError, ValueError, TypeError) as error:
+        raise CheckpointError(f"cannot read weights {file}: {error}; the file is damaged or not a safetensors file") from None
+    metadata.pop(WEIGHTS_SHA256, None)
+    return metadata, layout
+
+
+def _verify_own_checksum(file: Path) -> None:
+    """The file's content against the sha256 in its metadata, read in chunks (files without one pass)."""
+    with open(file, "rb") as handle:
+        header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+        expected = (header.get("__metadata__") or {}).get(WEIGHTS_SHA256)
+        if expected is not None and _content_digest(header, iter(lambda: handle.read(1 << 20), b"")) != expected:
+            raise CheckpointError(
+                f"{file} does not match the sha256 stored in it: the file is damaged; "
+                f"use another checkpoint or copy it again from where it was written"
+            )
+
+
 def read_weights(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors and the metadata (without the checksum field) of a safetensors file,
     refused when the file does not match the checksum it carries."""
+    metadata, _ = read_layout(file)
     try:
-        data = Path(file).read_bytes()
+        _verify_own_checksum(file)
+        tensors = load_safetensors_file(file)
     except OSError as error:
         raise CheckpointError(f"cannot read weights {file}: {error.strerror or error}") from None
-    try:
-        header, tensor_bytes = _split_safetensors(data)
-        metadata = dict(header.get("__metadata__") or {})
-        tensors = load_safetensors(data)
     except (SafetensorError, ValueError, TypeError, AttributeError) as error:
         raise CheckpointError(f"cannot read weights {file}: {error}; the file is damaged or not a safetensors file") from None
-    expected = metadata.pop(WEIGHTS_SHA256, None)
-    if expected is not None and _content_digest(header, tensor_bytes) != expected:
-        raise CheckpointError(
-            f"{file} does not match the sha256 stored in it: the file is damaged; "
-            f"use another checkpoint or copy it again from where it was written"
-        )
     return tensors, metadata
 
 
@@ -242,20 +269,47 @@ def verify_in_manifest(file: Path) -> None:
         )
 
 
-def fit_weights(module: nn.Module, tensors: dict[str, torch.Tensor], file: Path) -> None:
-    """Load ``tensors`` (read from ``file``) into ``module``, listing every mismatched tensor on failure."""
+def check_layout(module: nn.Module, layout: Layout, file: Path) -> None:
+    """The tensors a file holds (names, shapes, dtypes from its header) against those of
+    ``module``: every mismatched name or shape is listed, else the first tensor of another
+    kind (an integer, bool or complex tensor where the model holds floats) is named."""
     expected = module.state_dict()
-    problems = [f"missing {k} {tuple(v.shape)}" for k, v in expected.items() if k not in tensors]
-    problems += [f"unexpected {k} {tuple(v.shape)}" for k, v in tensors.items() if k not in expected]
+    problems = [f"missing {k} {tuple(v.shape)}" for k, v in expected.items() if k not in layout]
+    problems += [f"unexpected {k} {shape}" for k, (_, shape) in layout.items() if k not in expected]
     problems += [
-        f"shape of {k}: checkpoint {tuple(tensors[k].shape)}, model {tuple(v.shape)}"
+        f"shape of {k}: checkpoint {layout[k][1]}, model {tuple(v.shape)}"
         for k, v in expected.items()
-        if k in tensors and tensors[k].shape != v.shape
+        if k in layout and layout[k][1] != tuple(v.shape)
     ]
     if problems:
         shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
         raise CheckpointError(f"{file} does not fit the model built from the recipe:\n  {shown}")
+    for name, tensor in expected.items():
+        dtype = layout[name][0]
+        if tensor.is_floating_point() != (dtype in FLOAT_DTYPES):
+            kind = "floating point" if tensor.is_floating_point() else "integer"
+            raise CheckpointError(f"{file}: tensor {name} is {dtype}; the model needs {kind} ({tensor.dtype}) there")
+
+
+def first_nonfinite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or an infinity."""
+    return next((name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+
+
+def fit_weights(module: nn.Module, tensors: dict[str, torch.Tensor], file: Path) -> None:
+    """Load ``tensors`` (read from ``file``) into ``module``: mismatched tensors are listed and a
+    tensor of another kind or holding NaN or inf is named, never loaded."""
+    check_layout(module, {k: (_dtype_name(v), tuple(v.shape)) for k, v in tensors.items()}, file)
+    bad = first_nonfinite(tensors)
+    if bad is not None:
+        raise CheckpointError(f"{file}: tensor {bad} holds NaN or infinite values; these weights cannot translate anything")
     module.load_state_dict(tensors)
+
+
+def _dtype_name(tensor: torch.Tensor) -> str:
+    """The dtype as safetensors names it, for the float kinds it reads (F32, BF16, ...)."""
+    return {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}.get(
+        tensor.dtype, str(tensor.dtype).removeprefix("torch."))
 
 
 def load_weights(module: nn.Module, file: Path) -> None:

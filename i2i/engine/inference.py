@@ -18,22 +18,69 @@ from typing import Callable, Iterator, Literal
 import torch
 import torch.nn.functional as F
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from i2i.data.base import DataError
 from i2i.engine.checkpoint import (
     CheckpointError,
+    check_layout,
     fit_weights,
     list_checkpoints,
+    read_layout,
     read_weights,
     verify_in_manifest,
 )
+from i2i.engine.limits import MAX_SIDE, check_limits
 from i2i.recipe import Recipe
+from i2i.registry import GENERATORS
 
 Mode = Literal["train", "eval"]
 GENERATOR_FILE = "generator.safetensors"
 DEFAULT_MULTIPLE = 256  # for generators that do not declare `size_multiple`
 MAX_TILES = 4096  # per image: beyond this a tile/overlap setting is a mistake, not a plan
+MAX_CHANNELS = 64  # image channels a generator's metadata may declare; the datasets give 1 or 3
+
+
+class GeneratorMetadata(BaseModel):
+    """What a weights file (or an ONNX export) says about its generator, checked as a recipe
+    file is: the file may come from anywhere, so its metadata is untrusted input."""
+
+    model_config = ConfigDict(extra="allow")
+    recipe: str
+    in_channels: int = Field(ge=1, le=MAX_CHANNELS)
+    out_channels: int = Field(ge=1, le=MAX_CHANNELS)
+    size_multiple: int | None = Field(None, ge=1, le=MAX_SIDE)
+    step: int | None = Field(None, ge=0)
+
+
+def read_generator_metadata(metadata: dict[str, str], source: Path) -> tuple[Recipe, dict[str, str]]:
+    """The recipe in ``metadata`` (validated and within the limits of a recipe file) and the
+    metadata with its numbers checked and ``size_multiple`` filled in (one the generator's
+    own multiple divides; another would pad images to sizes the generator cannot take)."""
+    try:
+        fields = GeneratorMetadata.model_validate(metadata)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(map(str, first["loc"]))
+        got = "" if first["type"] == "missing" else f" (got {str(first.get('input'))[:40]!r})"
+        raise CheckpointError(f"{source} lacks readable i2i metadata: {where}: {first['msg']}{got}; it was not written by i2i, or was altered") from None
+    try:
+        recipe_data = yaml.safe_load(fields.recipe)
+    except (yaml.YAMLError, ValueError) as error:
+        raise CheckpointError(f"{source}: the recipe in its metadata is not valid YAML ({str(error).splitlines()[0]})") from None
+    recipe = Recipe.from_dict(recipe_data, f"{source} (embedded recipe)")
+    check_limits(recipe, f"{source} (embedded recipe)")
+    spec = recipe.model.generator
+    needed = GENERATORS.get(spec.name, recipe.plugins).obj.size_multiple_for(spec.params)
+    multiple = fields.size_multiple or needed
+    if multiple % needed:
+        raise CheckpointError(
+            f"{source}: metadata size_multiple {multiple} does not suit generator {spec.name}, whose input sides must "
+            f"divide by {needed}; the file was altered"
+        )
+    numbers = {"in_channels": fields.in_channels, "out_channels": fields.out_channels, "size_multiple": multiple}
+    return recipe, {**metadata, **{key: str(value) for key, value in numbers.items()}}
 
 
 @contextlib.contextmanager
@@ -99,23 +146,18 @@ def resolve_generator_file(checkpoint: Path, warn: Callable[[str], None] = warni
 def load_generator(
     checkpoint: Path, device: torch.device | str = "cpu", warn: Callable[[str], None] = warnings.warn
 ) -> tuple[nn.Module, Recipe, dict[str, str]]:
-    """The generator with its weights, the recipe it was trained with, and the file's metadata.
-    The one way weights are read for use: the manifest and the file's own checksum are checked."""
+    """The generator with its weights, the recipe it was trained with, and the file's metadata
+    (checked by ``read_generator_metadata``). The one way weights are read for use: the
+    metadata and the tensors' names, shapes and dtypes are checked from the header before
+    any tensor is read, then the manifest and the file's own checksum, then every value."""
     from i2i.engine.build import build_generator
 
     file = resolve_generator_file(checkpoint, warn)
-    tensors, metadata = read_weights(file)
-    try:
-        recipe_data = yaml.safe_load(metadata["recipe"])
-        channels = int(metadata["in_channels"]), int(metadata["out_channels"])
-    except (KeyError, ValueError, yaml.YAMLError) as error:
-        raise CheckpointError(
-            f"{file} lacks readable i2i metadata (recipe, in_channels, out_channels): "
-            f"{type(error).__name__}: {str(error)[:200]}; it was not written by i2i"
-        ) from None
-    recipe = Recipe.from_dict(recipe_data, f"{file} (embedded recipe)")
-    generator = build_generator(recipe, *channels)
-    fit_weights(generator, tensors, file)
+    metadata, layout = read_layout(file)
+    recipe, metadata = read_generator_metadata(metadata, file)
+    generator = build_generator(recipe, int(metadata["in_channels"]), int(metadata["out_channels"]))
+    check_layout(generator, layout, file)
+    fit_weights(generator, read_weights(file)[0], file)
     return generator.to(device), recipe, metadata
 
 
