@@ -74,7 +74,7 @@ def infer_call(trainer: Trainer, size: int, mode: str):
 
     def forward():
         with torch.no_grad(), trainer.autocast(), generator_mode(trainer.generator, mode):
-            return trainer.G(real_a)
+            return trainer.method.tools.call["generator"](real_a)
 
     return forward
 

@@ -9,7 +9,9 @@ component against these contracts.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -105,3 +107,73 @@ class PairedDataset(Dataset, ABC):
 
     def prepare(self) -> None:
         """Called once before training: a place to decode, cache and drop unreadable samples."""
+
+
+@dataclass
+class StepTools:
+    """What the engine hands a method once it has built everything (``Method.bind``).
+
+    ``call[name]`` is what the step runs for network ``name``: the module itself, or its
+    compiled / DDP-wrapped form. ``call_frozen[name]`` runs a discriminator while the
+    generators update: under DDP a wrapper would wait for discriminator gradients that never come.
+    """
+
+    networks: dict[str, nn.Module]
+    call: dict[str, Callable[..., Any]]
+    call_frozen: dict[str, Callable[..., Any]]
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    autocast: Callable[[], AbstractContextManager]
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+
+class Method(ABC):
+    """A training method: which networks it trains, its training step and the losses it computes.
+
+    Built as ``cls(params, recipe=)``. The engine then calls ``build_networks`` (under the
+    run's seeded RNG, so the order of construction is part of reproducibility), puts the
+    networks on the device, builds one Adam over ``generator_side`` and one over
+    ``discriminator_side``, wraps them for the step (compile, DDP) and calls ``bind``. From
+    then on ``train_step(real_a, real_b)`` is one published step: it updates both optimizers
+    and returns the detached loss terms to log. The engine keeps the loop, the schedule,
+    logging, checkpoints and resume; ``state_dict`` is whatever else the method must keep
+    for an exact resume (CycleGAN's image pools).
+    """
+
+    generator_side: tuple[str, ...] = ("generator",)
+    discriminator_side: tuple[str, ...] = ("discriminator",)
+    # Which saved network translates each way ("generator.safetensors" is A -> B for every method).
+    directions: dict[str, str] = {"AtoB": "generator"}
+    # False where the step draws host-side random numbers, which a captured CUDA graph would freeze.
+    graphable: bool = True
+
+    def __init__(self, params: Params, recipe: Any):
+        self.params = params
+        self.recipe = recipe
+        self.input_channels: dict[str, int] = {}  # per network, filled by build_networks
+
+    @classmethod
+    def check_recipe(cls, params: Params, recipe: Any) -> list[str]:
+        """Problems of the rest of the recipe for this method, each starting with its YAML path
+        (checked when the recipe is validated)."""
+        return []
+
+    @abstractmethod
+    def build_networks(self, in_channels: int, out_channels: int) -> dict[str, nn.Module]:
+        """Every network, generators first, each recorded in ``input_channels``."""
+
+    def bind(self, tools: StepTools) -> None:
+        self.tools = tools
+
+    @abstractmethod
+    def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One step of both updates; the detached loss terms by name."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

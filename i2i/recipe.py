@@ -20,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 from i2i.contracts import AdversarialLoss, Params
 from i2i.errors import I2IError
 from i2i.plugins import missing_distributions
-from i2i.registry import DATASETS, DISCRIMINATORS, GENERATORS, LOSSES, Registry
+from i2i.registry import DATASETS, DISCRIMINATORS, GENERATORS, LOSSES, METHODS, Registry
 
 
 class RecipeError(I2IError):
@@ -50,6 +50,11 @@ class LossSpec(ComponentSpec):
 class ModelSection(Params):
     generator: ComponentSpec
     discriminator: ComponentSpec
+    # Unpaired methods train a network per direction; one spec serves both unless these name another.
+    generator_ba: ComponentSpec | None = Field(None, description="the B -> A generator (cyclegan); default: as generator")
+    discriminator_a: ComponentSpec | None = Field(
+        None, description="the discriminator of domain A (cyclegan); default: as discriminator"
+    )
 
 
 class DataSection(Params):
@@ -131,6 +136,9 @@ class TrainSection(Params):
 class Recipe(Params):
     name: str
     description: str = ""
+    method: ComponentSpec = Field(
+        default_factory=lambda: ComponentSpec(name="pix2pix"), description="the training method (i2i list methods)"
+    )
     model: ModelSection
     losses: list[LossSpec] = Field(min_length=1)
     data: DataSection
@@ -147,10 +155,15 @@ class Recipe(Params):
     def components(self) -> list[tuple[str, Registry, ComponentSpec]]:
         """(YAML path, registry, spec) for every component of the recipe."""
         found = [
+            ("method", METHODS, self.method),
             ("model.generator", GENERATORS, self.model.generator),
             ("model.discriminator", DISCRIMINATORS, self.model.discriminator),
             ("data.dataset", DATASETS, self.data.dataset),
         ]
+        found += [(f"model.{role}", registry, spec)
+                  for role, registry, spec in (("generator_ba", GENERATORS, self.model.generator_ba),
+                                               ("discriminator_a", DISCRIMINATORS, self.model.discriminator_a))
+                  if spec is not None]
         found += [(f"losses.{i}", LOSSES, spec) for i, spec in enumerate(self.losses)]
         return found
 
@@ -285,6 +298,8 @@ def _validate(data: Any, source: str) -> Recipe:
             problems += _format_validation_error(error, f"{path}.params")
     if not problems and adversarial != 1:
         problems.append(f"losses: need exactly one adversarial loss (such as 'gan'), found {adversarial}")
+    if not problems:
+        problems += METHODS.get(recipe.method.name, recipe.plugins).obj.check_recipe(recipe.method.params, recipe)
     if problems:
         raise RecipeError(source, problems)
     return recipe

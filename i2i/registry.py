@@ -1,4 +1,4 @@
-"""Component registries: generators, discriminators, losses, datasets.
+"""Component registries: generators, discriminators, losses, datasets, training methods.
 
 A component is a class that subclasses its kind's contract (``i2i.contracts``), registered under
 the name recipes use, with the ``Params`` model of its parameters and a tiny ``example`` of them
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Callable, Iterable
 
-from i2i.contracts import AdversarialLoss, Discriminator, Generator, PairedDataset, Params, ReconstructionLoss
+from i2i.contracts import AdversarialLoss, Discriminator, Generator, Method, PairedDataset, Params, ReconstructionLoss
 from i2i.errors import I2IError
 from i2i.plugins import (
     BUILTIN,
@@ -175,10 +175,12 @@ GENERATORS = Registry("generator", "i2i.generators", Generator)
 DISCRIMINATORS = Registry("discriminator", "i2i.discriminators", Discriminator)
 LOSSES = Registry("loss", "i2i.losses", (AdversarialLoss, ReconstructionLoss))
 DATASETS = Registry("dataset", "i2i.datasets", PairedDataset)
+METHODS = Registry("method", "i2i.methods", Method)
 
 REGISTRIES = {
     "generators": GENERATORS,
     "discriminators": DISCRIMINATORS,
     "losses": LOSSES,
     "datasets": DATASETS,
+    "methods": METHODS,
 }

@@ -179,7 +179,7 @@ def test_the_reference_engine_trains_as_the_published_step(tmp_path):
     assert trainer.amp_dtype == torch.float32 and trainer.memory_format == torch.contiguous_format
     assert trainer.opt_g.defaults["foreach"] and not trainer.opt_g.defaults["fused"]
     assert not any(isinstance(layer, MatmulConv2d) for layer in trainer.generator.modules())
-    assert trainer.G is trainer.generator  # eager: no compile wrapper
+    assert trainer.method.tools.call["generator"] is trainer.generator  # eager: no compile wrapper
 
 
 def test_compile_is_kept_only_for_runs_long_enough_to_repay_compiling(clock, monkeypatch):

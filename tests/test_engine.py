@@ -129,8 +129,8 @@ def test_compiled_training_with_a_gradient_penalty(tmp_path):
     for _ in range(2):
         losses = trainer.train_step(real_a, real_b)
     assert all(torch.isfinite(value) for value in losses.values())
-    for compiled, module in ((trainer.G, trainer.generator), (trainer.D, trainer.discriminator)):
-        assert compiled.call is not module, "compilation fell back to eager"
+    for name, module in trainer.networks.items():
+        assert trainer.method.tools.call[name].call is not module, f"{name}: compilation fell back to eager"
 
 
 @pytest.mark.parametrize("mode", ["eval", "train"])

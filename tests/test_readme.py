@@ -156,7 +156,7 @@ def test_recipes_table_lists_every_recipe_with_its_networks():
 def test_readme_component_example_registers_and_works_in_a_recipe():
     import torch
 
-    from i2i.engine.build import build_losses
+    from i2i.methods.base import build_losses
     from i2i.recipe import Recipe
     from i2i.registry import LOSSES
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from i2i.contracts import AdversarialLoss, Discriminator, Generator, PairedDataset, ReconstructionLoss
+from i2i.contracts import Discriminator, Generator, Method, PairedDataset
 from i2i.recipe import Recipe
 from i2i.errors import I2IError
-from i2i.registry import DATASETS, DISCRIMINATORS, GENERATORS, LOSSES
+from i2i.registry import DATASETS, DISCRIMINATORS, GENERATORS, METHODS
 
 
 def build_dataset(recipe: Recipe, split: str = "train", train: bool = True) -> PairedDataset:
@@ -28,12 +28,9 @@ def build_discriminator(recipe: Recipe, in_channels: int, out_channels: int) -> 
     return DISCRIMINATORS.build(spec.name, spec.params, plugins=recipe.plugins, in_channels=in_channels + out_channels)
 
 
-def build_losses(recipe: Recipe) -> tuple[tuple[AdversarialLoss, float], list[tuple[str, ReconstructionLoss, float]]]:
-    """(adversarial loss, weight) and [(name, reconstruction loss, weight), ...]; recipe
-    validation made sure there is exactly one adversarial loss."""
-    losses = [(spec, LOSSES.build(spec.name, spec.params, plugins=recipe.plugins)) for spec in recipe.losses]
-    (adversarial,) = [(loss, spec.weight) for spec, loss in losses if isinstance(loss, AdversarialLoss)]
-    return adversarial, [(spec.name, loss, spec.weight) for spec, loss in losses if isinstance(loss, ReconstructionLoss)]
+def build_method(recipe: Recipe) -> Method:
+    spec = recipe.method
+    return METHODS.build(spec.name, spec.params, plugins=recipe.plugins, recipe=recipe)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -13,9 +13,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from i2i.contracts import PairedDataset
+from i2i.contracts import Method, PairedDataset
 from i2i.data.device import device_batches
-from i2i.engine.build import build_discriminator, build_generator
 from i2i.engine.compiled import CompiledOrEager
 from i2i.engine.cpu_speedups import keep_freed_memory, use_dense_batchnorm_gradients, use_matmul_convolutions
 from i2i.engine.distributed import wrap_ddp
@@ -25,54 +24,59 @@ from i2i.recipe import Recipe
 
 
 def build_networks(
-    recipe: Recipe, dataset: PairedDataset, device: torch.device, memory_format: torch.memory_format, world_size: int
-) -> tuple[nn.Module, nn.Module]:
-    """The generator and the discriminator on ``device``, with the CPU rewrites and
-    SyncBatchNorm that the recipe asks for."""
+    method: Method, channels: tuple[int, int], recipe: Recipe, device: torch.device,
+    memory_format: torch.memory_format, world_size: int,
+) -> dict[str, nn.Module]:
+    """The method's networks on ``device``, with the CPU rewrites and SyncBatchNorm that the
+    recipe asks for."""
     cfg = recipe.train
-    generator = build_generator(recipe, dataset.in_channels, dataset.out_channels).to(device)
-    discriminator = build_discriminator(recipe, dataset.in_channels, dataset.out_channels).to(device)
-    generator.to(memory_format=memory_format)
-    discriminator.to(memory_format=memory_format)
+    networks = {name: network.to(device) for name, network in method.build_networks(*channels).items()}
+    for network in networks.values():
+        network.to(memory_format=memory_format)
     if cfg.cpu_speedups and device.type == "cpu":
-        use_cpu_speedups(recipe, dataset, generator, discriminator, memory_format)
+        use_cpu_speedups(recipe, method.input_channels, networks, memory_format)
     if cfg.sync_batchnorm and world_size > 1:
         if device.type != "cuda":
             raise I2IError("train.sync_batchnorm needs CUDA (torch's SyncBatchNorm runs on GPUs); "
                            "on CPU train with norm 'none' or 'instance' instead")
-        generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
-        discriminator = nn.SyncBatchNorm.convert_sync_batchnorm(discriminator)
+        networks = {name: nn.SyncBatchNorm.convert_sync_batchnorm(network) for name, network in networks.items()}
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one crop size all run long: pick the fastest kernels once
-    return generator, discriminator
+    return networks
 
 
 def use_cpu_speedups(
-    recipe: Recipe, dataset: PairedDataset, generator: nn.Module, discriminator: nn.Module, memory_format: torch.memory_format
+    recipe: Recipe, input_channels: dict[str, int], networks: dict[str, nn.Module], memory_format: torch.memory_format
 ) -> None:
     """The CPU rewrites of ``train.cpu_speedups`` (same math), sized on this run's crops,
     and the allocator setting (for the whole process)."""
     keep_freed_memory()
     size, batch = recipe.data.crop_size, recipe.train.batch_size
-    image = torch.zeros(batch, dataset.in_channels, size, size).contiguous(memory_format=memory_format)
-    pair = torch.zeros(batch, dataset.in_channels + dataset.out_channels, size, size).contiguous(memory_format=memory_format)
-    for network, example in ((generator, image), (discriminator, pair)):
-        use_matmul_convolutions(network, example)
+    for name, network in networks.items():
+        if name in input_channels:
+            example = torch.zeros(batch, input_channels[name], size, size).contiguous(memory_format=memory_format)
+            use_matmul_convolutions(network, example)
         use_dense_batchnorm_gradients(network)
 
 
+def side_parameters(networks: dict[str, nn.Module], names: tuple[str, ...]) -> list[nn.Parameter]:
+    return [p for name in names for p in networks[name].parameters()]
+
+
 def build_optimizers(
-    recipe: Recipe, generator: nn.Module, discriminator: nn.Module, device: torch.device, amp_dtype: torch.dtype
+    recipe: Recipe, method: Method, networks: dict[str, nn.Module], device: torch.device, amp_dtype: torch.dtype
 ) -> tuple[torch.optim.Adam, torch.optim.Adam, torch.amp.GradScaler]:
+    """One Adam over the method's generator side, one over its discriminator side (as the
+    reference chains CycleGAN's two generators into one optimizer)."""
     cfg = recipe.train
     implementation = {"fused": True} if cfg.fused_adam else {"foreach": True}
     if cfg.cuda_graph:  # a captured step reads the learning rate from a tensor, updated in place
         implementation["capturable"] = True
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     optimizers = [
-        torch.optim.Adam(network.parameters(), lr=torch.tensor(cfg.lr, device=device) if cfg.cuda_graph else cfg.lr,
+        torch.optim.Adam(side_parameters(networks, side), lr=torch.tensor(cfg.lr, device=device) if cfg.cuda_graph else cfg.lr,
                          betas=cfg.betas, **implementation)
-        for network in (generator, discriminator)
+        for side in (method.generator_side, method.discriminator_side)
     ]
     return *optimizers, scaler
 

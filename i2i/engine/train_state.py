@@ -1,5 +1,6 @@
 """What a checkpoint holds beside the weights, so that a resumed run continues bit for bit:
-the step, the optimizers, the gradient scaler, the random number generators."""
+the step, the optimizers, the gradient scaler, the random number generators and the
+method's own state (CycleGAN's image pools)."""
 
 from __future__ import annotations
 
@@ -22,9 +23,13 @@ class TrainState:
     scaler: dict[str, Any]
     rng_cpu: torch.Tensor
     rng_cuda: list[torch.Tensor]
+    method: dict[str, Any]
 
     @classmethod
-    def capture(cls, step: int, world_size: int, skipped_steps: int, opt_g, opt_d, scaler, device: torch.device) -> TrainState:
+    def capture(
+        cls, step: int, world_size: int, skipped_steps: int, opt_g, opt_d, scaler, device: torch.device,
+        method: dict[str, Any],
+    ) -> TrainState:
         return cls(
             step=step,
             world_size=world_size,
@@ -34,6 +39,7 @@ class TrainState:
             scaler=scaler.state_dict(),
             rng_cpu=torch.get_rng_state(),
             rng_cuda=torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+            method=method,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -48,17 +54,19 @@ class TrainState:
                 step=int(state["step"]),
                 world_size=int(state.get("world_size", 1)),  # checkpoints from before DDP have none
                 skipped_steps=int(state.get("skipped_steps", 0)),
+                method=dict(state.get("method", {})),  # checkpoints from before methods: pix2pix's, empty
                 **{key: state[key] for key in ("opt_g", "opt_d", "scaler", "rng_cpu", "rng_cuda")},
             )
         except (KeyError, TypeError, ValueError) as error:
             raise _not_resumable(path, error) from None
 
-    def restore(self, path: Path, opt_g, opt_d, scaler, device: torch.device) -> None:
-        """Load the optimizers, scaler and RNGs (``path`` names the file in errors)."""
+    def restore(self, path: Path, opt_g, opt_d, scaler, device: torch.device, method) -> None:
+        """Load the optimizers, scaler, RNGs and the method's state (``path`` names the file in errors)."""
         try:
             opt_g.load_state_dict(self.opt_g)
             opt_d.load_state_dict(self.opt_d)
             scaler.load_state_dict(self.scaler)
+            method.load_state_dict(self.method)
             torch.set_rng_state(self.rng_cpu)
             if device.type == "cuda" and self.rng_cuda:
                 torch.cuda.set_rng_state_all(self.rng_cuda)

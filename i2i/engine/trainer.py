@@ -22,7 +22,7 @@ import torch
 
 from i2i.version import __version__
 from i2i.engine.autotune import EngineChoice, choose_engine
-from i2i.engine.build import build_dataset, build_losses, resolve_device, resolve_precision
+from i2i.engine.build import build_dataset, build_method, resolve_device, resolve_precision
 from i2i.engine.callbacks import Callback
 from i2i.engine.checkpoint import latest_good_checkpoint, load_weights, save_checkpoint
 from i2i.engine.compiled import GraphedStep
@@ -34,6 +34,7 @@ from i2i.engine.run_log import truncate_log
 from i2i.engine.schedule import EpochSampler, Schedule, linear_decay
 from i2i.engine.setup import build_networks, build_optimizers, training_batches, wrap_for_step
 from i2i.engine.train_state import TrainState
+from i2i.contracts import StepTools
 from i2i.errors import I2IError
 from i2i.recipe import Recipe
 from i2i.safe_files import append_text, write_file
@@ -60,26 +61,34 @@ class Trainer:
         engine_recipe = recipe.variant(**{f"train.{key}": value for key, value in self.engine.settings.items()})
         self.amp_dtype = resolve_precision(self.engine.settings["precision"], self.device)
         self.memory_format = torch.channels_last if self.engine.settings["channels_last"] else torch.contiguous_format
-        self.generator, self.discriminator = build_networks(engine_recipe, self.dataset, self.device, self.memory_format, world_size)
-        (self.gan_loss, self.gan_weight), self.reconstruction = build_losses(recipe)
-        self.gan_loss.to(self.device)
-        self.opt_g, self.opt_d, self.scaler = build_optimizers(engine_recipe, self.generator, self.discriminator, self.device, self.amp_dtype)
+        self.method = build_method(engine_recipe)
+        self.networks = build_networks(self.method, (self.in_channels, self.out_channels), engine_recipe, self.device,
+                                       self.memory_format, world_size)
+        self.generator, self.discriminator = self.networks["generator"], self.networks["discriminator"]
+        self.opt_g, self.opt_d, self.scaler = build_optimizers(engine_recipe, self.method, self.networks, self.device, self.amp_dtype)
         self.guard = NonFiniteGuard(
             self.cfg.on_nonfinite,
-            {"generator": (self.generator, self.opt_g), "discriminator": (self.discriminator, self.opt_d)},
+            {"generator": (self.side_module(self.method.generator_side), self.opt_g),
+             "discriminator": (self.side_module(self.method.discriminator_side), self.opt_d)},
             watch_gradients=not self.scaler.is_enabled(),
         )
         wrap = dict(recipe=engine_recipe, device=self.device, world_size=world_size, log_line=self.log_line)
-        self.G = wrap_for_step(self.generator, "generator", **wrap)
-        self.D = wrap_for_step(self.discriminator, "discriminator", **wrap)
-        # The G update only reads D: under DDP, D's wrapper would wait for D gradients that never come.
-        self.D_for_G = wrap_for_step(self.discriminator, "discriminator", ddp=False, **wrap) if world_size > 1 else self.D
-
+        call = {name: wrap_for_step(network, name, **wrap) for name, network in self.networks.items()}
+        # A discriminator used in the G update only gives gradients to G: under DDP, its wrapper would
+        # wait for D gradients that never come.
+        call_frozen = {name: wrap_for_step(self.networks[name], name, ddp=False, **wrap) if world_size > 1 else call[name]
+                       for name in self.method.discriminator_side}
+        self.method.bind(StepTools(self.networks, call, call_frozen, self.opt_g, self.opt_d, self.scaler, self.autocast,
+                                   self.device, rank, world_size))
+        self.train_step = self.method.train_step
         if self.engine.settings["cuda_graph"] and self.device.type == "cuda":  # the optimizers were built capturable
-            if world_size == 1:
-                self.train_step = GraphedStep(self.train_step, self.log_line)
-            else:
+            if world_size > 1:
                 self.log_line("train.cuda_graph: not with several processes (DDP); the step runs eagerly")
+            elif not self.method.graphable:
+                self.log_line(f"train.cuda_graph: the {self.recipe.method.name} step draws random numbers on the host; "
+                              "it runs eagerly")
+            else:
+                self.train_step = GraphedStep(self.method.train_step, self.log_line)
         self.sampler = EpochSampler(len(self.dataset), self.cfg.seed, rank, world_size)
         self.steps_per_epoch, self.total_steps = self.schedule.steps_per_epoch, self.schedule.total_steps
 
@@ -97,40 +106,11 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    # ---------------------------------------------------------------- the step
-    def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, torch.Tensor]:
-        with self.autocast():
-            fake_b = self.G(real_a)
-
-        # 1. Discriminator: (input, target) is real, (input, generated) is fake.
-        self.discriminator.requires_grad_(True)
-        self.opt_d.zero_grad(set_to_none=True)
-        with self.autocast():
-            fake_pair = torch.cat([real_a, fake_b.detach()], 1)
-            real_pair = torch.cat([real_a, real_b], 1)
-            d_real, d_fake = self.gan_loss.discriminator_loss(self.D(real_pair), self.D(fake_pair))
-            loss_d = 0.5 * (d_real + d_fake) * self.gan_weight
-            # The penalty differentiates D twice: the plain module (compiled graphs have no double
-            # backward; DDP needs no wrapper, the D loss's backward reduces all of D's gradients).
-            penalty = self.gan_loss.gradient_penalty(self.discriminator, real_pair, fake_pair, self.rank, self.world_size)
-            if penalty is not None:
-                loss_d = loss_d + penalty
-        self.scaler.scale(loss_d).backward()
-        self.scaler.step(self.opt_d)
-
-        # 2. Generator: fool D, and stay close to the target.
-        self.discriminator.requires_grad_(False)
-        self.opt_g.zero_grad(set_to_none=True)
-        with self.autocast():
-            g_gan = self.gan_loss.generator_loss(self.D_for_G(torch.cat([real_a, fake_b], 1))) * self.gan_weight
-            terms = {f"G_{name}": weight * loss(fake_b.float(), real_b) for name, loss, weight in self.reconstruction}
-            loss_g = g_gan + sum(terms.values())
-        self.scaler.scale(loss_g).backward()
-        self.scaler.step(self.opt_g)
-        self.scaler.update()
-
-        return {"G_GAN": g_gan.detach(), **{k: v.detach() for k, v in terms.items()},
-                "D_real": d_real.detach(), "D_fake": d_fake.detach()}
+    def side_module(self, names: tuple[str, ...]) -> torch.nn.Module:
+        """The networks of one optimizer as one module (for the NaN guard's buffer snapshots)."""
+        if len(names) == 1:
+            return self.networks[names[0]]
+        return torch.nn.ModuleList(self.networks[name] for name in names)
 
     # ------------------------------------------------------------- the loop
     def fit(self, resume: bool = False) -> dict[str, float]:
@@ -139,8 +119,8 @@ class Trainer:
                 self.resume()
             self.start_run_dir()
             meter, last = LossMeter(self.device, self.step), {}
-            self.generator.train()
-            self.discriminator.train()
+            for network in self.networks.values():
+                network.train()
             while self.step < self.total_steps:
                 epoch, offset = divmod(self.step, self.steps_per_epoch)
                 self.set_epoch(epoch, offset)
@@ -273,11 +253,11 @@ class Trainer:
             return None
         self.saved_step = self.step
         state = TrainState.capture(self.step, self.world_size, self.guard.skipped_steps,
-                                   self.opt_g, self.opt_d, self.scaler, self.device)
+                                   self.opt_g, self.opt_d, self.scaler, self.device, self.method.state_dict())
         path = save_checkpoint(
             self.run_dir / "checkpoints",
             self.step,
-            {"generator": self.generator, "discriminator": self.discriminator},
+            self.networks,
             state.as_dict(),
             self.metadata(),
             keep=self.cfg.keep_checkpoints,
@@ -295,13 +275,13 @@ class Trainer:
             return False
         state = None
         if self.is_main:
-            load_weights(self.generator, path / "generator.safetensors")
-            load_weights(self.discriminator, path / "discriminator.safetensors")
+            for name, network in self.networks.items():
+                load_weights(network, path / f"{name}.safetensors")
             state = TrainState.load(path / "state.pt")
         if self.world_size > 1:
-            broadcast_weights(self.generator, self.discriminator)
+            broadcast_weights(*self.networks.values())
             state = broadcast_from_main(state)
-        state.restore(path / "state.pt", self.opt_g, self.opt_d, self.scaler, self.device)
+        state.restore(path / "state.pt", self.opt_g, self.opt_d, self.scaler, self.device, self.method)
         self.step = self.step_for_world_size(state.step, state.world_size)
         self.guard.skipped_steps = state.skipped_steps
         self.log_line(f"resumed from {path} at step {self.step}")
@@ -326,6 +306,6 @@ def probe_step(recipe: Recipe, settings: dict[str, Any]) -> Callable[[], Any]:
     real_a, real_b = (torch.rand(batch, channels, size, size, device=trainer.device).mul(2).sub(1)
                       .contiguous(memory_format=trainer.memory_format)
                       for channels in (trainer.in_channels, trainer.out_channels))
-    trainer.generator.train()
-    trainer.discriminator.train()
+    for network in trainer.networks.values():
+        network.train()
     return lambda: trainer.train_step(real_a, real_b)

@@ -1,0 +1,31 @@
+"""What every method builds from the recipe: its networks and its losses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from i2i.contracts import AdversarialLoss, ReconstructionLoss
+from i2i.recipe import ComponentSpec, Recipe
+from i2i.registry import DISCRIMINATORS, GENERATORS, LOSSES
+
+
+def build_generator(recipe: Recipe, spec: ComponentSpec, in_channels: int, out_channels: int) -> nn.Module:
+    return GENERATORS.build(spec.name, spec.params, plugins=recipe.plugins, in_channels=in_channels, out_channels=out_channels)
+
+
+def build_discriminator(recipe: Recipe, spec: ComponentSpec, in_channels: int) -> nn.Module:
+    return DISCRIMINATORS.build(spec.name, spec.params, plugins=recipe.plugins, in_channels=in_channels)
+
+
+def build_losses(recipe: Recipe) -> tuple[tuple[AdversarialLoss, float], list[tuple[str, ReconstructionLoss, float]]]:
+    """(adversarial loss, weight) and [(name, reconstruction loss, weight), ...]; recipe
+    validation made sure there is exactly one adversarial loss."""
+    losses = [(spec, LOSSES.build(spec.name, spec.params, plugins=recipe.plugins)) for spec in recipe.losses]
+    (adversarial,) = [(loss, spec.weight) for spec, loss in losses if isinstance(loss, AdversarialLoss)]
+    return adversarial, [(spec.name, loss, spec.weight) for spec, loss in losses if isinstance(loss, ReconstructionLoss)]
+
+
+def detached(terms: dict[str, Any]) -> dict[str, Any]:
+    return {name: value.detach() for name, value in terms.items()}
