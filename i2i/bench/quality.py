@@ -25,11 +25,12 @@ from i2i.bench import RESULTS_DIR
 from i2i.bench.records import append_record, environment
 from i2i.data.base import PairedDataset
 from i2i.engine.build import build_dataset, resolve_device
-from i2i.engine.inference import Mode, generator_mode, load_generator
+from i2i.engine.inference import Mode, generator_mode, load_generator, resolve_generator_file
 from i2i.recipe import Recipe
 from i2i.errors import I2IError
 
 IMAGE_SIZE = 256
+MODES: tuple[Mode, ...] = ("train", "eval")
 TRAINING_SPLIT_WARNING = (
     "scoring the train split of {data}: if the generator was trained on it, these figures measure memory, "
     "not translation, and overstate its quality; score --split val (or test) to compare runs"
@@ -111,36 +112,66 @@ def bench_quality(
     extractor: nn.Module | None = None,
     on_image: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Score a trained generator on ``split`` of ``data_root``; append the record to ``results``."""
-    if mode not in ("train", "eval"):
+    """Score a trained generator in one mode on ``split`` of ``data_root``; append the record to ``results``."""
+    if mode not in MODES:
         raise I2IError(f"--mode must be train or eval, got {mode!r}")
+    progress = None if on_image is None else lambda _mode, done, count: on_image(done, count)
+    (record,) = bench_quality_modes(checkpoint, data_root, limit, (mode,), device, split, results, extractor, progress)
+    return record
+
+
+def bench_quality_modes(
+    checkpoint: Path,
+    data_root: Path,
+    limit: int | None = None,
+    modes: tuple[Mode, ...] = MODES,
+    device: str = "auto",
+    split: str = "val",
+    results: Path | None = RESULTS_DIR / "quality.jsonl",
+    extractor: nn.Module | None = None,
+    on_image: Callable[[str, int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Score a trained generator on ``split`` of ``data_root`` in each of ``modes`` (the targets'
+    features extracted once); one record per mode, each appended to ``results``.
+    ``on_image(mode, done, count)`` follows the progress."""
+    unknown = [mode for mode in modes if mode not in MODES]
+    if unknown or not modes:
+        raise I2IError(f"modes must be train and/or eval, got {list(modes)}")
     warning = TRAINING_SPLIT_WARNING.format(data=data_root) if split == "train" else None
     if warning:  # before the long scoring, where it cannot be missed
         print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     torch_device = resolve_device(device)
-    generator, recipe, metadata = load_generator(checkpoint, torch_device)
+    weights = resolve_generator_file(checkpoint)
+    generator, recipe, metadata = load_generator(weights, torch_device)
     dataset = protocol_dataset(recipe, data_root, split)
     count = len(dataset) if limit is None else min(limit, len(dataset))
     if count < 2:
         raise I2IError(f"FID needs at least 2 images; {data_root} split {split} gives {count}")
-    meter = QualityMeter(extractor if extractor is not None else inception_extractor(torch_device))
-    metrics = evaluate(generator, dataset, meter, mode, torch_device, limit, recipe.train.seed, on_image=on_image)
-    record = {
-        **environment(torch_device),
-        "kind": "quality",
-        "recipe": recipe.name,
-        "checkpoint": str(checkpoint),
-        "steps_trained": int(metadata.get("step", -1)),
-        "data": str(data_root),
-        "split": split,
-        "limit": limit,
-        "mode": mode,
-        "protocol": PROTOCOL,
-        "metrics": metrics,
-        **({"warning": warning} if warning else {}),
-    }
-    if recipe.data.dataset.name == "degrade":
-        record["bicubic_baseline"] = bicubic_baseline(dataset, limit)
-    if results is not None:
-        append_record(results, record)
-    return record
+    extractor = extractor if extractor is not None else inception_extractor(torch_device)
+    baseline = bicubic_baseline(dataset, limit) if recipe.data.dataset.name == "degrade" else None
+    records, real_features = [], None
+    for mode in modes:
+        meter = QualityMeter(extractor)
+        progress = None if on_image is None else lambda done, count, mode=mode: on_image(mode, done, count)
+        metrics = evaluate(generator, dataset, meter, mode, torch_device, limit, recipe.train.seed, real_features, progress)
+        real_features = meter.real_features_all()
+        record = {
+            **environment(torch_device),
+            "kind": "quality",
+            "recipe": recipe.name,
+            "checkpoint": str(checkpoint),
+            "weights": weights.name,
+            "steps_trained": int(metadata.get("step", -1)),
+            "data": str(data_root),
+            "split": split,
+            "limit": limit,
+            "mode": mode,
+            "protocol": PROTOCOL,
+            "metrics": metrics,
+            **({"warning": warning} if warning else {}),
+            **({"bicubic_baseline": baseline} if baseline else {}),
+        }
+        if results is not None:
+            append_record(results, record)
+        records.append(record)
+    return records

@@ -1,0 +1,97 @@
+"""The weights used for inference: the parameter average (``ema``) and BatchNorm statistics
+recomputed for eval mode (``precise_bn``)."""
+
+import pytest
+import torch
+from torch import nn
+
+from i2i.engine.build import build_dataset, build_generator
+from i2i.engine.ema import ParameterAverage
+from i2i.engine.precise_bn import fixed_batches, recompute_batchnorm
+from i2i.recipe import Recipe
+
+from conftest import tiny_recipe
+
+
+def small_network() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.Conv2d(4, 2, 1), nn.BatchNorm2d(2))
+
+
+def test_the_average_copies_until_its_start_then_follows_with_the_warmed_up_decay():
+    model = small_network()
+    average = ParameterAverage(model, decay=0.9, start_step=2)
+    assert [average.decay_at(step) for step in (1, 2, 3, 4)] == [0.0, 0.0, 2 / 11, 3 / 12]
+    assert average.decay_at(1000) == 0.9
+    history = []
+    for step in range(1, 5):
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(float(step))
+        history.append([p.detach().clone() for p in model.parameters()])
+        average.update(step)
+    expected = [h2 * (1 - 2 / 11) + h1 * 2 / 11 for h1, h2 in zip(history[1], history[2])]  # step 3 onto step 2's copy
+    expected = [h3 * (1 - 3 / 12) + e * 3 / 12 for e, h3 in zip(expected, history[3])]  # step 4
+    for got, want in zip(average.averaged, expected):
+        torch.testing.assert_close(got, want)
+    for live, latest in zip(model.parameters(), history[3]):
+        assert torch.equal(live, latest)  # the trained weights are only read
+
+
+def test_the_average_saves_and_loads_exactly_and_names_a_missing_tensor():
+    model = small_network()
+    average = ParameterAverage(model, decay=0.99)
+    with torch.no_grad():
+        model[0].weight.mul_(3)
+    average.update(5)
+    saved = {name: tensor.clone() for name, tensor in average.state_dict().items()}
+    assert set(saved) == {name for name, _ in model.named_parameters()}
+    again = ParameterAverage(small_network(), decay=0.99)
+    again.load_state_dict(saved)
+    assert all(torch.equal(again.state_dict()[name], tensor) for name, tensor in saved.items())
+    with pytest.raises(KeyError, match="0.weight"):
+        again.load_state_dict({k: v for k, v in saved.items() if k != "0.weight"})
+
+
+def test_recomputed_statistics_are_the_equal_weight_average_of_the_batches():
+    model = small_network()
+    model[1].running_mean.fill_(7.0)  # lagging statistics from training, to be replaced
+    batches = [torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    seen = recompute_batchnorm(model, batches, dropout=False)
+    assert seen == 3 and int(model[1].num_batches_tracked) == 3
+    with torch.no_grad():
+        features = [model[0](batch) for batch in batches]
+    mean = torch.stack([f.mean((0, 2, 3)) for f in features]).mean(0)
+    var = torch.stack([f.var((0, 2, 3), unbiased=True) for f in features]).mean(0)
+    torch.testing.assert_close(model[1].running_mean, mean)
+    torch.testing.assert_close(model[1].running_var, var)
+    assert model[1].momentum == 0.1 and model.training  # the layers' own settings come back
+
+
+def test_recomputing_with_dropout_is_deterministic_and_leaves_the_random_stream_alone():
+    batches = [torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    first, second = small_network(), small_network()
+    torch.manual_seed(123)
+    recompute_batchnorm(first, batches, dropout=True)
+    after = torch.rand(1)
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(1), after)  # the caller's random stream did not move
+    recompute_batchnorm(second, batches, dropout=True)
+    assert torch.equal(first[4].running_var, second[4].running_var)
+    without = small_network()
+    recompute_batchnorm(without, batches, dropout=False)
+    assert not torch.equal(without[4].running_var, first[4].running_var)  # dropout did act during the pass
+
+
+def test_fixed_batches_are_training_crops_of_a_fixed_order_and_leave_the_dataset_alone():
+    recipe = Recipe.from_dict(tiny_recipe())
+    dataset = build_dataset(recipe, "train", train=True)
+    dataset.set_epoch(5)
+    first = list(fixed_batches(dataset, count=3, batch_size=2, seed=0))
+    assert len(first) == 3 and first[0].shape == (2, 3, 32, 32)
+    again = list(fixed_batches(dataset, count=3, batch_size=2, seed=0))
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert dataset.epoch == 5
+    assert len(list(fixed_batches(dataset, count=100, batch_size=3, seed=0))) == 3  # one pass at most (8 samples)
+    generator = build_generator(recipe, dataset.in_channels, dataset.out_channels)
+    assert recompute_batchnorm(generator, fixed_batches(dataset, 2, 2, 0), dropout=True) == 2
