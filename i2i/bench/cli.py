@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -78,32 +80,59 @@ def quality(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="run directory, checkpoint folder or generator .safetensors"),
     data: Path = typer.Option(..., "--data", help="data root holding the split (e.g. val/)"),
     limit: Optional[int] = typer.Option(None, "--limit", min=2, help="only the first N images (default: all)"),
-    mode: str = typer.Option("train", "--mode", help="train (dropout and batch statistics, as the reference tests) or eval"),
+    mode: str = typer.Option("both", "--mode", help="eval (running statistics, no dropout: what translate gives by "
+                             "default), train (dropout and batch statistics, as the reference tests) or both"),
     split: str = typer.Option("val", "--split", help="the split to score; never the one trained on"),
     device: str = typer.Option("auto", "--device"),
     results: Path = typer.Option(RESULTS_DIR / "quality.jsonl", "--results", help="JSON lines file to append to"),
+    progress_every: int = typer.Option(25, "--progress-every", min=1,
+                                       help="images between progress lines when stdout is not a terminal"),
 ) -> None:
-    """FID, KID, SSIM and PSNR of a trained generator on a split, on the pinned protocol."""
-    from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
+    """FID, KID, SSIM and PSNR of a trained generator on a split, on the pinned protocol (one record per mode)."""
+    from i2i.bench.quality import MODES, bench_quality_modes
 
-    from i2i.bench.quality import bench_quality
+    if mode not in (*MODES, "both"):
+        raise typer.BadParameter(f"must be eval, train or both, got {mode!r}", param_hint="--mode")
+    modes = MODES if mode == "both" else (mode,)
+    with quality_progress(progress_every) as on_image:
+        records = bench_quality_modes(checkpoint, data, limit, modes, device, split, results, on_image=on_image)
+    first = records[0]
+    console.print(f"{first['recipe']} step {first['steps_trained']} ({first['weights']}): "
+                  f"{first['metrics']['images']} {split} images", highlight=False)
+    table = Table("metric", *(f"{record['mode']} mode" for record in records))
+    for key in ("fid", "kid", "ssim", "psnr"):
+        table.add_row(key.upper(), *(f"{record['metrics'][key]:.4g}" for record in records))
+    for key, value in first.get("bicubic_baseline", {}).items():
+        if key in ("ssim", "psnr"):
+            table.add_row(f"{key.upper()} of the bicubic input", *(f"{value:.4g}" for _ in records))
+    console.print(table)
+    console.print(f"appended to {results}", highlight=False)
+
+
+@contextlib.contextmanager
+def quality_progress(every: int) -> Iterator[Callable[[str, int, int], None]]:
+    """A progress bar in a terminal; elsewhere (a log, CI) a plain line every ``every`` images."""
+    if not console.is_terminal:
+        started = time.perf_counter()
+
+        def line(mode: str, done: int, count: int) -> None:
+            if done % every == 0 or done == count:
+                print(f"{mode} mode: {done}/{count} images scored, {time.perf_counter() - started:.0f} s", flush=True)
+
+        yield line
+        return
+    from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
 
     with Progress(*Progress.get_default_columns()[:2], MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
-        task = progress.add_task("translating and scoring", total=None)
-        record = bench_quality(checkpoint, data, limit, mode, device, split, results,
-                               on_image=lambda done, count: progress.update(task, completed=done, total=count))
-    metrics = record["metrics"]
-    console.print(f"{record['recipe']} step {record['steps_trained']}: {metrics['images']} {split} images, "
-                  f"generator mode {mode}", highlight=False)
-    table = Table("metric", "value")
-    for key in ("fid", "kid", "ssim", "psnr"):
-        table.add_row(key.upper(), f"{metrics[key]:.4g}")
-    for key, value in record.get("bicubic_baseline", {}).items():
-        if key in ("ssim", "psnr"):
-            table.add_row(f"{key.upper()} of the bicubic input", f"{value:.4g}")
-    console.print(table)
-    console.print(f"appended to {results}", highlight=False)
+        tasks: dict[str, Any] = {}
+
+        def update(mode: str, done: int, count: int) -> None:
+            if mode not in tasks:
+                tasks[mode] = progress.add_task(f"{mode} mode: translating and scoring", total=count)
+            progress.update(tasks[mode], completed=done)
+
+        yield update
 
 
 @app.command()
