@@ -31,10 +31,11 @@ def test_bench_speed_appends_a_json_line_and_compare_flags_a_slowdown_and_a_drif
     results = tmp_path / "results"
     recipe = write_recipe(tiny_recipe())
     arguments = ["bench", "speed", str(recipe), "--device", "cpu", "--steps", "1", "--warmup", "1", "--repeats", "2",
-                 "--infer-batch", "2", "--results", str(results / "speed.jsonl")]
+                 "--infer-batch", "2", "--peak-size", "64", "--results", str(results / "speed.jsonl")]
     result = invoke(*arguments)
     assert result.exit_code == 0, result.output
     assert "steps/s" in result.output and "default" in result.output
+    assert "of peak" in result.output and "matmul peak" in result.output
     (line,) = (results / "speed.jsonl").read_text().splitlines()
     record = json.loads(line)
     assert record["kind"] == "speed" and record["recipe"] == "tiny" and record["device"] == "cpu"
@@ -47,10 +48,15 @@ def test_bench_speed_appends_a_json_line_and_compare_flags_a_slowdown_and_a_drif
     assert configs["baseline"]["engine_source"] == "reference"
     assert configs["tuned"]["settings"] == {"engine": "fast", **static_settings(torch.device("cpu"))}
     assert configs["default"]["settings"] == {} and configs["default"]["engine_source"] in ("measured", "cached", "static")
+    assert set(record["matmul_peak"]["gflop_per_s"]) >= {"fp32_64"} and record["matmul_peak"]["best_gflop_per_s"] > 0
     for config in configs.values():
         assert config["train_steps_per_s"]["median"] > 0 and len(config["train_steps_per_s"]["runs"]) == 2
+        assert config["train_gflop_per_step"] == configs["baseline"]["train_gflop_per_step"] > 0  # the same math
+        assert config["train_gflop_per_s"] > 0 and config["train_fraction_of_peak"] > 0
     for name in ("baseline", "tuned"):
         assert set(configs[name]["inference_images_per_s"]) == {"eval_batch1", "eval_batch2", "train_batch1", "train_batch2"}
+        assert configs[name]["inference_gflop_per_image"] > 0
+        assert set(configs[name]["inference_fraction_of_peak"]) == set(configs[name]["inference_images_per_s"])
         assert configs[name]["peak_memory_mib"] > 0
     assert record["ratio"]["train_steps_per_s"] > 0 and record["ratio"]["default_over_tuned_train_steps_per_s"] > 0
     tuned = configs["tuned"]

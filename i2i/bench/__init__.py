@@ -8,3 +8,6 @@ RESULTS_DIR = Path("benchmarks") / "results"
 # How generators are scored during training and by default: as the pix2pix reference tests
 # (batch statistics and active dropout).
 EVALUATION_MODE = "train"
+
+# Square matmul sizes `i2i bench speed` times for the machine's peak (the best median counts).
+PEAK_SIZES = (1024, 2048, 4096)

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from i2i.bench import RESULTS_DIR
+from i2i.bench import PEAK_SIZES, RESULTS_DIR
 
 app = typer.Typer(help="Measure speed and quality; results are appended to benchmarks/results/*.jsonl.",
                   no_args_is_help=True)
@@ -20,6 +20,10 @@ console = Console()
 
 def _rate(summary: dict[str, Any]) -> str:
     return f"{summary['median']:.3g} ({summary['min']:.3g}-{summary['max']:.3g})"
+
+
+def _achieved(gflop_per_s: float, fraction: float) -> str:
+    return f"{gflop_per_s:.4g} ({fraction:.0%})"
 
 
 def speed_table(record: dict[str, Any]) -> Table:
@@ -32,12 +36,28 @@ def speed_table(record: dict[str, Any]) -> Table:
     )
     table.add_row("train steps/s", *(_rate(c["train_steps_per_s"]) for c in (baseline, tuned, default)),
                   f"{ratio['train_steps_per_s']:.2f}", f"{ratio['default_train_steps_per_s']:.2f}")
+    table.add_row("train GFLOP/s (of peak)",
+                  *(_achieved(c["train_gflop_per_s"], c["train_fraction_of_peak"]) for c in (baseline, tuned, default)),
+                  "", "")
     for key in baseline["inference_images_per_s"]:
         table.add_row(f"inference {key.replace('_', ' ')} images/s", _rate(baseline["inference_images_per_s"][key]),
                       _rate(tuned["inference_images_per_s"][key]), "", f"{ratio[f'inference_{key}']:.2f}", "")
+        table.add_row(f"inference {key.replace('_', ' ')} GFLOP/s (of peak)",
+                      *(_achieved(c["inference_gflop_per_s"][key], c["inference_fraction_of_peak"][key])
+                        for c in (baseline, tuned)), "", "", "")
     memory = [c["peak_memory_mib"] for c in (baseline, tuned)]
     table.add_row("peak memory MiB", *(f"{m:.0f}" if m is not None else "n/a" for m in memory), "", "", "")
     return table
+
+
+def describe_limit(record: dict[str, Any]) -> str:
+    peak = record["matmul_peak"]
+    rates = ", ".join(f"{key.replace('_', ' ')}: {_rate(rate)}" for key, rate in peak["gflop_per_s"].items())
+    baseline = record["configs"]["baseline"]
+    return (f"matmul peak {peak['best_gflop_per_s']:.4g} GFLOP/s ({peak['best'].replace('_', ' ')}, "
+            f"{peak['threads']} threads; GFLOP/s per dtype and size {rates})\n"
+            f"work: training step {baseline['train_gflop_per_step']:.4g} GFLOP, "
+            f"generator forward {baseline['inference_gflop_per_image']:.4g} GFLOP per image")
 
 
 def describe_settings(record: dict[str, Any]) -> str:
@@ -62,6 +82,7 @@ def speed(
     overrides: list[str] = typer.Option([], "--set", help="override a recipe value: --set data.crop_size=128"),
     results: Path = typer.Option(RESULTS_DIR / "speed.jsonl", "--results", help="JSON lines file to append to"),
     compile_inference: bool = typer.Option(True, "--compile-inference/--no-compile-inference", help="tuned inference through the compiled, frozen generator (`translate --backend compiled`; a minute or two of compiling) or its eager form (`--backend fast`)"),
+    peak_sizes: list[int] = typer.Option(list(PEAK_SIZES), "--peak-size", help="square matmul sizes timed for the peak (repeat the option); the best median counts"),
 ) -> None:
     """Training and inference throughput: baseline (the reference engine), tuned (the fast engine's static
     choice) and default (what `i2i run` chooses here, probe included)."""
@@ -69,8 +90,9 @@ def speed(
 
     record = bench_speed(recipe, overrides, device, steps, warmup, repeats, infer_batch, results,
                          on_config=lambda name: console.print(f"timing {name} ...", highlight=False),
-                         compile_inference=compile_inference)
+                         compile_inference=compile_inference, peak_sizes=tuple(peak_sizes))
     console.print(speed_table(record))
+    console.print(describe_limit(record), highlight=False)
     console.print(describe_settings(record), highlight=False)
     console.print(f"appended to {results}", highlight=False)
 

@@ -5,7 +5,9 @@ Two records share a setup when they ran on the same device (and thread count)
 with the same recipe and configuration: for speed the image and batch sizes,
 overrides, batch source and the settings each configuration asked for; for quality
 the checkpoint's recipe and steps, the data, split, image count and generator mode.
-A figure that got worse by more than ``threshold`` (relative) is a regression. In
+A figure that got worse by more than ``threshold`` (relative) is a regression; for
+speed the figures are the median rates and their fractions of the matmul peak timed in
+the same run. In
 one speed record, ``default`` (what ``i2i run`` chooses) and ``tuned`` (the engine's
 static choice) training more than ``threshold`` apart, either way, is a drift.
 """
@@ -68,6 +70,10 @@ def figures(record: dict[str, Any]) -> dict[str, tuple[float, bool]]:
             found[f"{name} train steps/s"] = (config["train_steps_per_s"]["median"], True)
             for key, rate in config.get("inference_images_per_s", {}).items():
                 found[f"{name} inference {key} images/s"] = (rate["median"], True)
+            if "train_fraction_of_peak" in config:  # records before issue 21 have no peak
+                found[f"{name} train fraction of peak"] = (config["train_fraction_of_peak"], True)
+            for key, fraction in config.get("inference_fraction_of_peak", {}).items():
+                found[f"{name} inference {key} fraction of peak"] = (fraction, True)
     else:
         for key, value in record["metrics"].items():
             if key in ("fid", "kid", "ssim", "psnr") and value is not None:

@@ -13,21 +13,27 @@ inference path (``fast_generator``, compiled with freezing unless
 ``--no-compile-inference``) for ``tuned``. Each figure is timed ``repeats`` times after
 ``warmup`` untimed iterations, with the device synchronized before every clock read;
 the median and the range are kept.
+
+The record also holds how close each median rate comes to the machine's limit: the
+matmul peak timed first in the same run (``limit.matmul_peak``), and the FLOPs of each
+configuration's training step and of the generator's forward, counted by
+``torch.utils.flop_counter`` on one untimed call: achieved GFLOP/s and their fraction
+of the best peak.
 """
 
 from __future__ import annotations
 
 import gc
-import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from i2i.bench import RESULTS_DIR
+from i2i.bench import PEAK_SIZES, RESULTS_DIR
+from i2i.bench.limit import achieved, counted_gflop, matmul_peak
 from i2i.bench.records import append_record, environment
+from i2i.bench.timing import rate_summary, time_per_iteration
 from i2i.engine.autotune import REFERENCE, static_settings
 from i2i.engine.build import build_dataset, resolve_device
 from i2i.engine.fast_inference import fast_generator
@@ -47,38 +53,6 @@ def configurations(device: torch.device) -> dict[str, dict[str, Any]]:
         "tuned": {"engine": "fast", **static_settings(device)},
         "default": {},
     }
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_per_iteration(
-    runs: dict[str, Callable[[], Any]], iterations: int, warmup: int, repeats: int, device: torch.device
-) -> dict[str, list[float]]:
-    """Seconds per call of each of ``runs``, one figure per repeat of ``iterations`` calls;
-    the runs alternate within each repeat."""
-    for run in runs.values():
-        for _ in range(warmup):
-            run()
-    _synchronize(device)
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            for _ in range(iterations):
-                run()
-            _synchronize(device)
-            times[name].append((time.perf_counter() - start) / iterations)
-    return times
-
-
-def rate_summary(seconds: list[float], items_per_call: int = 1) -> dict[str, Any]:
-    """Items per second: median over repeats, the range, and the range relative to the median."""
-    rates = sorted(items_per_call / s for s in seconds)
-    median = statistics.median(rates)
-    return {"median": median, "min": rates[0], "max": rates[-1], "spread": (rates[-1] - rates[0]) / median, "runs": rates}
 
 
 class PeakMemory:
@@ -138,7 +112,7 @@ def first_batch(trainer: Trainer, real_data: bool) -> tuple[torch.Tensor, torch.
 
 def plain_forward(trainer: Trainer, images: torch.Tensor) -> torch.Tensor:
     with torch.no_grad(), trainer.autocast():
-        return trainer.G(images)
+        return trainer.generator(images)  # only the baseline runs it: the reference engine never compiles
 
 
 def build(recipe: Recipe, settings: dict[str, Any], real_data: bool) -> tuple[Trainer, torch.Tensor, torch.Tensor]:
@@ -150,7 +124,7 @@ def build(recipe: Recipe, settings: dict[str, Any], real_data: bool) -> tuple[Tr
     return (trainer, *first_batch(trainer, real_data))
 
 
-def describe(trainer: Trainer, settings: dict[str, Any], train: list[float]) -> dict[str, Any]:
+def describe(trainer: Trainer, settings: dict[str, Any], train: list[float], gflop_per_step: float) -> dict[str, Any]:
     return {
         "settings": settings,
         "engine": trainer.engine.settings,
@@ -159,7 +133,26 @@ def describe(trainer: Trainer, settings: dict[str, Any], train: list[float]) -> 
         "autocast": str(trainer.amp_dtype).removeprefix("torch."),
         "train_steps_per_s": rate_summary(train),
         "train_images_per_s": rate_summary(train, trainer.cfg.batch_size),
+        "train_gflop_per_step": gflop_per_step,
     }
+
+
+def generator_gflop(trainer: Trainer, images: torch.Tensor) -> float:
+    """GFLOP of the generator's forward on one image (either mode: BatchNorm and dropout count nothing)."""
+    with torch.no_grad(), generator_mode(trainer.generator, "eval"):
+        return counted_gflop(lambda: trainer.generator(images[:1]))
+
+
+def add_limit_figures(config: dict[str, Any], gflop_per_image: float, peak_gflop_per_s: float) -> None:
+    """The GFLOP/s and fraction of the matmul peak of ``config``'s median rates."""
+    train = achieved(config["train_gflop_per_step"], config["train_steps_per_s"]["median"], peak_gflop_per_s)
+    config.update({f"train_{key}": value for key, value in train.items()})
+    if "inference_images_per_s" in config:
+        config["inference_gflop_per_image"] = gflop_per_image
+        infer = {key: achieved(gflop_per_image, rate["median"], peak_gflop_per_s)
+                 for key, rate in config["inference_images_per_s"].items()}
+        for figure in ("gflop_per_s", "fraction_of_peak"):
+            config[f"inference_{figure}"] = {key: value[figure] for key, value in infer.items()}
 
 
 def inference(
@@ -216,8 +209,9 @@ def bench_speed(
     results: Path | None = RESULTS_DIR / "speed.jsonl",
     on_config: Callable[[str], None] | None = None,
     compile_inference: bool = True,
+    peak_sizes: tuple[int, ...] = PEAK_SIZES,
 ) -> dict[str, Any]:
-    """Time baseline, tuned and default on ``recipe_path``; append the record to ``results``."""
+    """Time the matmul peak, then baseline, tuned and default on ``recipe_path``; append the record to ``results``."""
     if min(steps, repeats, infer_batch) < 1 or warmup < 0:
         raise I2IError("--steps, --repeats and --infer-batch must be at least 1, --warmup at least 0")
     overrides = list(overrides or [])
@@ -228,12 +222,21 @@ def bench_speed(
     memory = PeakMemory(torch_device)
     notify = on_config or (lambda name: None)
 
+    notify("matmul peak")
+    peak = matmul_peak(torch_device, tuple(peak_sizes), repeats)
+
     # baseline alone and first: the fast CPU settings change the allocator for the whole process
     notify("baseline")
     memory.reset()
     trainer, real_a, real_b = build(recipe, settings["baseline"], real_data)
-    train = time_per_iteration({"baseline": lambda: trainer.train_step(real_a, real_b)}, device=torch_device, **timing)
-    configs = {"baseline": {**describe(trainer, settings["baseline"], train["baseline"]),
+
+    def baseline_step() -> Any:
+        return trainer.train_step(real_a, real_b)
+
+    gflop_per_step = counted_gflop(baseline_step)  # an untimed step of its own
+    gflop_per_image = generator_gflop(trainer, real_a)
+    train = time_per_iteration({"baseline": baseline_step}, device=torch_device, **timing)
+    configs = {"baseline": {**describe(trainer, settings["baseline"], train["baseline"], gflop_per_step),
                             **inference(trainer, real_a, infer_batch, timing, fast=False, compile=False),
                             "peak_memory_mib": memory.read_mib(), "peak_memory_kind": memory.kind}}
     del trainer, real_a, real_b
@@ -242,10 +245,11 @@ def bench_speed(
     notify("tuned and default (alternating)")
     memory.reset()
     built = {name: build(recipe, settings[name], real_data) for name in ("tuned", "default")}
-    train = time_per_iteration({name: lambda t=t, a=a, b=b: t.train_step(a, b) for name, (t, a, b) in built.items()},
-                               device=torch_device, **timing)
+    steps_of = {name: lambda t=t, a=a, b=b: t.train_step(a, b) for name, (t, a, b) in built.items()}
+    gflop_of = {name: counted_gflop(step) for name, step in steps_of.items()}
+    train = time_per_iteration(steps_of, device=torch_device, **timing)
     for name, (trainer, real_a, _) in built.items():
-        configs[name] = describe(trainer, settings[name], train[name])
+        configs[name] = describe(trainer, settings[name], train[name], gflop_of[name])
     configs["tuned"]["peak_memory_mib"] = memory.read_mib()
     configs["tuned"]["peak_memory_kind"] = memory.kind + " (tuned and default trainers together)"
     trainer, real_a, _ = built.pop("tuned")
@@ -255,6 +259,8 @@ def bench_speed(
     configs["tuned"].update(inference(trainer, real_a, infer_batch, timing, fast=True, compile=compile_inference))
     del trainer, real_a
     release(torch_device)
+    for config in configs.values():
+        add_limit_figures(config, gflop_per_image, peak["best_gflop_per_s"])
 
     record = {
         **environment(torch_device),
@@ -269,6 +275,7 @@ def bench_speed(
         "steps": steps,
         "warmup": warmup,
         "repeats": repeats,
+        "matmul_peak": peak,
         "configs": configs,
         "ratio": ratios(configs),
     }
