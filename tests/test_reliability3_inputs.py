@@ -254,3 +254,141 @@ def test_a_pth_zip_bomb_is_refused_from_its_zip_headers(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("inflated"))
     with pytest.raises(WeightsError, match="would inflate"):
         read_reference_weights(bomb)
+
+
+# -- the engine cache -----------------------------------------------------------------
+CPU = torch.device("cpu")
+
+
+def fake_steps(made: list):
+    """``make_step`` for ``choose_engine`` whose steps cost nothing."""
+
+    def make_step(settings):
+        made.append(settings)
+        return lambda: None
+
+    return make_step
+
+
+def cache_recipe(**train) -> Recipe:
+    return Recipe.from_dict(tiny_recipe(train={"engine_probe": True, **train}))
+
+
+def choose(recipe: Recipe, notes: list[str], made: list | None = None):
+    from i2i.engine.autotune import choose_engine
+
+    return choose_engine(recipe, CPU, (3, 3), fake_steps([] if made is None else made), 1000, notes.append)
+
+
+@pytest.fixture
+def engine_cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("I2I_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("I2I_ENGINE_PROBE", raising=False)
+    return tmp_path / "cache" / "engine"
+
+
+def entry_file(recipe: Recipe) -> Path:
+    from i2i.engine.autotune import ENGINE_SETTINGS, cache_file, shape_key
+
+    fixed = {name: getattr(recipe.train, name) for name in ENGINE_SETTINGS if getattr(recipe.train, name) is not None}
+    return cache_file(shape_key(recipe, CPU, (3, 3), fixed))
+
+
+def test_a_cache_entry_never_overrides_what_the_recipe_sets(engine_cache):
+    recipe = cache_recipe(precision="fp32", channels_last=False)
+    first = choose(recipe, [])
+    file = entry_file(recipe)
+    entry = json.loads(file.read_text())
+    entry["settings"].update(precision="bf16", channels_last=True, cuda_graph=True)
+    file.write_text(json.dumps(entry))
+    choice = choose(recipe, [], made := [])
+    assert choice.source == "cached" and not made
+    assert choice.settings["precision"] == "fp32" and choice.settings["channels_last"] is False
+    assert choice.settings["cuda_graph"] is False  # a CPU cannot use it, whatever the file says
+    assert choice.reasons["precision"] == "set in the recipe" and choice.settings == first.settings
+
+
+def test_an_empty_i2i_cache_is_unset_not_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("I2I_CACHE", "")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("I2I_ENGINE_PROBE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    choice = choose(cache_recipe(), [])
+    assert not (tmp_path / "engine").exists()
+    assert choice.cache_file.is_relative_to(tmp_path / "home" / ".cache" / "i2i" / "engine")
+
+
+DAMAGED_ENTRIES = {
+    "not JSON": b"{\"settings\": ",
+    "bytes": bytes(range(256)),
+    "a list": b"[]",
+    "settings a string": {"settings": "x"},
+    "an unknown precision": {"settings": {"precision": "fp64"}},
+    "a number for a flag": {"settings": {"channels_last": 3}},
+    "a number for reasons": {"reasons": 5},
+    "comparisons of the wrong type": {"comparisons": "x"},
+    "a comparison without settings": {"comparisons": [{"speedup": 2.0}]},
+    "complete as text": {"complete": "yes"},
+    "no key": {"key": None},
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED_ENTRIES))
+def test_a_damaged_cache_entry_is_a_note_and_is_replaced(case, engine_cache):
+    recipe = cache_recipe()
+    choose(recipe, [])
+    file = entry_file(recipe)
+    damage = DAMAGED_ENTRIES[case]
+    if isinstance(damage, bytes):
+        file.write_bytes(damage)
+    else:
+        entry = json.loads(file.read_text())
+        for name, value in damage.items():
+            if isinstance(value, dict) and isinstance(entry.get(name), dict):
+                entry[name].update(value)
+            elif value is None:
+                del entry[name]
+            else:
+                entry[name] = value
+        file.write_text(json.dumps(entry))
+    notes: list[str] = []
+    choice = choose(recipe, notes)
+    assert choice.source == "measured"
+    assert [n for n in notes if n.startswith(f"ignoring the engine cache at {file}: ") and n.endswith("; probing again")]
+    assert choose(recipe, notes).source == "cached"  # replaced by the new probe's entry
+
+
+def test_a_file_where_the_cache_folder_should_be_is_a_note(engine_cache):
+    engine_cache.parent.mkdir(parents=True)
+    engine_cache.write_text("not a folder")
+    notes: list[str] = []
+    assert choose(cache_recipe(), notes).source == "measured"
+    assert any(n.startswith("ignoring the engine cache at") for n in notes)
+    assert any(n.startswith("cannot write the engine cache at") for n in notes)
+    assert engine_cache.read_text() == "not a folder"
+
+
+def test_a_read_only_cache_is_a_note(engine_cache, monkeypatch):
+    import errno
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(Path, "write_text", read_only)
+    notes: list[str] = []
+    assert choose(cache_recipe(), notes).source == "measured"
+    assert notes[-1].startswith("cannot write the engine cache at") and "Read-only file system" in notes[-1]
+
+
+def test_i2i_run_trains_past_a_file_where_the_cache_folder_should_be(tmp_path, monkeypatch, capsys, write_recipe):
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "engine").write_text("not a folder")
+    monkeypatch.setenv("I2I_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("I2I_ENGINE_PROBE", raising=False)
+    recipe = write_recipe(tiny_recipe(train={"max_steps": 1, "engine_probe": True}))
+    monkeypatch.setattr(sys, "argv", ["i2i", "run", str(recipe), "--out", str(tmp_path / "run"), "--quiet"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 0
+    assert list((tmp_path / "run" / "checkpoints").glob("step_*"))
+    assert "cannot write the engine cache at" in capsys.readouterr().out

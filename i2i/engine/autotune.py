@@ -14,6 +14,7 @@ static choice holds: bf16 only where the hardware computes it natively.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import json
@@ -24,9 +25,10 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from i2i.engine.build import cpu_has_fast_bf16
 
@@ -97,7 +99,8 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("I2I_CACHE", Path.home() / ".cache" / "i2i")) / "engine"
+    """``$I2I_CACHE/engine``; an empty I2I_CACHE counts as unset (not the current folder)."""
+    return Path(os.environ.get("I2I_CACHE") or Path.home() / ".cache" / "i2i").expanduser() / "engine"
 
 
 def probe_allowed(configured: bool) -> bool:
@@ -160,8 +163,8 @@ def shape_key(recipe: Any, device: torch.device, channels: tuple[int, int], fixe
         "cpu_capability": torch.backends.cpu.get_cpu_capability() if device.type == "cpu" else None,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "method": recipe.method.model_dump(mode="json"),
-        "model": recipe.model.model_dump(mode="json", exclude_none=True),
+        "generator": recipe.model.generator.model_dump(mode="json"),
+        "discriminator": recipe.model.discriminator.model_dump(mode="json"),
         "losses": [spec.model_dump(mode="json") for spec in recipe.losses],
         "crop_size": recipe.data.crop_size,
         "batch_size": recipe.train.batch_size,
@@ -176,26 +179,76 @@ def cache_file(key: dict[str, Any]) -> Path:
     return cache_dir() / f"{digest}.json"
 
 
-def read_cached(path: Path, key: dict[str, Any], planned_steps: int) -> dict[str, Any] | None:
-    """The cached decision for ``key``, unless it is missing, unreadable, for another key, or
-    cut short by a budget that this run, being longer, would exceed."""
+class Settings(BaseModel):
+    """One value per engine setting, as a cache file must hold them."""
+
+    model_config = ConfigDict(extra="forbid")
+    precision: Literal["fp32", "bf16", "fp16"]
+    channels_last: StrictBool
+    fused_adam: StrictBool
+    cpu_speedups: StrictBool
+    cuda_graph: StrictBool
+    compile: StrictBool
+
+
+class Comparison(BaseModel):
+    """One timed (or failed) challenger, as ``probe`` records it."""
+
+    best: Settings
+    option: Settings
+    speedup: float = Field(ge=0)
+    failed: str | None = None
+    steps_per_round: int | None = None
+    best_seconds: list[float] = Field(default_factory=list)
+    option_seconds: list[float] = Field(default_factory=list)
+    startup_seconds: float = 0.0
+    best_startup_seconds: float = 0.0
+
+
+class CacheEntry(BaseModel):
+    """A cache file: what the probe decided for ``key`` and why."""
+
+    key: dict[str, Any]
+    settings: Settings
+    reasons: dict[str, str]
+    comparisons: list[Comparison]
+    complete: StrictBool
+    planned_steps: int = Field(ge=0)
+
+
+def read_cached(path: Path, key: dict[str, Any], planned_steps: int, note: Callable[[str], None]) -> dict[str, Any] | None:
+    """The cached decision for ``key``, unless it is missing, for another key, or cut short by
+    a budget that this run, being longer, would exceed. The cache is only an optimisation: a
+    file that cannot be read or is not an entry is passed over with a ``note`` (and replaced)."""
     try:
-        entry = json.loads(path.read_text())
-    except (OSError, ValueError):
+        entry = CacheEntry.model_validate_json(path.read_bytes()).model_dump(exclude_none=True)
+    except FileNotFoundError:
         return None
-    if not isinstance(entry, dict) or entry.get("key") != key or set(entry.get("settings", ())) != set(ENGINE_SETTINGS):
+    except OSError as error:
+        note(f"ignoring the engine cache at {path}: {error.strerror or error}; probing again")
         return None
-    if not entry.get("complete") and planned_steps > entry.get("planned_steps", 0):
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "the file"
+        note(f"ignoring the engine cache at {path}: {where}: {first['msg']}; probing again")
+        return None
+    if entry["key"] != key or not entry["complete"] and planned_steps > entry["planned_steps"]:
         return None
     return entry
 
 
-def write_cached(path: Path, entry: dict[str, Any]) -> None:
-    """Written to a temporary name, then renamed: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_cached(path: Path, entry: dict[str, Any], note: Callable[[str], None]) -> None:
+    """Written to a temporary name, then renamed: a reader never sees half a file. A cache
+    that cannot be written (read-only, a file where its folder should be) costs a ``note``."""
     partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    partial.write_text(json.dumps(entry, indent=1, sort_keys=True))
-    os.replace(partial, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(entry, indent=1, sort_keys=True))
+        os.replace(partial, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        note(f"cannot write the engine cache at {path}: {error.strerror or error}; this run's choice is not kept")
 
 
 # ------------------------------------------------------------------- the probe
@@ -312,8 +365,9 @@ def reasons_for(
 def paid_off(settings: dict[str, Any], comparisons: list[dict[str, Any]], planned_steps: int) -> tuple[dict[str, Any], str | None]:
     """``settings``, or its eager form where the measured compile time is more than compiling
     saves over ``planned_steps`` steps (with the reason)."""
-    timed = [c for c in comparisons if c["option"]["compile"] and not c["best"]["compile"]]
-    if not settings["compile"] or not timed:
+    timed = [c for c in comparisons if c["option"]["compile"] and not c["best"]["compile"] and c.get("best_seconds")
+             and c.get("option_seconds")]
+    if not settings["compile"] or len(timed) != 1:
         return settings, None
     (comparison,) = timed
     saved = min(comparison["best_seconds"]) - min(comparison["option_seconds"])
@@ -347,7 +401,7 @@ def choose_engine(
         return EngineChoice(first, reasons_for(first, fixed, [], device), "recipe" if not keys else "static")
     key = shape_key(recipe, device, channels, fixed)
     path = cache_file(key)
-    entry = read_cached(path, key, planned_steps)
+    entry = read_cached(path, key, planned_steps, log_line)
     source = "cached"
     if entry is None:
         cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
@@ -355,8 +409,15 @@ def choose_engine(
             best, comparisons, complete = probe(first, keys, make_step, device, planned_steps, log_line)
         entry = {"key": key, "settings": best, "reasons": reasons_for(best, fixed, comparisons, device),
                  "comparisons": comparisons, "complete": complete, "planned_steps": planned_steps}
-        write_cached(path, entry)
+        write_cached(path, entry, log_line)
         source = "measured"
-    settings, short_run = paid_off(entry["settings"], entry["comparisons"], planned_steps)
-    reasons = {**entry["reasons"], **({"compile": short_run} if short_run else {})}
+    # The cache decides only what is probed here: what the recipe sets, and what this device
+    # cannot use, stay as the recipe and the static rule say, whatever a cache file holds.
+    decided = {**first, **{name: entry["settings"][name] for name in keys}}
+    static_reasons = reasons_for(first, fixed, [], device)
+    settings, short_run = paid_off(decided, entry["comparisons"], planned_steps)
+    reasons = {name: entry["reasons"].get(name, static_reasons[name]) if name in keys else static_reasons[name]
+               for name in ENGINE_SETTINGS}
+    if short_run:
+        reasons["compile"] = short_run
     return EngineChoice(settings, reasons, source, path, entry["comparisons"])
