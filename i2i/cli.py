@@ -98,24 +98,29 @@ def validate(
     as_json: bool = typer.Option(False, "--json", help="print the resolved recipe and model sizes as JSON"),
 ) -> None:
     """Check a recipe and build its models without training."""
-    from i2i.engine.build import build_discriminator, build_generator
+    from i2i.engine.build import build_method
     from i2i.engine.limits import check_limits
     from i2i.recipe import Recipe
 
     parsed = Recipe.from_file(recipe, overrides)
     check_limits(parsed, str(recipe))
-    in_ch, out_ch = _channels(parsed)
-    sizes = {}
-    for role, build in (("generator", build_generator), ("discriminator", build_discriminator)):
-        model = build(parsed, in_ch, out_ch)
-        spec = getattr(parsed.model, role)
-        sizes[role] = {"name": spec.name, "parameters": sum(p.numel() for p in model.parameters())}
+    networks = build_method(parsed).build_networks(*_channels(parsed))
+    sizes = {
+        role: {"name": _network_name(parsed, role, network), "parameters": sum(p.numel() for p in network.parameters())}
+        for role, network in networks.items()
+    }
     if as_json:
         print(json.dumps({"recipe": parsed.model_dump(mode="json"), **sizes}, indent=2))
         return
     console.print(f"[green]ok[/green] {recipe}: {parsed.name}")
     for role, size in sizes.items():
-        console.print(f"  {role:<14} {size['name']:<12} {size['parameters']:>12,} parameters")
+        console.print(f"  {role:<16} {size['name']:<12} {size['parameters']:>12,} parameters")
+
+
+def _network_name(recipe, role: str, network) -> str:
+    """The registry name a network was built from (a second direction's spec defaults to the first's)."""
+    spec = getattr(recipe.model, role, None) or getattr(recipe.model, role.split("_")[0], None)
+    return spec.name if spec is not None else type(network).__name__
 
 
 def _channels(recipe) -> tuple[int, int]:
