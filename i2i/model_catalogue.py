@@ -1,4 +1,8 @@
-"""The pix2pix reference implementation's five published generators, by name.
+"""The published generators of the pix2pix and CycleGAN reference implementation, by name.
+
+The five pix2pix U-Nets keep their published names (``map2sat``); the 18 CycleGAN
+ResNet generators are ``cyclegan/NAME`` (``cyclegan/horse2zebra``, ``cyclegan/map2sat``),
+since three of their names are pix2pix names too.
 
 ``ensure_model("map2sat")`` returns a checkpoint folder that ``i2i translate
 --checkpoint`` and ``i2i.load`` read, downloading and converting on first use:
@@ -37,6 +41,10 @@ from i2i.reference_weights import find_recipe, import_reference_weights
 
 MODELS_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/models-pytorch"
 URL_ENV = "I2I_MODELS_URL"  # another base URL: a mirror, or a test's server
+CYCLEGAN_MODELS_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models"
+CYCLEGAN = "cyclegan/"  # the CycleGAN generators' names start with it
+# The published CycleGAN generators are all resnet_9blocks, instance norm, no dropout: this recipe's generator.
+CYCLEGAN_RECIPE = "cyclegan_horse2zebra"
 CACHE_ENV = "I2I_CACHE"
 SOURCE_RECORD = "source.json"
 LOCK_FILE = ".lock"
@@ -50,8 +58,18 @@ class ModelError(I2IError):
 class ModelEntry:
     name: str
     task: str
-    recipe: str  # a shipped recipe's name (or a recipe YAML path) with the same U-Net
-    direction: Literal["AtoB", "BtoA"]  # which half of that recipe's A|B pairs is the input
+    recipe: str  # a shipped recipe's name (or a recipe YAML path) with the same generator
+    direction: Literal["AtoB", "BtoA"]  # which side of that recipe's data is the input
+    data_root: str | None = None  # the set it was trained on, where it is not the recipe's
+
+    @property
+    def file(self) -> str:
+        """The published file's name, without ``.pth``."""
+        return self.name.removeprefix(CYCLEGAN)
+
+
+def cyclegan(name: str, task: str, dataset: str, direction: Literal["AtoB", "BtoA"]) -> ModelEntry:
+    return ModelEntry(CYCLEGAN + name, task, CYCLEGAN_RECIPE, direction, f"data/cyclegan/{dataset}")
 
 
 MODELS: dict[str, ModelEntry] = {
@@ -62,6 +80,24 @@ MODELS: dict[str, ModelEntry] = {
         ModelEntry("map2sat", "map -> aerial photo", "pix2pix_maps", "BtoA"),
         ModelEntry("facades_label2photo", "facade labels -> photo", "facades_labels2photo", "BtoA"),
         ModelEntry("day2night", "day -> night (webcams)", "night2day", "BtoA"),
+        cyclegan("apple2orange", "apple -> orange", "apple2orange", "AtoB"),
+        cyclegan("orange2apple", "orange -> apple", "apple2orange", "BtoA"),
+        cyclegan("summer2winter_yosemite", "summer -> winter (Yosemite)", "summer2winter_yosemite", "AtoB"),
+        cyclegan("winter2summer_yosemite", "winter -> summer (Yosemite)", "summer2winter_yosemite", "BtoA"),
+        cyclegan("horse2zebra", "horse -> zebra", "horse2zebra", "AtoB"),
+        cyclegan("zebra2horse", "zebra -> horse", "horse2zebra", "BtoA"),
+        cyclegan("monet2photo", "Monet painting -> photo", "monet2photo", "AtoB"),
+        cyclegan("style_monet", "photo -> Monet painting", "monet2photo", "BtoA"),
+        cyclegan("style_cezanne", "photo -> Cezanne painting", "cezanne2photo", "BtoA"),
+        cyclegan("style_ukiyoe", "photo -> Ukiyo-e print", "ukiyoe2photo", "BtoA"),
+        cyclegan("style_vangogh", "photo -> Van Gogh painting", "vangogh2photo", "BtoA"),
+        cyclegan("sat2map", "aerial photo -> map", "maps", "AtoB"),
+        cyclegan("map2sat", "map -> aerial photo", "maps", "BtoA"),
+        cyclegan("cityscapes_photo2label", "street photo -> label map", "cityscapes", "AtoB"),
+        cyclegan("cityscapes_label2photo", "label map -> street photo", "cityscapes", "BtoA"),
+        cyclegan("facades_photo2label", "facade photo -> labels", "facades", "AtoB"),
+        cyclegan("facades_label2photo", "facade labels -> photo", "facades", "BtoA"),
+        cyclegan("iphone2dslr_flower", "iPhone -> DSLR flower photo", "iphone2dslr_flower", "AtoB"),
     ]
 }
 
@@ -82,16 +118,27 @@ def default_cache() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "i2i").expanduser() / "models"
 
 
-def source_url(name: str) -> str:
-    return f"{(os.environ.get(URL_ENV) or MODELS_URL).rstrip('/')}/{name}.pth"
+def models_url(cyclegan: bool = False) -> str:
+    """Where the published pix2pix (or CycleGAN) generators are downloaded from. A mirror
+    (``I2I_MODELS_URL``) keeps the catalogue's names: ``MIRROR/map2sat.pth``, ``MIRROR/cyclegan/map2sat.pth``."""
+    mirror = os.environ.get(URL_ENV, "").rstrip("/")
+    if mirror:
+        return f"{mirror}/{CYCLEGAN.rstrip('/')}" if cyclegan else mirror
+    return CYCLEGAN_MODELS_URL if cyclegan else MODELS_URL
+
+
+def source_url(entry: ModelEntry) -> str:
+    return f"{models_url(entry.name.startswith(CYCLEGAN))}/{entry.file}.pth"
 
 
 def model_recipe(entry: ModelEntry) -> Recipe:
     """The recipe that travels with the converted weights: the matching recipe, with the
     model's direction and a description saying what it is."""
     recipe = Recipe.from_file(find_recipe(entry.recipe))
-    description = f"the pix2pix reference's published {entry.name} generator: {entry.task} ({entry.direction})"
-    return recipe.variant(**{"data.direction": entry.direction, "description": description})
+    family = "CycleGAN" if entry.name.startswith(CYCLEGAN) else "pix2pix"
+    description = f"the {family} reference's published {entry.file} generator: {entry.task} ({entry.direction})"
+    changes = {"data.direction": entry.direction, "description": description}
+    return recipe.variant(**changes, **({"data.root": entry.data_root} if entry.data_root else {}))
 
 
 def is_cached(name: str, cache: Path | None = None) -> bool:
@@ -118,7 +165,7 @@ def ensure_model(name: str, cache_dir: Path | None = None, show_progress: bool |
             except CheckpointError as error:
                 raise ModelError(
                     f"{error}: the cached model is damaged. Delete {folder / MANIFEST} and run again to convert "
-                    f"{folder / f'{name}.pth'} again (it is checked against {SOURCE_RECORD})"
+                    f"{folder / f'{entry.file}.pth'} again (it is checked against {SOURCE_RECORD})"
                 ) from None
         else:
             _fetch_and_convert(entry, folder, show_progress)
@@ -126,9 +173,9 @@ def ensure_model(name: str, cache_dir: Path | None = None, show_progress: bool |
 
 
 def _fetch_and_convert(entry: ModelEntry, folder: Path, show_progress: bool) -> None:
-    source = folder / f"{entry.name}.pth"
+    source = folder / f"{entry.file}.pth"
     if not source.exists():
-        url = source_url(entry.name)
+        url = source_url(entry)
         manual = (
             f"To fetch it by hand: download {url} (a browser, or `curl -L -C - -o {source} {url}`) to {source} "
             f"and run `i2i models download {entry.name}` again: it verifies and converts that file."
@@ -137,7 +184,7 @@ def _fetch_and_convert(entry: ModelEntry, folder: Path, show_progress: bool) -> 
     digest = sha256_of(source)
     recorded = _recorded_sha256(folder)
     if recorded is None:
-        _record(folder, entry.name, digest, source.stat().st_size)
+        _record(folder, entry, digest, source.stat().st_size)
     elif recorded != digest:
         source.unlink()
         raise ModelError(
@@ -165,7 +212,7 @@ def _recorded_sha256(folder: Path) -> str | None:
         raise ModelError(f"{path} is unreadable ({error}); delete {path.parent} and download the model again") from None
 
 
-def _record(folder: Path, name: str, digest: str, size: int) -> None:
-    record = {"name": name, "url": source_url(name), "sha256": digest, "bytes": size,
+def _record(folder: Path, entry: ModelEntry, digest: str, size: int) -> None:
+    record = {"name": entry.name, "url": source_url(entry), "sha256": digest, "bytes": size,
               "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     write_file(folder / SOURCE_RECORD, json.dumps(record, indent=1))

@@ -5,6 +5,7 @@ Imports of torch wait inside the commands so that `i2i --help` stays quick.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -19,15 +20,24 @@ console = Console()
 @models_app.command("list")
 def list_models() -> None:
     """The catalogue: each generator, what it translates, the i2i recipe and direction it matches, cached or not."""
-    from i2i.model_catalogue import MODELS, MODELS_URL, URL_ENV, default_cache, is_cached
+    from i2i.model_catalogue import CYCLEGAN, CYCLEGAN_RECIPE, MODELS, URL_ENV, default_cache, is_cached, models_url
 
-    # The names are typed by users: never cut short.
-    table = Table(Column("name", no_wrap=True), "task", Column("recipe", overflow="fold"), "direction", "cached")
-    for entry in MODELS.values():
-        recipe = Path(entry.recipe).stem  # a shipped recipe's name, or the file name of a recipe path
-        table.add_row(entry.name, entry.task, recipe, entry.direction, "yes" if is_cached(entry.name) else "no")
-    console.print(table)
-    console.print(f"cache {default_cache()}; from {MODELS_URL} ({URL_ENV} overrides)", highlight=False, soft_wrap=True)
+    def show(title: str, column: str, rows: list) -> None:
+        # The names are typed by users: never cut short.
+        table = Table(Column("name", no_wrap=True), "task", Column(column, overflow="fold"), "direction", "cached",
+                      title=title, title_justify="left")
+        for entry, detail in rows:
+            table.add_row(entry.name, entry.task, detail, entry.direction, "yes" if is_cached(entry.name) else "no")
+        console.print(table)
+
+    # A table per family, so that the long CycleGAN names do not squeeze the pix2pix rows.
+    show("pix2pix (U-Net 256)", "recipe",  # a shipped recipe's name, or the file name of a recipe path
+         [(e, Path(e.recipe).stem) for e in MODELS.values() if not e.name.startswith(CYCLEGAN)])
+    show(f"CycleGAN (ResNet, 9 blocks: recipe {CYCLEGAN_RECIPE})", "trained on",
+         [(e, Path(e.data_root or "").name) for e in MODELS.values() if e.name.startswith(CYCLEGAN)])
+    source = f"set by {URL_ENV}" if os.environ.get(URL_ENV) else f"{URL_ENV} overrides"
+    console.print(f"cache {default_cache()}; from {models_url()} ({source})", highlight=False, soft_wrap=True)
+    console.print(f"CycleGAN generators from {models_url(cyclegan=True)}", highlight=False, soft_wrap=True)
 
 
 @models_app.command("download")

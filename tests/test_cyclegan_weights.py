@@ -11,17 +11,22 @@ tanh. Convolutions carry a bias (instance norm has no affine shift to replace it
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from conftest import tiny_recipe
 from i2i.engine.inference import load_generator
+from i2i.model_catalogue import CYCLEGAN_RECIPE, MODELS, ModelEntry, ensure_model, model_recipe, source_url
 from i2i.models.resnet import ResnetGenerator, ResnetParams
 from i2i.recipe import Recipe
-from i2i.reference_weights import WeightsError, convert, import_reference_weights
+from i2i.reference_weights import SHIPPED_RECIPES, WeightsError, convert, import_reference_weights
+from test_download import server  # noqa: F401  (the loopback server fixture)
 
 
 class ReferenceResnetBlock(nn.Module):
@@ -181,3 +186,79 @@ def test_file_name_is_kept_in_the_metadata(tmp_path: Path, one_torch_thread):
     torch.save(ReferenceResnet(3, 3, 4, 6).state_dict(), file)
     _, recipe, metadata = load_generator(import_reference_weights(file, resnet_recipe(6), tmp_path / "out"))
     assert metadata["imported_from"] == "horse2zebra.pth" and recipe.model.generator.name == "resnet"
+
+
+# -- the model catalogue ------------------------------------------------------------------
+PUBLISHED = [  # the reference's scripts/download_cyclegan_model.sh
+    "apple2orange", "orange2apple", "summer2winter_yosemite", "winter2summer_yosemite", "horse2zebra", "zebra2horse",
+    "monet2photo", "style_monet", "style_cezanne", "style_ukiyoe", "style_vangogh", "sat2map", "map2sat",
+    "cityscapes_photo2label", "cityscapes_label2photo", "facades_photo2label", "facades_label2photo", "iphone2dslr_flower",
+]
+
+
+def test_the_catalogue_holds_the_published_cyclegan_generators_under_their_own_prefix(monkeypatch):
+    monkeypatch.delenv("I2I_MODELS_URL", raising=False)
+    assert [name for name in MODELS if name.startswith("cyclegan/")] == [f"cyclegan/{name}" for name in PUBLISHED]
+    assert MODELS["map2sat"].recipe == "pix2pix_maps", "the pix2pix names keep meaning the pix2pix generators"
+    assert source_url(MODELS["cyclegan/map2sat"]) == "http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_models/map2sat.pth"
+    assert source_url(MODELS["map2sat"]) == "http://efrosgans.eecs.berkeley.edu/pix2pix/models-pytorch/map2sat.pth"
+    monkeypatch.setenv("I2I_MODELS_URL", "http://mirror/models/")
+    assert source_url(MODELS["cyclegan/map2sat"]) == "http://mirror/models/cyclegan/map2sat.pth"
+    assert source_url(MODELS["map2sat"]) == "http://mirror/models/map2sat.pth"
+
+
+@pytest.mark.parametrize("name, data_root, direction", [
+    ("horse2zebra", "data/cyclegan/horse2zebra", "AtoB"), ("zebra2horse", "data/cyclegan/horse2zebra", "BtoA"),
+    ("style_monet", "data/cyclegan/monet2photo", "BtoA"), ("monet2photo", "data/cyclegan/monet2photo", "AtoB"),
+    ("sat2map", "data/cyclegan/maps", "AtoB"), ("cityscapes_label2photo", "data/cyclegan/cityscapes", "BtoA"),
+])
+def test_each_generator_names_its_set_and_direction(name, data_root, direction):
+    entry = MODELS[f"cyclegan/{name}"]
+    assert (entry.data_root, entry.direction, entry.file, entry.recipe) == (data_root, direction, name, CYCLEGAN_RECIPE)
+
+
+def test_the_recipe_they_travel_with_has_the_reference_resnet_9blocks():
+    if not (SHIPPED_RECIPES / f"{CYCLEGAN_RECIPE}.yaml").is_file():
+        pytest.skip(f"recipes/{CYCLEGAN_RECIPE}.yaml is not in this checkout")
+    recipe = model_recipe(MODELS["cyclegan/zebra2horse"])
+    assert recipe.model.generator.name == "resnet"
+    assert recipe.model.generator.params == ResnetParams(n_blocks=9, ngf=64, norm="instance", dropout=0.0)
+    assert (str(recipe.data.root), recipe.data.direction) == ("data/cyclegan/horse2zebra", "BtoA")
+
+
+@pytest.fixture
+def published_cyclegan(server, tmp_path, monkeypatch):
+    """A small reference-layout ResNet published as cyclegan/tiny_horse2zebra.pth on the
+    loopback server, its catalogue entry and a cache in tmp_path."""
+    reference = random_weights(ReferenceResnet(3, 3, 4, 6)).eval()
+    torch.save(reference.state_dict(), tmp_path / "published.pth")
+    server.publish("cyclegan/tiny_horse2zebra.pth", (tmp_path / "published.pth").read_bytes())
+    recipe = tmp_path / "tiny_cyclegan.yaml"
+    recipe.write_text(yaml.safe_dump(resnet_recipe(6).model_dump(mode="json")))
+    entry = ModelEntry("cyclegan/tiny_horse2zebra", "horse -> zebra (small)", str(recipe), "AtoB", "data/cyclegan/horse2zebra")
+    monkeypatch.setitem(MODELS, entry.name, entry)
+    monkeypatch.setenv("I2I_MODELS_URL", server.url)
+    monkeypatch.setenv("I2I_CACHE", str(tmp_path / "cache"))
+    return reference
+
+
+def test_download_converts_on_arrival(published_cyclegan, server, tmp_path, one_torch_thread):
+    folder = ensure_model("cyclegan/tiny_horse2zebra")
+    assert folder == tmp_path / "cache" / "models" / "cyclegan" / "tiny_horse2zebra"
+    assert (folder / "tiny_horse2zebra.pth").is_file()
+    assert json.loads((folder / "source.json").read_text())["url"] == f"{server.url}/cyclegan/tiny_horse2zebra.pth"
+    generator, recipe, _ = load_generator(folder)
+    assert (str(recipe.data.root), recipe.data.direction) == ("data/cyclegan/horse2zebra", "AtoB")
+    assert "CycleGAN reference's published tiny_horse2zebra generator" in recipe.description
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(generator.eval()(x), published_cyclegan(x), atol=1e-5, rtol=0)
+    assert ensure_model("cyclegan/tiny_horse2zebra") == folder and len(server.ranges) == 1
+
+
+def test_i2i_load_by_name_at_any_size(published_cyclegan, one_torch_thread):
+    import i2i
+
+    translator = i2i.load("cyclegan/tiny_horse2zebra", device="cpu")
+    image = np.random.default_rng(0).integers(0, 256, (30, 42, 3), dtype=np.uint8)  # padded to a multiple of 4
+    assert translator(image).shape == (30, 42, 3)
