@@ -392,3 +392,70 @@ def test_i2i_run_trains_past_a_file_where_the_cache_folder_should_be(tmp_path, m
     assert exited.value.code == 0
     assert list((tmp_path / "run" / "checkpoints").glob("step_*"))
     assert "cannot write the engine cache at" in capsys.readouterr().out
+
+
+# -- the demo ---------------------------------------------------------------------------
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` pixels (and holds none): a pixel bomb's first bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def demo_translate(tmp_path_factory):
+    """The page's Translate handler, as gradio calls it (the upload unread: preprocess=False)."""
+    gr = pytest.importorskip("gradio")
+    from i2i.demo import build_page
+
+    folder = tmp_path_factory.mktemp("demo")
+    file = write_weights(folder / "g.safetensors", *tiny_weights())
+    page = build_page(str(file), "cpu", folder)
+    (handler,) = [f for f in page.fns.values() if getattr(f.fn, "__name__", "") == "translate"]
+    assert handler.preprocess is False
+    return handler.fn, gr.Error
+
+
+@pytest.mark.parametrize("upload, reason", [
+    (b"this is a text file, not an image", "notes.txt is not an image the demo can read"),
+    (png_header(6000, 6000), "bomb.png is 6000x6000 pixels (36 MP), over the demo's 25 MP"),
+    (png_header(20000, 20000), "bomb.png is not an image the demo can read (Image size (400000000 pixels) exceeds limit"),
+])
+def test_the_demo_says_why_it_cannot_take_an_upload(demo_translate, tmp_path, upload, reason):
+    translate, gradio_error = demo_translate
+    name = "notes.txt" if reason.startswith("notes") else "bomb.png"
+    (tmp_path / name).write_bytes(upload)
+    with pytest.raises(gradio_error) as caught:
+        translate({"path": str(tmp_path / name), "orig_name": name}, "eval")
+    assert reason in caught.value.message
+
+
+def test_the_demo_translates_an_upload_at_its_size(demo_translate, tmp_path):
+    translate, _ = demo_translate
+    Image.new("RGB", (45, 30), (200, 10, 10)).save(tmp_path / "x.png")
+    output, timing = translate({"path": str(tmp_path / "x.png"), "orig_name": "x.png"}, "eval")
+    assert output.size == (45, 30) and timing.startswith("45x30 pixels, eval mode: ")
+
+
+def test_the_demo_refuses_an_unusable_address_in_one_line(monkeypatch, capsys, tmp_path):
+    import socket
+
+    from i2i.demo import DemoError, check_address
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(DemoError, match=f"port {port} on 127.0.0.1 is in use by another program"):
+            check_address("127.0.0.1", port)
+    with pytest.raises(DemoError, match="--host no.such.host.invalid is no address of this machine"):
+        check_address("no.such.host.invalid", None)
+    with pytest.raises(DemoError, match="cannot listen on 192.0.2.1"):
+        check_address("192.0.2.1", None)  # TEST-NET-1: an address of no machine here
+    code, err = run_cli(["demo", tmp_path / "missing", "--port", "70000"], monkeypatch, capsys)
+    assert_one_line(code, err, "--port 70000 is not a port")
