@@ -44,8 +44,10 @@ def tiny_recipe(**sections) -> dict:
             "load_size": 36,
             "crop_size": TINY_SIZE,
         },
+        # No inference weights (train.eval_bn_batches, on by default): tiny runs keep the checkpoint layout
+        # most tests inspect; tests/test_eval_weights.py tests them.
         "train": {"epochs": 1, "epochs_decay": 1, "device": "cpu", "log_every": 1, "sample_every": 1000,
-                  "checkpoint_every": 1000},
+                  "checkpoint_every": 1000, "eval_bn_batches": 0},
     }
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(recipe.get(key), dict):
@@ -91,12 +93,16 @@ def write_fake_photos(folder: Path, count: int, size: tuple[int, int], seed: int
 @pytest.fixture
 def fake_data_root(tmp_path) -> Path:
     """A data root in the layouts the built-in datasets read: train/ and val/ with
-    2:1 A|B images (aligned) that double as plain photos, and A/ B/ subfolders."""
+    2:1 A|B images (aligned) that double as plain photos, A/ B/ subfolders, and the
+    unpaired trainA/ trainB/ testA/ testB/ (B larger than A, as in horse2zebra)."""
     root = tmp_path / "data"
     for split, count in (("train", 4), ("val", 2)):
         write_fake_photos(root / split, count, (80, 40), seed=1 if split == "train" else 2)
         write_fake_photos(root / split / "A", count, (40, 40), seed=3)
         write_fake_photos(root / split / "B", count, (40, 40), seed=4)
+    for split, count in (("train", 3), ("test", 2)):
+        write_fake_photos(root / f"{split}A", count, (40, 40), seed=5)
+        write_fake_photos(root / f"{split}B", count + 1, (40, 40), seed=6)
     return root
 
 

@@ -1,0 +1,103 @@
+"""Unpaired methods (CycleGAN, CUT, FastCUT) train on trainA/trainB folders and resume exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import tiny_recipe
+from i2i.engine.trainer import Trainer
+from i2i.recipe import Recipe, RecipeError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+METHODS = {
+    "cyclegan": {"name": "cyclegan", "params": {"pool_size": 2}},  # full after two steps: draws from it after
+    "cut": {"name": "cut", "params": {"nce_layers": [0, 4, 8, 12], "num_patches": 16, "head_channels": 8}},
+    "fastcut": {"name": "cut", "params": {"mode": "fastcut", "nce_layers": [0, 4, 8], "num_patches": 16,
+                                          "head_channels": 8}},
+}
+
+
+def unpaired_recipe(method: str, root, **train) -> dict:
+    return tiny_recipe(
+        method=METHODS[method],
+        model={"generator": {"name": "resnet", "params": {"ngf": 4, "n_blocks": 2, "antialias": method != "cyclegan"}},
+               "discriminator": {"name": "patchgan", "params": {"ndf": 4, "n_layers": 2, "norm": "instance"}}},
+        losses=[{"name": "gan", "params": {"mode": "lsgan"}}],
+        data={"dataset": {"name": "unaligned"}, "root": str(root)},
+        train={"checkpoint_every": 1000, "tensorboard": False, **train},
+    )
+
+
+def train(method: str, root, run_dir, max_steps: int, resume: bool = False) -> Trainer:
+    trainer = Trainer(Recipe.from_dict(unpaired_recipe(method, root, max_steps=max_steps)), run_dir=run_dir)
+    trainer.fit(resume=resume)
+    return trainer
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_resume_midway_equals_a_straight_run(method, fake_data_root, tmp_path):
+    # 4 samples a epoch (max of 3 A and 4 B): the learning rate decays from step 4 on.
+    straight = train(method, fake_data_root, tmp_path / "straight", 6)
+    train(method, fake_data_root, tmp_path / "split", 3)
+    resumed = train(method, fake_data_root, tmp_path / "split", 6, resume=True)
+    assert resumed.step == 6
+    assert straight.networks.keys() == resumed.networks.keys()
+    for name in straight.networks:
+        a, b = straight.networks[name].state_dict(), resumed.networks[name].state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{name} differs after resume"
+    for name in ("opt_g", "opt_d"):
+        a, b = getattr(straight, name).state_dict()["state"], getattr(resumed, name).state_dict()["state"]
+        assert all(torch.equal(a[i]["exp_avg_sq"], b[i]["exp_avg_sq"]) for i in a)
+    for key, images in straight.method.state_dict().items():  # CycleGAN's pools
+        assert all(torch.equal(x, y) for x, y in zip(images, resumed.method.state_dict()[key], strict=True)), key
+
+
+def test_cyclegan_saves_all_four_networks_and_its_pools(fake_data_root, tmp_path):
+    trainer = train("cyclegan", fake_data_root, tmp_path / "run", 3)
+    checkpoint = trainer.run_dir / "checkpoints" / "step_00000003"
+    names = {"generator", "generator_ba", "discriminator", "discriminator_a"}
+    assert {p.stem for p in checkpoint.glob("*.safetensors")} >= names
+    pools = torch.load(checkpoint / "state.pt", weights_only=False)["method"]
+    assert [len(pools["pool_fake_b"]), len(pools["pool_fake_a"])] == [2, 2]
+
+
+def test_cyclegan_pool_returns_stored_images_once_full():
+    from i2i.methods.cyclegan import ImagePool
+
+    torch.manual_seed(0)
+    pool = ImagePool(2)
+    first, second = torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2)
+    assert torch.equal(pool.query(first), first) and torch.equal(pool.query(second), second)
+    queries = [torch.full((1, 1, 2, 2), 5.0 + i) for i in range(40)]
+    from_history = [q for q in queries if not torch.equal(pool.query(q), q)]
+    assert 8 <= len(from_history) <= 32, "about half the queries should return an older image"
+    assert len(pool.images) == 2
+
+
+def test_unpaired_methods_refuse_reconstruction_losses(fake_data_root):
+    recipe = unpaired_recipe("cyclegan", fake_data_root)
+    recipe["losses"].append({"name": "l1", "weight": 100.0})
+    with pytest.raises(RecipeError, match=r"losses.1: cyclegan's reconstruction terms are its cycle and identity"):
+        Recipe.from_dict(recipe)
+
+
+def test_cut_needs_a_generator_with_an_encoder(fake_data_root, tmp_path):
+    from i2i.errors import I2IError
+
+    recipe = unpaired_recipe("cut", fake_data_root)
+    recipe["model"]["generator"] = {"name": "unet", "params": {"num_downs": 5, "ngf": 8}}
+    with pytest.raises(I2IError, match="generator 'unet' has no encode"):
+        Trainer(Recipe.from_dict(recipe), run_dir=tmp_path)
+
+
+def test_patch_nce_prefers_the_same_place():
+    from i2i.methods.cut import patch_nce
+
+    torch.manual_seed(0)
+    keys = torch.nn.functional.normalize(torch.randn(32, 8), dim=1)
+    matched = patch_nce(keys.clone(), keys, batch_size=2, temperature=0.07).mean()
+    shuffled = patch_nce(keys[torch.randperm(32)], keys, batch_size=2, temperature=0.07).mean()
+    assert matched < 0.1 < shuffled
+    assert patch_nce(keys, keys, 2, 0.07).shape == (32,)
