@@ -17,20 +17,20 @@ console = Console()
 
 @data_app.command("list")
 def list_sets(root: Path = typer.Option(Path("data"), "--root", help="where downloaded sets live")) -> None:
-    """The downloadable pix2pix datasets and whether each is already under ROOT."""
-    from i2i.data.download import CATALOGUE, REFERENCE_URL
+    """The downloadable pix2pix and CycleGAN datasets and whether each is already under ROOT."""
+    from i2i.data.download import CATALOGUE, CYCLEGAN_URL, REFERENCE_URL
 
     table = Table("name", "splits (images)", "what", f"in {root}")
     for entry in CATALOGUE.values():
         splits = ", ".join(f"{split} {count or '?'}" for split, count in entry.splits.items())
         table.add_row(entry.name, splits, entry.description, "yes" if (root / entry.name).is_dir() else "no")
     console.print(table)
-    console.print(f"from {REFERENCE_URL}", highlight=False)
+    console.print(f"from {REFERENCE_URL} and {CYCLEGAN_URL} (cyclegan/NAME)", highlight=False)
 
 
 @data_app.command("download")
 def download(
-    name: str = typer.Argument(..., help="a name from `i2i data list`"),
+    name: str = typer.Argument(..., help="a name from `i2i data list` (cyclegan/horse2zebra)"),
     root: Path = typer.Option(Path("data"), "--root", help="the set goes to ROOT/NAME"),
 ) -> None:
     """Download, verify and extract a dataset (resumes an interrupted download)."""

@@ -1,10 +1,14 @@
-"""Fetching the pix2pix reference datasets: resumable, verified, safely extracted.
+"""Fetching the pix2pix and CycleGAN reference datasets: resumable, verified, safely extracted.
 
-``download_dataset("maps", root)`` leaves ``root/maps/{train,val}`` or raises a
-``DownloadError`` that says what to do. The steps, each safe to interrupt:
+``download_dataset("maps", root)`` leaves ``root/maps/{train,val}``, and
+``download_dataset("cyclegan/maps", root)`` ``root/cyclegan/maps/{trainA,trainB,testA,testB}``,
+or raises a ``DownloadError`` that says what to do. The CycleGAN sets are named
+``cyclegan/NAME`` because maps, facades and cityscapes are pix2pix sets too. The
+steps, each safe to interrupt:
 
-1. stream ``NAME.tar.gz`` into ``NAME.tar.gz.part``, resuming with an HTTP Range
-   request from what an earlier attempt left, then rename it (atomic);
+1. stream the archive (``NAME.tar.gz``, CycleGAN's ``NAME.zip``) into ``.part``,
+   resuming with an HTTP Range request from what an earlier attempt left, then
+   rename it (atomic);
 2. check its sha256 when the catalogue has one;
 3. check every archive member before extracting any: absolute paths, ``..``,
    links and device files are refused;
@@ -22,10 +26,13 @@ import hashlib
 import http.client
 import os
 import shutil
+import stat
 import tarfile
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import NoReturn
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
 
@@ -35,6 +42,9 @@ from i2i.data.base import IMAGE_SUFFIXES, DataError
 from i2i.recipe import DataSection
 
 REFERENCE_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets/{name}.tar.gz"
+CYCLEGAN_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/datasets/{name}.zip"
+# The reference publishes no image counts for its CycleGAN zips: each folder must hold images.
+CYCLEGAN_SPLITS: dict[str, int | None] = {"trainA": None, "trainB": None, "testA": None, "testB": None}
 CHUNK = 1 << 20
 
 
@@ -54,6 +64,16 @@ class Entry:
     def source(self) -> str:
         return self.url or REFERENCE_URL.format(name=self.name)
 
+    def archive(self, root: Path) -> Path:
+        """Where the download lands: beside the set's folder, named as published."""
+        target = root / self.name
+        suffix = ".zip" if self.source.endswith(".zip") else ".tar.gz"
+        return target.with_name(target.name + suffix)
+
+
+def cyclegan_set(name: str, description: str) -> Entry:
+    return Entry(f"cyclegan/{name}", description, CYCLEGAN_SPLITS, url=CYCLEGAN_URL.format(name=name))
+
 
 CATALOGUE: dict[str, Entry] = {
     entry.name: entry
@@ -64,6 +84,17 @@ CATALOGUE: dict[str, Entry] = {
         Entry("edges2shoes", "UT Zappos50K edges | shoe photo, 256x256 halves", {"train": 49825, "val": 200}),
         Entry("edges2handbags", "Amazon handbags edges | photo, 256x256 halves", {"train": 138567, "val": 200}),
         Entry("night2day", "webcam night | day, 256x256 halves", {"train": 17823, "val": None}),
+        cyclegan_set("horse2zebra", "ImageNet wild horses | zebras"),
+        cyclegan_set("apple2orange", "ImageNet apples | navel oranges"),
+        cyclegan_set("summer2winter_yosemite", "Flickr Yosemite in summer | winter"),
+        cyclegan_set("monet2photo", "Monet paintings | Flickr landscape photos"),
+        cyclegan_set("cezanne2photo", "Cezanne paintings | Flickr landscape photos"),
+        cyclegan_set("ukiyoe2photo", "Ukiyo-e prints | Flickr landscape photos"),
+        cyclegan_set("vangogh2photo", "Van Gogh paintings | Flickr landscape photos"),
+        cyclegan_set("maps", "Google Maps aerial photos | maps"),
+        cyclegan_set("cityscapes", "Cityscapes street photos | label maps"),
+        cyclegan_set("facades", "CMP Facades photos | label maps"),
+        cyclegan_set("iphone2dslr_flower", "Flickr flower photos from iPhones | DSLRs"),
     ]
 }
 
@@ -75,7 +106,7 @@ def lookup(name: str, catalogue: dict[str, Entry] = CATALOGUE) -> Entry:
 
 
 def manual_steps(entry: Entry, root: Path) -> str:
-    archive = root / f"{entry.name}.tar.gz"
+    archive = entry.archive(root)
     return (
         f"To fetch it by hand: download {entry.source} (a browser, or "
         f"`curl -L -C - -o {archive} {entry.source}`), put it at {archive}, and run "
@@ -157,37 +188,74 @@ def sha256_of(path: Path) -> str:
 
 
 # -- 3./4. extraction --------------------------------------------------------------
+def path_problem(name: str) -> str | None:
+    """Why extracting a member named ``name`` could write outside the target, if it could."""
+    path = PurePosixPath(name)
+    if path.is_absolute() or name.startswith("\\"):
+        return "an absolute path"
+    if ".." in path.parts:
+        return "a '..' path"
+    return None
+
+
+def refuse(archive: Path, name: str, problem: str) -> NoReturn:
+    raise DownloadError(f"{archive}: refusing to extract: member {name!r} is {problem}; nothing was extracted")
+
+
 def checked_members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]:
     """Every member, after refusing the archive if any could write outside the target."""
     members = tar.getmembers()
     for member in members:
-        path = PurePosixPath(member.name)
-        if path.is_absolute() or member.name.startswith("\\"):
-            problem = "an absolute path"
-        elif ".." in path.parts:
-            problem = "a '..' path"
-        elif member.issym() or member.islnk():
+        problem = path_problem(member.name)
+        if problem is None and (member.issym() or member.islnk()):
             problem = f"a link (to {member.linkname!r})"
-        elif not (member.isfile() or member.isdir()):
+        elif problem is None and not (member.isfile() or member.isdir()):
             problem = "a device, FIFO or other special file"
-        else:
-            continue
-        raise DownloadError(f"{archive}: refusing to extract: member {member.name!r} is {problem}; nothing was extracted")
+        if problem:
+            refuse(archive, member.name, problem)
     return members
 
 
+def checked_zip_members(archive_file: zipfile.ZipFile, archive: Path) -> list[zipfile.ZipInfo]:
+    """As ``checked_members``, for a zip: a member's Unix mode says whether it is a link or a device."""
+    members = archive_file.infolist()
+    for member in members:
+        kind = stat.S_IFMT(member.external_attr >> 16)
+        problem = path_problem(member.filename)
+        if problem is None and kind == stat.S_IFLNK:
+            problem = "a link"
+        elif problem is None and kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+            problem = "a device, FIFO or other special file"
+        if problem:
+            refuse(archive, member.filename, problem)
+    return members
+
+
+def unpack(archive: Path, staging: Path) -> None:
+    """Every member of the .tar.gz or .zip ``archive`` into ``staging``, once all are checked."""
+    if archive.suffix == ".zip":
+        with zipfile.ZipFile(archive) as archive_file:
+            members = checked_zip_members(archive_file, archive)
+            staging.mkdir(parents=True)
+            archive_file.extractall(staging, members=members)
+        return
+    with tarfile.open(archive, "r:gz") as tar:
+        members = checked_members(tar, archive)
+        staging.mkdir(parents=True)
+        tar.extractall(staging, members=members, filter="data")
+
+
 def extract(archive: Path, root: Path, entry: Entry) -> Path:
-    """Extract ``archive`` (holding ``NAME/...``) into ``root/NAME`` via a staging folder, checking
-    the layout and image counts there, before anything is renamed into place."""
-    name = entry.name
-    staging = root / f".{name}.extracting"
+    """Extract ``archive`` (holding ``FOLDER/...``, the last part of the entry's name) into
+    ``root/NAME`` via a staging folder, checking the layout and image counts there, before
+    anything is renamed into place."""
+    target = root / entry.name
+    name = target.name
+    staging = target.with_name(f".{name}.extracting")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        with tarfile.open(archive, "r:gz") as tar:
-            members = checked_members(tar, archive)
-            staging.mkdir(parents=True)
-            tar.extractall(staging, members=members, filter="data")
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
+        unpack(archive, staging)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile) as error:
         shutil.rmtree(staging, ignore_errors=True)
         archive.unlink(missing_ok=True)
         raise DownloadError(f"{archive} is corrupt ({error}); it was deleted, run the download again") from None
@@ -200,10 +268,9 @@ def extract(archive: Path, root: Path, entry: Entry) -> Path:
     if problems:
         shutil.rmtree(staging, ignore_errors=True)
         raise DownloadError(
-            f"{archive} is not a complete {name} set: {'; '.join(problems)}. Nothing was extracted to "
-            f"{root / name}; delete {archive} to download it again"
+            f"{archive} is not a complete {entry.name} set: {'; '.join(problems)}. Nothing was extracted to "
+            f"{target}; delete {archive} to download it again"
         )
-    target = root / name
     os.replace(extracted, target)
     shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -237,8 +304,8 @@ def download_dataset(
                 f"Delete {target} and download again."
             )
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    archive = root / f"{name}.tar.gz"
+    archive = entry.archive(root)
+    archive.parent.mkdir(parents=True, exist_ok=True)
     if not archive.exists():
         fetch_file(entry.source, archive, name, manual_steps(entry, root), show_progress, retries)
     if entry.sha256 is not None:
@@ -255,13 +322,19 @@ def download_dataset(
 
 
 def ensure_data(data: DataSection, show_progress: bool = True) -> None:
-    """``data.download: true``: fetch a missing ``data.root`` named after a catalogue set."""
+    """``data.download: true``: fetch a missing ``data.root`` named after a catalogue set
+    (``data/maps``: maps; ``data/cyclegan/maps``: cyclegan/maps)."""
     if not data.download or data.root.exists():
         return
-    name = data.root.name
-    if name not in CATALOGUE:
+    parts = data.root.parts
+    named = [name for name in CATALOGUE if parts[-len(Path(name).parts):] == Path(name).parts]
+    if not named:
         raise DownloadError(
-            f"data.root {data.root} is missing and data.download is set, but {name!r} (the last part of "
+            f"data.root {data.root} is missing and data.download is set, but {data.root.name!r} (the last part of "
             f"data.root) is not a downloadable set: {', '.join(CATALOGUE)}"
         )
-    download_dataset(name, data.root.parent, show_progress=show_progress)
+    name = max(named, key=lambda n: len(Path(n).parts))  # data/cyclegan/maps is cyclegan/maps, not maps
+    root = data.root
+    for _ in Path(name).parts:
+        root = root.parent
+    download_dataset(name, root, show_progress=show_progress)

@@ -80,7 +80,7 @@ class ImageFiles(DecodedImages):
 class UnpairedDataset(PairedDataset):
     """A and B from two ``ImageFiles`` sides; subclasses say where the sides' files are."""
 
-    def __init__(self, params: UnpairedParams, data: DataSection, split: str, train: bool, seed: int):
+    def __init__(self, params: UnpairedParams, data: DataSection, split: str = "train", train: bool = True, seed: int = 0):
         self.params, self.train, self.seed, self.epoch = params, train, seed, 0
         self.backwards = data.direction == "BtoA"
         self.in_channels, self.out_channels = params.in_channels, params.out_channels
