@@ -5,7 +5,8 @@ kind's contract (``i2i.contracts``): generators (shape, dtype, range, ``size_mul
 gradients to every parameter), discriminators (logit maps, gradients), losses (finite
 scalars with gradients; adversarial ones: every method), datasets (sample keys, shapes,
 channels and range, seeded samples; file datasets read a tiny folder that
-``write_example_data`` fills). A plugin's test module needs two lines (pytest required)::
+``write_example_data`` fills), training methods (two steps of tiny networks move every
+network, finite detached losses, the resume state survives torch.save). A plugin's test module needs two lines (pytest required)::
 
     from i2i.testing import contract_tests
 
@@ -14,6 +15,7 @@ channels and range, seeded samples; file datasets read a tiny folder that
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -23,9 +25,9 @@ import pytest
 import torch
 from PIL import Image
 
-from i2i.contracts import AdversarialLoss, Generator, ReconstructionLoss
+from i2i.contracts import AdversarialLoss, Generator, ReconstructionLoss, StepTools
 from i2i.plugins import normalize_distribution
-from i2i.recipe import DataSection
+from i2i.recipe import DataSection, Recipe, RecipeError
 from i2i.registry import REGISTRIES, Entry
 
 SIDE = 32  # the smallest input side tried: room for the norms and paddings of tiny maps
@@ -219,6 +221,62 @@ def dataset_is_seeded(entry: Entry, tmp_path: Path) -> None:
         assert torch.equal(first[0][key], second[0][key]), f"{key} differs between two builds with one seed"
 
 
+# -- methods --------------------------------------------------------------------
+# The networks a method's check trains: small, with an encoder (CUT's features) and instance norm.
+METHOD_MODEL = {
+    "generator": {"name": "resnet", "params": {"ngf": 4, "n_blocks": 1, "antialias": True}},
+    "discriminator": {"name": "patchgan", "params": {"ndf": 4, "n_layers": 2, "norm": "instance"}},
+}
+
+
+def _method_recipe(entry: Entry) -> Recipe:
+    """A tiny recipe for ``entry``: GAN + L1 where the method takes reconstruction losses, else GAN alone."""
+    base = {"name": "method-check", "method": {"name": entry.name, "params": entry.example}, "model": METHOD_MODEL,
+            "data": {"dataset": {"name": "synthetic"}, "load_size": SIDE, "crop_size": SIDE}}
+    try:
+        return Recipe.from_dict({**base, "losses": [{"name": "gan", "params": {"mode": "lsgan"}}, {"name": "l1"}]})
+    except RecipeError:
+        return Recipe.from_dict({**base, "losses": [{"name": "gan", "params": {"mode": "lsgan"}}]})
+
+
+def _bound_method(entry: Entry) -> Any:
+    torch.manual_seed(0)
+    method = entry.obj(entry.params.model_validate(entry.example), recipe=_method_recipe(entry))
+    networks = method.build_networks(3, 3)
+    sides = (method.generator_side, method.discriminator_side)
+    missing = [n for side in sides for n in side if n not in networks]
+    assert not missing, f"{entry.name}: generator_side/discriminator_side name networks it did not build: {missing}"
+    assert "generator" in networks, f"{entry.name}: the A -> B network must be called 'generator'"
+    opt_g, opt_d = (torch.optim.Adam([p for n in side for p in networks[n].parameters()], lr=1e-3) for side in sides)
+    method.bind(StepTools(networks, dict(networks), dict(networks), opt_g, opt_d, torch.amp.GradScaler("cpu", enabled=False),
+                          contextlib.nullcontext, torch.device("cpu")))
+    return method, networks
+
+
+def method_step_trains_every_network(entry: Entry, tmp_path: Path) -> None:
+    method, networks = _bound_method(entry)
+    before = {name: [p.detach().clone() for p in network.parameters()] for name, network in networks.items()}
+    real_a, real_b = (torch.rand(1, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(s)) * 2 - 1 for s in (1, 2))
+    for _ in range(2):
+        losses = method.train_step(real_a, real_b)
+    assert isinstance(losses, dict) and losses, "train_step returns the loss terms by name"
+    for name, value in losses.items():
+        _assert_finite_scalar(value, name)
+        assert not value.requires_grad, f"{name}: return detached losses"
+    for name, network in networks.items():
+        moved = any(not torch.equal(a, b) for a, b in zip(before[name], network.parameters()))
+        assert moved, f"{name}: two steps left every parameter as it was"
+
+
+def method_state_round_trips(entry: Entry, tmp_path: Path) -> None:
+    """What a method keeps for resume goes through torch.save and back."""
+    method, _ = _bound_method(entry)
+    method.train_step(*(torch.rand(1, 3, SIDE, SIDE) * 2 - 1 for _ in range(2)))
+    path = tmp_path / "state.pt"
+    torch.save(method.state_dict(), path)
+    method.load_state_dict(torch.load(path, weights_only=True))
+
+
 # -- the suite ------------------------------------------------------------------
 def checks(kind: str, entry: Entry) -> list[Check]:
     if kind == "generators":
@@ -229,6 +287,8 @@ def checks(kind: str, entry: Entry) -> list[Check]:
         return [adversarial_generator_loss, adversarial_discriminator_loss, adversarial_gradient_penalty]
     if kind == "losses":
         return [reconstruction_loss]
+    if kind == "methods":
+        return [method_step_trains_every_network, method_state_round_trips]
     return [dataset_samples, dataset_is_seeded]
 
 
