@@ -138,3 +138,11 @@ def test_recipe_download_reads_cyclegan_from_the_root(server, tmp_path, monkeypa
     root = tmp_path / "data" / "cyclegan" / "maps"
     ensure_data(DataSection(dataset={"name": "unaligned"}, root=root, download=True), show_progress=False)
     assert (root / "trainA").is_dir() and not (tmp_path / "data" / "maps").exists()
+
+
+def test_a_bare_cyclegan_name_points_to_its_prefixed_name(tmp_path):
+    with pytest.raises(DownloadError, match="unknown dataset 'horse2zebra'; did you mean cyclegan/horse2zebra?"):
+        download_dataset("horse2zebra", tmp_path)
+    root = tmp_path / "data" / "horse2zebra"
+    with pytest.raises(DownloadError, match=f"the CycleGAN set cyclegan/horse2zebra goes to {tmp_path / 'data' / 'cyclegan' / 'horse2zebra'}"):
+        ensure_data(DataSection(dataset={"name": "unaligned"}, root=root, download=True), show_progress=False)

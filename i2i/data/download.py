@@ -21,6 +21,7 @@ An archive already in ``root`` (fetched by hand) is used as it is. Step 1 is
 
 from __future__ import annotations
 
+import difflib
 import gzip
 import hashlib
 import http.client
@@ -46,10 +47,15 @@ CYCLEGAN_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/datasets/{name}.zip"
 # The reference publishes no image counts for its CycleGAN zips: each folder must hold images.
 CYCLEGAN_SPLITS: dict[str, int | None] = {"trainA": None, "trainB": None, "testA": None, "testB": None}
 CHUNK = 1 << 20
+READ_TIMEOUT = 60.0  # seconds without a byte before a connection counts as stalled (and is retried)
 
 
 class DownloadError(DataError):
     pass
+
+
+class DownloadInterrupted(DownloadError):
+    exit_code = 130  # as a shell reports Ctrl-C
 
 
 @dataclass(frozen=True)
@@ -101,7 +107,9 @@ CATALOGUE: dict[str, Entry] = {
 
 def lookup(name: str, catalogue: dict[str, Entry] = CATALOGUE) -> Entry:
     if name not in catalogue:
-        raise DownloadError(f"unknown dataset {name!r}; the catalogue has {', '.join(catalogue)}")
+        close = difflib.get_close_matches(name, catalogue, n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise DownloadError(f"unknown dataset {name!r}; {hint}the catalogue has {', '.join(catalogue)}")
     return catalogue[name]
 
 
@@ -116,10 +124,19 @@ def manual_steps(entry: Entry, root: Path) -> str:
 
 # -- 1. fetch ------------------------------------------------------------------
 def fetch_file(
-    url: str, dest: Path, label: str, manual: str, show_progress: bool = True, retries: int = 3, timeout: float = 30.0
+    url: str,
+    dest: Path,
+    label: str,
+    manual: str,
+    show_progress: bool = True,
+    retries: int = 3,
+    timeout: float = READ_TIMEOUT,
+    max_bytes: int | None = None,
 ) -> None:
-    """Stream ``url`` into ``dest.part``, resuming after drops, then rename it to ``dest``.
-    ``manual`` (how to fetch the file by hand) ends every error message."""
+    """Stream ``url`` into ``dest.part`` (flushed as it grows), resuming after drops and stalls
+    (``timeout`` seconds without a byte), then rename it to ``dest``. A file larger than
+    ``max_bytes`` is refused, from its Content-Length before any byte is read where the server
+    sends one. ``manual`` (how to fetch the file by hand) ends every error message."""
     part = dest.with_name(dest.name + ".part")
     progress = Progress(
         TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
@@ -131,19 +148,30 @@ def fetch_file(
         for _ in range(retries):
             have = part.stat().st_size if part.exists() else 0
             try:
-                if _fetch_once(url, part, have, timeout, lambda n, total: progress.update(task, completed=n, total=total)):
+                if _fetch_once(url, part, have, timeout, max_bytes,
+                               lambda n, total: progress.update(task, completed=n, total=total)):
                     os.replace(part, dest)
                     return
                 last_error = ConnectionError("the connection closed before the end of the file")
             except HTTPError as error:
                 raise DownloadError(f"{url}: HTTP {error.code} {error.reason}. {manual}") from None
+            except DownloadError:  # too large: what was fetched is of no use
+                part.unlink(missing_ok=True)
+                raise
+            except TimeoutError:
+                last_error = TimeoutError(f"no byte for {timeout:g} s")
             except (URLError, OSError, http.client.HTTPException) as error:
                 last_error = error
-    kept = f" {part} keeps the {part.stat().st_size} bytes fetched so far; running again resumes there." if part.exists() else ""
-    raise DownloadError(f"cannot download {url}: {getattr(last_error, 'reason', last_error)}.{kept} {manual}")
+            except KeyboardInterrupt:
+                raise DownloadInterrupted(f"download of {url} interrupted.{_kept(part)}") from None
+    raise DownloadError(f"cannot download {url}: {getattr(last_error, 'reason', last_error)}.{_kept(part)} {manual}")
 
 
-def _fetch_once(url: str, part: Path, have: int, timeout: float, report) -> bool:
+def _kept(part: Path) -> str:
+    return f" {part} keeps the {part.stat().st_size} bytes fetched so far; running again resumes there." if part.exists() else ""
+
+
+def _fetch_once(url: str, part: Path, have: int, timeout: float, max_bytes: int | None, report) -> bool:
     """One request; True when ``part`` holds the whole file."""
     request = Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
@@ -158,16 +186,25 @@ def _fetch_once(url: str, part: Path, have: int, timeout: float, report) -> bool
             return False
         resumed = response.status == 206
         start = have if resumed else 0  # a server that ignores Range sends everything again
-        length = response.headers.get("Content-Length")
-        total = start + int(length) if length is not None else None
+        length = response.headers.get("Content-Length", "")
+        total = start + int(length) if length.isdigit() else None
+        _check_size(url, total, max_bytes)
         done = start
         with open(part, "ab" if resumed else "wb") as out:
-            while chunk := response.read(CHUNK):
+            while chunk := response.read1(CHUNK):  # what has arrived, not a full chunk: a slow server shows progress
                 out.write(chunk)
+                out.flush()
                 done += len(chunk)
+                _check_size(url, done, max_bytes)
                 report(done, total)
     # urllib returns a short body without an error when the connection drops.
     return total is None or done >= total
+
+
+def _check_size(url: str, size: int | None, max_bytes: int | None) -> None:
+    if size is not None and max_bytes is not None and size > max_bytes:
+        raise DownloadError(f"{url} is over {size:,} bytes, more than the {max_bytes:,} this file can be; "
+                            f"refusing to download it (is the URL right?)")
 
 
 def _range_start(response) -> int | None:
@@ -329,9 +366,11 @@ def ensure_data(data: DataSection, show_progress: bool = True) -> None:
     parts = data.root.parts
     named = [name for name in CATALOGUE if parts[-len(Path(name).parts):] == Path(name).parts]
     if not named:
+        cyclegan = f"cyclegan/{data.root.name}"
+        hint = f" (the CycleGAN set {cyclegan} goes to {data.root.parent / cyclegan})" if cyclegan in CATALOGUE else ""
         raise DownloadError(
             f"data.root {data.root} is missing and data.download is set, but {data.root.name!r} (the last part of "
-            f"data.root) is not a downloadable set: {', '.join(CATALOGUE)}"
+            f"data.root) is not a downloadable set{hint}: {', '.join(CATALOGUE)}"
         )
     name = max(named, key=lambda n: len(Path(n).parts))  # data/cyclegan/maps is cyclegan/maps, not maps
     root = data.root
