@@ -48,6 +48,7 @@ CYCLEGAN_RECIPE = "cyclegan_horse2zebra"
 CACHE_ENV = "I2I_CACHE"
 SOURCE_RECORD = "source.json"
 LOCK_FILE = ".lock"
+MAX_SOURCE_BYTES = 1 << 30  # the published generators are 218 MB (the U-Net 256 in fp32)
 
 
 class ModelError(I2IError):
@@ -180,7 +181,7 @@ def _fetch_and_convert(entry: ModelEntry, folder: Path, show_progress: bool) -> 
             f"To fetch it by hand: download {url} (a browser, or `curl -L -C - -o {source} {url}`) to {source} "
             f"and run `i2i models download {entry.name}` again: it verifies and converts that file."
         )
-        fetch_file(url, source, entry.name, manual, show_progress)
+        fetch_file(url, source, entry.name, manual, show_progress, max_bytes=MAX_SOURCE_BYTES)
     digest = sha256_of(source)
     recorded = _recorded_sha256(folder)
     if recorded is None:

@@ -459,3 +459,101 @@ def test_the_demo_refuses_an_unusable_address_in_one_line(monkeypatch, capsys, t
         check_address("192.0.2.1", None)  # TEST-NET-1: an address of no machine here
     code, err = run_cli(["demo", tmp_path / "missing", "--port", "70000"], monkeypatch, capsys)
     assert_one_line(code, err, "--port 70000 is not a port")
+
+
+# -- downloads that stall ----------------------------------------------------------------
+class TricklingServer:
+    """A loopback HTTP server that announces ``length`` bytes, sends ``sent`` of them, then stalls."""
+
+    def __init__(self, length: int, sent: bytes):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.release = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Length", str(length))
+                self.end_headers()
+                self.wfile.write(sent)
+                self.wfile.flush()
+                server.release.wait(30)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def trickle(request):
+    servers = []
+
+    def start(length: int, sent: bytes) -> TricklingServer:
+        servers.append(TricklingServer(length, sent))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def test_a_stalled_download_times_out_and_keeps_what_arrived_flushed(trickle, tmp_path):
+    import threading
+    import time
+
+    from i2i.data.download import DownloadError, fetch_file
+
+    server = trickle(1000, b"0123456789")
+    dest = tmp_path / "model.pth"
+    errors = []
+
+    def fetch():
+        try:
+            fetch_file(f"{server.url}/model.pth", dest, "model", "(by hand)", show_progress=False, retries=1, timeout=3)
+        except DownloadError as error:
+            errors.append(str(error))
+
+    fetching = threading.Thread(target=fetch)
+    fetching.start()
+    time.sleep(1.5)
+    part = tmp_path / "model.pth.part"
+    assert part.read_bytes() == b"0123456789", "the .part holds what arrived while the download waits for more"
+    fetching.join(30)
+    (message,) = errors
+    assert "no byte for 3 s" in message and "keeps the 10 bytes fetched so far" in message
+
+
+def test_a_download_larger_than_it_can_be_is_refused_from_its_header(trickle, tmp_path, monkeypatch, capsys):
+    server = trickle(3 << 30, b"x" * 100)
+    monkeypatch.setenv("I2I_MODELS_URL", server.url)
+    monkeypatch.setenv("I2I_CACHE", str(tmp_path / "cache"))
+    code, err = run_cli(["models", "download", "map2sat"], monkeypatch, capsys)
+    assert_one_line(code, err, "is over 3,221,225,472 bytes, more than the 1,073,741,824")
+    assert not list((tmp_path / "cache").rglob("*.part"))
+
+
+def test_ctrl_c_during_a_download_ends_with_a_word(trickle, tmp_path, monkeypatch, capsys):
+    from rich.progress import Progress
+
+    server = trickle(1000, b"0123456789")
+    monkeypatch.setenv("I2I_MODELS_URL", server.url)
+    monkeypatch.setenv("I2I_CACHE", str(tmp_path / "cache"))
+
+    def interrupted(self, task, **fields):
+        if fields.get("completed"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Progress, "update", interrupted)
+    code, err = run_cli(["models", "download", "map2sat"], monkeypatch, capsys)
+    assert code == 130 and "Traceback" not in err
+    assert err.startswith("error: download of ") and "interrupted" in err and "keeps the 10 bytes" in err
