@@ -51,11 +51,11 @@ def download(name: str = typer.Argument(..., help="a name from `i2i models list`
 
 
 def import_weights(
-    file: Path = typer.Argument(..., help="a generator saved by the pix2pix reference (latest_net_G.pth, map2sat.pth)"),
-    recipe: str = typer.Option(..., "--recipe", help="a shipped recipe's name (pix2pix_maps) or a recipe YAML with the same U-Net"),
+    file: Path = typer.Argument(..., help="a U-Net or ResNet generator saved by the pix2pix/CycleGAN reference (latest_net_G.pth, horse2zebra.pth)"),
+    recipe: str = typer.Option(..., "--recipe", help="a shipped recipe's name (pix2pix_maps, cyclegan_horse2zebra) or a recipe YAML with the same generator"),
     output: Optional[Path] = typer.Option(None, "--output", help="checkpoint folder to write (default: FILE without .pth, beside it)"),
 ) -> None:
-    """Convert a generator saved by the PyTorch pix2pix reference into an i2i checkpoint folder."""
+    """Convert a generator saved by the PyTorch pix2pix/CycleGAN reference into an i2i checkpoint folder."""
     from i2i.engine.inference import GENERATOR_FILE
     from i2i.recipe import Recipe
     from i2i.reference_weights import WeightsError, find_recipe, import_reference_weights
