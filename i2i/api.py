@@ -219,8 +219,12 @@ def load(
     overlap: int = 64,
     batch_size: int = 1,
     warn: Callable[[str], None] | None = None,
+    direction: str = "AtoB",
 ) -> Translator:
     """A ``Translator`` for ``source`` (see the module docstring).
+
+    ``direction``: ``AtoB``, the run's own translation (the recipe's input to its target), or
+    ``BtoA``, its other generator where the method trains one (CycleGAN; CUT has none).
 
     ``mode``: ``eval`` (BatchNorm running statistics, no dropout: the same result every
     time) or ``train`` (batch statistics and dropout, as the pix2pix reference tests).
@@ -248,9 +252,12 @@ def load(
     if path.suffix == ".onnx" or backend == "onnxruntime":
         if backend in ("fast", "compiled"):
             raise DataError(f"{path} is an ONNX export: it runs with backend onnxruntime, not {backend}")
+        if direction != "AtoB" and path.suffix != ".onnx":
+            raise DataError("--backend onnxruntime exports the A -> B generator; export the other with "
+                            "`i2i export --direction BtoA` and translate with that .onnx file")
         generator, recipe, metadata = onnxruntime_generator(path, mode)
         return Translator(generator, generator, recipe, metadata, mode, torch_device, "onnxruntime", tile, overlap, batch_size)
-    generator, recipe, metadata = load_generator(path, torch_device, **({"warn": warn} if warn else {}))
+    generator, recipe, metadata = load_generator(path, torch_device, direction=direction, **({"warn": warn} if warn else {}))
     run: Callable[[torch.Tensor], torch.Tensor] = generator
     if backend in ("fast", "compiled"):
         from i2i.engine.fast_inference import fast_generator

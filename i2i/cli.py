@@ -216,6 +216,7 @@ def translate(
     batch_size: int = typer.Option(1, "--batch-size", help="images (of one size) or tiles per forward pass"),
     backend: str = typer.Option("torch", "--backend", help="torch; fast (bf16 where the hardware has it, channels_last; same result to bf16 rounding); compiled (fast, through torch.compile with frozen weights: a minute or more to compile, then the fastest on CPU); onnxruntime (the eval-mode export, made on the fly unless --checkpoint is an .onnx file)"),
     on_bad_image: str = typer.Option("error", "--on-bad-image", help="error: stop at an image that cannot be read; skip: report it and go on"),
+    direction: str = typer.Option("AtoB", "--direction", help="AtoB: the run's translation (recipe input -> target); BtoA: its other generator, where the method trains one (cyclegan)"),
 ) -> None:
     """Translate images with a trained generator, at their own size (PNG named after the input: x.jpg -> x.png, or x.jpg.png where inputs share a stem)."""
     from rich.progress import Progress
@@ -236,7 +237,7 @@ def translate(
         written = translate_paths(
             checkpoint, input, output, aligned=aligned, mode=mode, device=device, tile=tile, overlap=overlap,
             batch_size=batch_size, on_progress=lambda done, total: progress.update(task, completed=done, total=total),
-            backend=backend, on_bad_image=on_bad_image, on_skip=skip, warn=warn,
+            backend=backend, on_bad_image=on_bad_image, on_skip=skip, warn=warn, direction=direction,
         )
     note = f"; skipped {len(skipped)} unreadable image(s), listed above" if skipped else ""
     console.print(f"wrote {len(written)} image(s) to {output}{note}", highlight=False)

@@ -43,6 +43,15 @@ def input_side(image: np.ndarray, direction: str) -> np.ndarray:
     return image[:, half:] if direction == "BtoA" else image[:, :half]
 
 
+def input_half(translator) -> str:
+    """Which half of an A|B file the translator takes: the recipe's input side, the other
+    for a run's B -> A generator."""
+    trained = translator.recipe.data.direction
+    if translator.metadata.get("direction") == "BtoA":
+        return "AtoB" if trained == "BtoA" else "BtoA"
+    return trained
+
+
 def output_paths(files: list[Path], output: Path) -> list[Path]:
     """``output/<stem>.png`` per input, ``<name>.png`` for inputs sharing a stem; refused
     when names still collide."""
@@ -99,11 +108,13 @@ def translate_paths(
     on_bad_image: str = "error",
     on_skip: Callable[[Path, str], None] | None = None,
     warn: Callable[[str], None] = warnings.warn,
+    direction: str = "AtoB",
 ) -> list[Path]:
     """Translate an image file or every image in a folder into ``output`` (PNG, named as the
     module docstring says); ``checkpoint`` is anything ``i2i.load`` takes. ``on_bad_image``:
     ``error`` stops at an image that cannot be read, ``skip`` passes it to ``on_skip(file,
-    reason)`` and goes on. ``on_progress(done, total)`` follows each image written or skipped."""
+    reason)`` and goes on. ``on_progress(done, total)`` follows each image written or skipped.
+    ``direction``: as ``i2i.load``'s (BtoA: a CycleGAN run's other generator)."""
     if on_bad_image not in BAD_IMAGE_CHOICES:
         raise DataError(f"--on-bad-image must be error or skip, got {on_bad_image!r}")
     source, output = Path(source), Path(output)
@@ -115,7 +126,8 @@ def translate_paths(
         raise DataError(f"--output {output} is a file; give a folder (it is created if missing)")
     refuse_overwriting_inputs(files, targets, output)
     translator = load(
-        checkpoint, device, mode, backend, tile=tile, overlap=overlap, batch_size=batch_size, warn=warn
+        checkpoint, device, mode, backend, tile=tile, overlap=overlap, batch_size=batch_size, warn=warn,
+        direction=direction,
     )
     make_output_folder(output)
     done = 0
@@ -127,7 +139,7 @@ def translate_paths(
                 image = read_rgb(file)
                 if aligned:
                     try:
-                        image = input_side(image, translator.recipe.data.direction)
+                        image = input_side(image, input_half(translator))
                     except DataError as error:
                         raise DataError(f"{file}: {error}") from None
             except DataError as error:

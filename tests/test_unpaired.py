@@ -101,3 +101,57 @@ def test_patch_nce_prefers_the_same_place():
     shuffled = patch_nce(keys[torch.randperm(32)], keys, batch_size=2, temperature=0.07).mean()
     assert matched < 0.1 < shuffled
     assert patch_nce(keys, keys, 2, 0.07).shape == (32,)
+
+
+@pytest.fixture(scope="module")
+def unpaired_runs(tmp_path_factory) -> dict:
+    """A finished 2-step cyclegan run and cut run on a tiny trainA/trainB folder."""
+    from conftest import write_fake_photos
+
+    root = tmp_path_factory.mktemp("unpaired")
+    for side, seed in (("A", 1), ("B", 2)):
+        write_fake_photos(root / "data" / f"train{side}", 3, (40, 40), seed=seed)
+    runs = {}
+    for method in ("cyclegan", "cut"):
+        runs[method] = train(method, root / "data", root / method, 2).run_dir
+    runs["inputs"] = root / "data" / "trainA"
+    return runs
+
+
+def test_load_gives_each_direction_at_the_input_size(unpaired_runs):
+    import numpy as np
+
+    import i2i
+
+    image = np.random.default_rng(0).integers(0, 256, (37, 50, 3), dtype=np.uint8)  # no multiple of 4
+    forward = i2i.load(unpaired_runs["cyclegan"], device="cpu")
+    backward = i2i.load(unpaired_runs["cyclegan"], device="cpu", direction="BtoA")
+    assert forward.metadata["direction"] == "AtoB" and backward.metadata["direction"] == "BtoA"
+    out_forward, out_backward = forward(image), backward(image)
+    assert out_forward.shape == out_backward.shape == image.shape
+    assert not np.array_equal(out_forward, out_backward), "the two directions are two different generators"
+    alone = i2i.load(unpaired_runs["cyclegan"] / "checkpoints" / "step_00000002" / "generator_ba.safetensors", device="cpu")
+    assert alone.metadata["direction"] == "BtoA" and np.array_equal(alone(image), out_backward)
+
+
+def test_cut_has_no_reverse_direction(unpaired_runs):
+    import i2i
+    from i2i.errors import I2IError
+
+    assert i2i.load(unpaired_runs["cut"], device="cpu")(torch.rand(3, 36, 44) * 2 - 1).shape == (3, 36, 44)
+    with pytest.raises(I2IError, match="method cut trains one generator, A -> B"):
+        i2i.load(unpaired_runs["cut"], device="cpu", direction="BtoA")
+
+
+def test_translate_a_folder_both_ways(unpaired_runs, tmp_path):
+    from typer.testing import CliRunner
+
+    from i2i.cli import app
+
+    for direction in ("AtoB", "BtoA"):
+        out = tmp_path / direction
+        result = CliRunner().invoke(app, ["translate", "--checkpoint", str(unpaired_runs["cyclegan"]), "--input",
+                                          str(unpaired_runs["inputs"]), "--output", str(out), "--device", "cpu",
+                                          "--direction", direction])
+        assert result.exit_code == 0, result.output
+        assert sorted(p.name for p in out.iterdir()) == ["1.png", "2.png", "3.png"]

@@ -80,8 +80,12 @@ def _discard(path: Path) -> None:
 def _serialise(
     step: int, modules: dict[str, nn.Module], state: dict[str, Any], metadata: dict[str, str]
 ) -> dict[str, bytes]:
-    """Every file of a checkpoint as bytes, the manifest last."""
-    files = {f"{name}.safetensors": weights_with_checksum(_weights(module), metadata) for name, module in modules.items()}
+    """Every file of a checkpoint as bytes, the manifest last. Each weights file names its
+    network in its metadata (``network``), so that one file alone says what it holds."""
+    files = {
+        f"{name}.safetensors": weights_with_checksum(_weights(module), {**metadata, "network": name})
+        for name, module in modules.items()
+    }
     buffer = io.BytesIO()
     torch.save(state, buffer)
     files["state.pt"] = buffer.getvalue()

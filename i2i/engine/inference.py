@@ -32,10 +32,12 @@ from i2i.engine.checkpoint import (
     verify_in_manifest,
 )
 from i2i.engine.limits import MAX_SIDE, check_limits
-from i2i.recipe import Recipe
-from i2i.registry import GENERATORS
+from i2i.recipe import ComponentSpec, Recipe
+from i2i.registry import GENERATORS, METHODS
 
 Mode = Literal["train", "eval"]
+Direction = Literal["AtoB", "BtoA"]  # A -> B: the recipe's input to its target
+DIRECTIONS = ("AtoB", "BtoA")
 GENERATOR_FILE = "generator.safetensors"
 DEFAULT_MULTIPLE = 256  # for generators that do not declare `size_multiple`
 MAX_TILES = 4096  # per image: beyond this a tile/overlap setting is a mistake, not a plan
@@ -143,19 +145,52 @@ def resolve_generator_file(checkpoint: Path, warn: Callable[[str], None] = warni
     raise CheckpointError(f"no checkpoint in {checkpoint} (expected a run directory, a checkpoint folder or a .safetensors file)")
 
 
+def reverse_generator_file(file: Path) -> Path:
+    """The B -> A generator beside the A -> B generator ``file``, where the run's method trains one."""
+    recipe, _ = read_generator_metadata(read_layout(file)[0], file)
+    name = METHODS.get(recipe.method.name, recipe.plugins).obj.directions.get("BtoA")
+    if name is None:
+        raise CheckpointError(f"{file.parent}: method {recipe.method.name} trains one generator, A -> B; "
+                              "there is no B -> A translation (direction AtoB)")
+    reverse = file.with_name(f"{name}.safetensors")
+    if not reverse.is_file():
+        raise CheckpointError(f"{reverse} not found: direction BtoA needs the run directory or checkpoint folder "
+                              f"of the {recipe.method.name} run, or its {reverse.name} itself")
+    verify_in_manifest(reverse)
+    return reverse
+
+
+def generator_role(recipe: Recipe, metadata: dict[str, str]) -> tuple[ComponentSpec, int, int, str]:
+    """(spec, in_channels, out_channels, direction) of the network a weights file holds: its
+    ``network`` metadata names it; the channels in the metadata are the run's, A -> B."""
+    channels = int(metadata["in_channels"]), int(metadata["out_channels"])
+    reverse = METHODS.get(recipe.method.name, recipe.plugins).obj.directions.get("BtoA")
+    if reverse is not None and metadata.get("network") == reverse:
+        return getattr(recipe.model, reverse, None) or recipe.model.generator, channels[1], channels[0], "BtoA"
+    return recipe.model.generator, *channels, "AtoB"
+
+
 def load_generator(
-    checkpoint: Path, device: torch.device | str = "cpu", warn: Callable[[str], None] = warnings.warn
+    checkpoint: Path, device: torch.device | str = "cpu", warn: Callable[[str], None] = warnings.warn,
+    direction: Direction = "AtoB",
 ) -> tuple[nn.Module, Recipe, dict[str, str]]:
     """The generator with its weights, the recipe it was trained with, and the file's metadata
-    (checked by ``read_generator_metadata``). The one way weights are read for use: the
-    metadata and the tensors' names, shapes and dtypes are checked from the header before
-    any tensor is read, then the manifest and the file's own checksum, then every value."""
-    from i2i.engine.build import build_generator
-
+    (checked by ``read_generator_metadata``; ``in_channels``/``out_channels`` those of this
+    generator, ``direction`` filled in). ``direction`` BtoA: the run's other generator (CycleGAN's
+    ``generator_ba``). The one way weights are read for use: the metadata and the tensors'
+    names, shapes and dtypes are checked from the header before any tensor is read, then the
+    manifest and the file's own checksum, then every value."""
+    if direction not in DIRECTIONS:
+        raise DataError(f"direction must be AtoB or BtoA, got {direction!r}")
     file = resolve_generator_file(checkpoint, warn)
+    if direction == "BtoA":
+        file = reverse_generator_file(file)
     metadata, layout = read_layout(file)
     recipe, metadata = read_generator_metadata(metadata, file)
-    generator = build_generator(recipe, int(metadata["in_channels"]), int(metadata["out_channels"]))
+    spec, in_channels, out_channels, direction = generator_role(recipe, metadata)
+    metadata = {**metadata, "in_channels": str(in_channels), "out_channels": str(out_channels), "direction": direction}
+    generator = GENERATORS.build(spec.name, spec.params, plugins=recipe.plugins, in_channels=in_channels,
+                                 out_channels=out_channels)
     check_layout(generator, layout, file)
     fit_weights(generator, read_weights(file)[0], file)
     return generator.to(device), recipe, metadata
