@@ -61,6 +61,7 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no summary and no progress, only the final lines"),
     tensorboard: bool = typer.Option(True, "--tensorboard/--no-tensorboard", help="log to <run dir>/tensorboard (also train.tensorboard)"),
     nproc: int = typer.Option(1, "--nproc", help="train in N processes with DistributedDataParallel (starts torchrun)"),
+    force_nproc: bool = typer.Option(False, "--force-nproc", help="start --nproc N processes even where N is above the GPUs, CPU cores or memory here"),
     overwrite: bool = typer.Option(False, "--overwrite", help="the run directory holds a run: move it aside to <dir>.old-<time> and start afresh"),
     allow_changes: bool = typer.Option(False, "--allow-changes", help="with --resume: accept recipe changes beyond the schedule and cadence (lr, crop, ...)"),
 ) -> None:
@@ -69,7 +70,7 @@ def run(
     from i2i.run import check_before_launch, train_from_recipe
 
     if nproc != 1:
-        check_before_launch(recipe, overrides, out, resume, overwrite, allow_changes, console)
+        check_before_launch(recipe, overrides, out, resume, overwrite, allow_changes, console, nproc, force_nproc)
         distributed.launch(nproc, distributed.without_option(sys.argv[1:], "--nproc"))
         return
     run_console = console

@@ -65,7 +65,7 @@ class DataSection(Params):
     load_size: int = Field(286, gt=0, description="resize to this size before the random crop")
     crop_size: int = Field(256, gt=0)
     flip: bool = True
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, le=64, description="data loader processes (each holds a copy of the dataset)")
     on_bad_image: Literal["error", "skip"] = "error"
     cache: Literal["auto", "memory", "none"] = Field(
         "auto", description="decode the training set once into memory (auto: when it fits in 2 GiB)"
@@ -186,7 +186,7 @@ class Recipe(Params):
             raise RecipeError(str(path), [f"cannot read: {error.strerror or error}"]) from None
         try:
             data = yaml.safe_load(text)
-        except yaml.YAMLError as error:
+        except (yaml.YAMLError, ValueError) as error:  # ValueError: a number too long to convert (5000 digits)
             raise RecipeError(str(path), [f"not valid YAML: {error}"]) from None
         if data is None:
             data = {}
@@ -211,7 +211,11 @@ class Recipe(Params):
             raise RecipeError(str(weights), [f"cannot read: {error}"]) from None
         if text is None:
             raise RecipeError(str(weights), ["holds no recipe in its metadata (not written by i2i?)"])
-        return _validate(yaml.safe_load(text), str(weights))
+        try:
+            data = yaml.safe_load(text)
+        except (yaml.YAMLError, ValueError) as error:
+            raise RecipeError(str(weights), [f"the recipe in its metadata is not valid YAML: {error}"]) from None
+        return _validate(data, str(weights))
 
     def variant(self, **changes: Any) -> Recipe:
         """A validated copy with dotted keys changed: ``recipe.variant(**{"train.precision": "fp32"})``."""
@@ -248,7 +252,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise RecipeError("--set", [f"expected key=value, got {text!r}"])
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # then the value is the text; validation says what is wrong with it
         value = raw
     return key.strip().split("."), value
 

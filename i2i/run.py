@@ -27,8 +27,9 @@ from i2i.bench.during_training import EvaluationCallback
 from i2i.data.download import ensure_data
 from i2i.engine.callbacks import Callback
 from i2i.engine.checkpoint import latest_checkpoint
-from i2i.engine.distributed import barrier, local_rank, rank_and_world_size
-from i2i.engine.limits import check_limits
+from i2i.engine.build import resolve_device
+from i2i.engine.distributed import barrier, local_rank, process_count_problem, rank_and_world_size
+from i2i.engine.limits import check_limits, parameter_count
 from i2i.engine.tensorboard import TensorBoardCallback
 from i2i.engine.trainer import Trainer
 from i2i.errors import I2IError
@@ -205,11 +206,15 @@ def train_from_recipe(
 
 def check_before_launch(
     recipe: Path, overrides: list[str], out: Path | None, resume: bool, overwrite: bool, allow_changes: bool,
-    console: Console,
+    console: Console, nproc: int, force_nproc: bool = False,
 ) -> None:
     """``--nproc N``: rank 0's checks, made once before the ranks start, so that a refusal is one
-    line rather than N processes failing at a barrier (rank 0 claims the directory again to train)."""
+    line rather than N processes failing at a barrier (rank 0 claims the directory again to train).
+    N must fit the machine (GPUs or CPU cores, and memory) unless ``force_nproc``."""
     recipe = _checked_recipe(recipe, overrides, out)
+    problem = process_count_problem(nproc, resolve_device(recipe.train.device), parameter_count(recipe) or 0)
+    if problem and not force_nproc:
+        raise I2IError(f"{problem}; use fewer processes, or --force-nproc to start them anyway")
     with claim_run_dir(recipe.run_dir, resume, overwrite, _printer(console)):
         if resume:  # rank 0 prints the changes
             check_resume_changes(recipe.run_dir, recipe.model_dump(mode="json"), allow_changes, note=lambda _: None)

@@ -557,3 +557,56 @@ def test_ctrl_c_during_a_download_ends_with_a_word(trickle, tmp_path, monkeypatc
     code, err = run_cli(["models", "download", "map2sat"], monkeypatch, capsys)
     assert code == 130 and "Traceback" not in err
     assert err.startswith("error: download of ") and "interrupted" in err and "keeps the 10 bytes" in err
+
+
+# -- process counts and values too long to parse ---------------------------------------
+def test_nproc_above_the_cpu_cores_is_refused_in_one_line_before_any_rank_starts(tmp_path, monkeypatch, capsys, write_recipe):
+    from i2i.engine import distributed
+
+    monkeypatch.setattr(distributed, "launch", lambda *a: pytest.fail("ranks started"))
+    recipe = write_recipe(tiny_recipe(train={"max_steps": 1}))
+    cores = len(os.sched_getaffinity(0))
+    code, err = run_cli(["run", recipe, "--nproc", cores + 1, "--out", tmp_path / "run"], monkeypatch, capsys)
+    assert_one_line(code, err, f"--nproc {cores + 1} is more than the {cores} CPU core(s)", "--force-nproc")
+    assert not (tmp_path / "run").exists()
+
+
+def test_nproc_above_the_memory_is_refused_and_force_starts_it_anyway(tmp_path, monkeypatch, capsys, write_recipe):
+    from i2i.engine import distributed
+
+    started = []
+    monkeypatch.setattr(distributed, "launch", lambda nproc, args: started.append(nproc))
+    monkeypatch.setattr(distributed, "available_memory", lambda: 3 << 30)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    recipe = write_recipe(tiny_recipe(train={"max_steps": 1}))
+    code, err = run_cli(["run", recipe, "--nproc", 64, "--out", tmp_path / "run"], monkeypatch, capsys)
+    assert_one_line(code, err, "--nproc 64 needs about 64.", "more than the 3.0 GiB available")
+    monkeypatch.setattr(sys, "argv", ["i2i", "run", str(recipe), "--nproc", "64", "--force-nproc", "--out", str(tmp_path / "run")])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 0 and started == [64]
+
+
+def test_a_cuda_run_gets_one_process_per_gpu():
+    from i2i.engine.distributed import process_count_problem
+
+    gpus = torch.cuda.device_count()
+    assert process_count_problem(gpus + 1, torch.device("cuda"), 1000) == (
+        f"--nproc {gpus + 1} is more than the {gpus} GPU(s) here (one process per GPU)")
+
+
+def test_num_workers_has_a_bound():
+    from i2i.recipe import RecipeError
+
+    with pytest.raises(RecipeError, match="data.num_workers: Input should be less than or equal to 64"):
+        Recipe.from_dict(tiny_recipe(data={"num_workers": 500}))
+
+
+def test_a_value_too_long_to_parse_is_a_recipe_error(tmp_path, monkeypatch, capsys, write_recipe):
+    recipe = write_recipe(tiny_recipe())
+    code, err = run_cli(["validate", recipe, "--set", "train.seed=" + "9" * 5000], monkeypatch, capsys)
+    assert code == 2 and "Traceback" not in err and "train.seed" in err and len(err) < 1000
+    text = recipe.read_text().replace("name: tiny", "name: tiny\ndescription: " + "9" * 5000)
+    recipe.write_text(text.replace("epochs: 1", "epochs: " + "9" * 5000, 1))
+    code, err = run_cli(["validate", recipe], monkeypatch, capsys)
+    assert code == 2 and "Traceback" not in err and "not valid YAML" in err

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -75,6 +76,42 @@ def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
 def torchrun_command(nproc: int, cli_args: list[str]) -> list[str]:
     """``torchrun --standalone --nproc-per-node N -m i2i <cli_args>`` with this interpreter."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "i2i", *cli_args]
+
+
+# What one rank takes besides its networks' state: torch itself, the data and a batch's
+# activations. A rough allowance, to refuse a process count no machine of this size holds.
+PROCESS_BYTES = 1 << 30
+STATE_BYTES_PER_PARAMETER = 16  # fp32 weights, their gradients and Adam's two moments
+
+
+def available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo, in bytes (None where the system does not say)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def process_count_problem(nproc: int, device: torch.device, parameters: int) -> str | None:
+    """Why this machine cannot hold ``nproc`` ranks training ``parameters`` parameters on ``device``
+    (more ranks than GPUs, or CPU cores, or memory), or None."""
+    if device.type == "cuda":
+        gpus = torch.cuda.device_count()
+        if nproc > gpus:
+            return f"--nproc {nproc} is more than the {gpus} GPU(s) here (one process per GPU)"
+    else:
+        cores = len(os.sched_getaffinity(0))
+        if nproc > cores:
+            return f"--nproc {nproc} is more than the {cores} CPU core(s) this process may use"
+    per_process = PROCESS_BYTES + STATE_BYTES_PER_PARAMETER * parameters
+    memory = available_memory()
+    if memory is not None and nproc * per_process > memory:
+        return (f"--nproc {nproc} needs about {nproc * per_process / 2**30:.1f} GiB of memory ({per_process / 2**30:.1f} GiB "
+                f"a process), more than the {memory / 2**30:.1f} GiB available")
+    return None
 
 
 def launch(nproc: int, cli_args: list[str]) -> None:

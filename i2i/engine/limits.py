@@ -92,6 +92,16 @@ def _fit_problems(
             f"{high * multiple} fits (or raise train.batch_size, or use fewer downsamplings)",)
 
 
+def parameter_count(recipe: Recipe) -> int | None:
+    """Parameters of the recipe's generator and discriminator, built on the meta device (no
+    memory); None where they cannot be built there."""
+    g_spec, d_spec = recipe.model.generator, recipe.model.discriminator
+    g_entry, d_entry = GENERATORS.get(g_spec.name, recipe.plugins), DISCRIMINATORS.get(d_spec.name, recipe.plugins)
+    networks = _build_on_meta(g_entry, g_entry.params.model_validate(g_spec.params).model_dump_json(),
+                              d_entry, d_entry.params.model_validate(d_spec.params).model_dump_json())
+    return None if networks is None else sum(p.numel() for network in networks for p in network.parameters())
+
+
 def _build_on_meta(g_entry: Entry, g_params: str, d_entry: Entry, d_params: str) -> tuple[nn.Module, nn.Module] | None:
     try:
         with torch.device("meta"):
