@@ -82,6 +82,12 @@ class DataSection(Params):
 Beta = Annotated[float, Field(ge=0, lt=1)]  # an Adam moment's decay
 
 
+class AverageSection(Params):
+    decay: float = Field(0.999, gt=0, lt=1, description="the average's decay per step, warmed up as "
+                         "min(decay, (1 + n) / (10 + n)) over the n steps since start_step")
+    start_step: int = Field(0, ge=0, description="steps before the average starts (it copies the weights until then)")
+
+
 class TrainSection(Params):
     epochs: int = Field(100, ge=0, description="epochs at the initial learning rate")
     epochs_decay: int = Field(100, ge=0, description="epochs of linear decay to zero afterwards")
@@ -125,6 +131,15 @@ class TrainSection(Params):
         None, ge=1, description="epochs between FID/SSIM evaluations on the val split (best checkpoint kept in <run dir>/best)"
     )
     eval_images: int = Field(50, ge=2, description="val images per evaluation (FID needs at least 2)")
+    ema: AverageSection | None = Field(
+        None, description="an exponential moving average of the generator's weights, used for samples, evaluation "
+        "and the checkpoint's inference weights (docs/bench.md, eval weights); null: off"
+    )
+    eval_bn_batches: int = Field(
+        100, ge=0, description="training batches over which BatchNorm statistics are recomputed for eval mode at "
+        "every checkpoint, into the inference weights (0: eval mode keeps the running statistics)"
+    )
+    eval_bn_dropout: bool = Field(True, description="dropout active while the statistics are recomputed, as in training")
 
     @model_validator(mode="after")
     def _has_length(self) -> TrainSection:

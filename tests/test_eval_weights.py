@@ -5,9 +5,13 @@ import pytest
 import torch
 from torch import nn
 
+import i2i
 from i2i.engine.build import build_dataset, build_generator
+from i2i.engine.checkpoint import latest_checkpoint, read_weights
 from i2i.engine.ema import ParameterAverage
+from i2i.engine.inference import GENERATOR_FILE, INFERENCE_FILE, resolve_generator_file
 from i2i.engine.precise_bn import fixed_batches, recompute_batchnorm
+from i2i.engine.trainer import Trainer
 from i2i.recipe import Recipe
 
 from conftest import tiny_recipe
@@ -95,3 +99,56 @@ def test_fixed_batches_are_training_crops_of_a_fixed_order_and_leave_the_dataset
     assert len(list(fixed_batches(dataset, count=100, batch_size=3, seed=0))) == 3  # one pass at most (8 samples)
     generator = build_generator(recipe, dataset.in_channels, dataset.out_channels)
     assert recompute_batchnorm(generator, fixed_batches(dataset, 2, 2, 0), dropout=True) == 2
+
+
+def train(run_dir, max_steps, resume=False, **settings) -> Trainer:
+    train = {"batch_size": 2, "max_steps": max_steps, "checkpoint_every": 1000, "tensorboard": False,
+             "ema": {"decay": 0.9, "start_step": 1}, "eval_bn_batches": 2, **settings}
+    trainer = Trainer(Recipe.from_dict(tiny_recipe(train=train)), run_dir=run_dir)
+    trainer.fit(resume=resume)
+    return trainer
+
+
+def test_a_checkpoint_holds_inference_weights_and_every_loader_takes_them(tmp_path, one_torch_thread):
+    trainer = train(tmp_path / "run", 3)
+    folder = latest_checkpoint(tmp_path / "run")
+    inference, trained = (read_weights(folder / name)[0] for name in (INFERENCE_FILE, GENERATOR_FILE))
+    averaged = trainer.average.state_dict()
+    assert all(torch.equal(inference[name], value.cpu()) for name, value in averaged.items())
+    assert not all(torch.equal(inference[name], trained[name]) for name in averaged)  # not the trained weights
+    statistics = [name for name in inference if name.endswith("running_var")]
+    assert statistics and not any(torch.equal(inference[name], trained[name]) for name in statistics)
+    assert all(int(inference[name]) == 2 for name in inference if name.endswith("num_batches_tracked"))
+    assert resolve_generator_file(tmp_path / "run") == resolve_generator_file(folder) == folder / INFERENCE_FILE
+    loaded = i2i.load(tmp_path / "run", device="cpu").generator.state_dict()
+    assert all(torch.equal(loaded[name], inference[name]) for name in inference)
+    again = trainer.inference_generator().state_dict()  # deterministic: the same statistics every time
+    assert all(torch.equal(again[name].cpu(), inference[name]) for name in inference)
+
+
+def test_without_average_or_recomputed_statistics_a_checkpoint_is_as_before(tmp_path, one_torch_thread):
+    train(tmp_path / "run", 1, ema=None, eval_bn_batches=0)
+    folder = latest_checkpoint(tmp_path / "run")
+    assert not (folder / INFERENCE_FILE).exists() and resolve_generator_file(tmp_path / "run") == folder / GENERATOR_FILE
+
+
+def test_resume_with_an_average_equals_a_straight_run(tmp_path, one_torch_thread):
+    straight = train(tmp_path / "straight", 7)
+    train(tmp_path / "split", 3)
+    resumed = train(tmp_path / "split", 7, resume=True)
+    for a, b in ((straight.generator, resumed.generator), (straight.discriminator, resumed.discriminator)):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(torch.equal(straight.average.state_dict()[k], v) for k, v in resumed.average.state_dict().items())
+    files = [read_weights(latest_checkpoint(tmp_path / run) / INFERENCE_FILE)[0] for run in ("straight", "split")]
+    assert all(torch.equal(files[0][name], files[1][name]) for name in files[0])
+
+
+def test_an_average_turned_on_at_a_resume_starts_from_the_resumed_weights(tmp_path, one_torch_thread):
+    train(tmp_path / "run", 2, ema=None, eval_bn_batches=0)
+    lines = []
+    recipe = tiny_recipe(train={"batch_size": 2, "max_steps": 2, "ema": {"decay": 0.9}, "tensorboard": False})
+    trainer = Trainer(Recipe.from_dict(recipe), run_dir=tmp_path / "run")
+    trainer.log_line = lines.append
+    trainer.resume()
+    assert any("holds no average; it starts from the resumed weights" in line for line in lines)
+    assert all(torch.equal(trainer.average.state_dict()[name], p) for name, p in trainer.generator.named_parameters())

@@ -77,8 +77,9 @@ class EvaluationCallback(Callback):
         if self.extractor is None:
             self.extractor = inception_extractor(trainer.device)
         meter = QualityMeter(self.extractor)
+        generator = trainer.inference_generator(eval_statistics=EVALUATION_MODE == "eval") or trainer.generator
         metrics = evaluate(
-            trainer.generator, self.dataset, meter, EVALUATION_MODE, trainer.device, self.images, trainer.cfg.seed, self.real_features
+            generator, self.dataset, meter, EVALUATION_MODE, trainer.device, self.images, trainer.cfg.seed, self.real_features
         )
         self.real_features = meter.real_features_all()
         record = {"step": trainer.step, "epoch": epochs_done - 1, "eval_images": metrics["images"],

@@ -38,7 +38,11 @@ from i2i.registry import GENERATORS, METHODS
 Mode = Literal["train", "eval"]
 Direction = Literal["AtoB", "BtoA"]  # A -> B: the recipe's input to its target
 DIRECTIONS = ("AtoB", "BtoA")
-GENERATOR_FILE = "generator.safetensors"
+GENERATOR_FILE = "generator.safetensors"  # the trained weights, what a resumed run continues from
+# The weights for inference, where the run wrote them: the averaged generator (train.ema) with
+# BatchNorm statistics recomputed for eval mode (train.eval_bn_batches).
+INFERENCE_WEIGHTS = "generator_eval"
+INFERENCE_FILE = f"{INFERENCE_WEIGHTS}.safetensors"
 DEFAULT_MULTIPLE = 256  # for generators that do not declare `size_multiple`
 MAX_TILES = 4096  # per image: beyond this a tile/overlap setting is a mistake, not a plan
 MAX_CHANNELS = 64  # image channels a generator's metadata may declare; the datasets give 1 or 3
@@ -119,13 +123,19 @@ def generator_mode(model: nn.Module, mode: Mode, seed: int | None = None) -> Ite
         model.train(was_training)
 
 
+def inference_file(folder: Path) -> Path:
+    """The generator weights of a checkpoint folder to use: its inference weights where it has them."""
+    return folder / INFERENCE_FILE if (folder / INFERENCE_FILE).is_file() else folder / GENERATOR_FILE
+
+
 def resolve_generator_file(checkpoint: Path, warn: Callable[[str], None] = warnings.warn) -> Path:
     """A generator .safetensors file, a checkpoint folder, or a run directory (its newest
     checkpoint whose generator matches the manifest; damaged newer ones go to ``warn``).
-    Wherever a manifest lists the file, the file must match it."""
+    Wherever a manifest lists the file, the file must match it. A folder gives its inference
+    weights (``INFERENCE_FILE``) where the run wrote them, else its trained generator."""
     checkpoint = Path(checkpoint)
-    if checkpoint.is_file() or (checkpoint / GENERATOR_FILE).is_file():
-        file = checkpoint if checkpoint.is_file() else checkpoint / GENERATOR_FILE
+    if checkpoint.is_file() or inference_file(checkpoint).is_file():
+        file = checkpoint if checkpoint.is_file() else inference_file(checkpoint)
         verify_in_manifest(file)
         return file
     if not checkpoint.exists():
@@ -133,13 +143,13 @@ def resolve_generator_file(checkpoint: Path, warn: Callable[[str], None] = warni
     damaged = []
     for folder in reversed(list_checkpoints(checkpoint / "checkpoints")):
         try:
-            verify_in_manifest(folder / GENERATOR_FILE)
+            verify_in_manifest(inference_file(folder))
         except CheckpointError as error:
             damaged.append(str(error))
             continue
         for problem in damaged:
             warn(f"passing over a damaged checkpoint: {problem}")
-        return folder / GENERATOR_FILE
+        return inference_file(folder)
     if damaged:
         raise CheckpointError(f"no usable checkpoint in {checkpoint}:\n  " + "\n  ".join(damaged))
     raise CheckpointError(f"no checkpoint in {checkpoint} (expected a run directory, a checkpoint folder or a .safetensors file)")

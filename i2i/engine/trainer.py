@@ -22,14 +22,16 @@ import torch
 
 from i2i.version import __version__
 from i2i.engine.autotune import EngineChoice, choose_engine
-from i2i.engine.build import build_dataset, build_method, resolve_device, resolve_precision
+from i2i.engine.build import build_dataset, build_generator, build_method, resolve_device, resolve_precision
 from i2i.engine.callbacks import Callback
-from i2i.engine.checkpoint import latest_good_checkpoint, load_weights, save_checkpoint
+from i2i.engine.checkpoint import latest_good_checkpoint, load_weights, read_weights, save_checkpoint
 from i2i.engine.compiled import GraphedStep
+from i2i.engine.ema import ParameterAverage
 from i2i.engine.distributed import barrier, broadcast_from_main, broadcast_weights, rank_and_world_size
 from i2i.engine.faults import NonFiniteGuard, StopSignals, TrainingInterrupted, advise_on_out_of_memory
-from i2i.engine.inference import generator_mode
+from i2i.engine.inference import INFERENCE_FILE, INFERENCE_WEIGHTS, generator_mode
 from i2i.engine.meter import LossMeter
+from i2i.engine.precise_bn import fixed_batches, recompute_batchnorm
 from i2i.engine.run_log import truncate_log
 from i2i.engine.schedule import EpochSampler, Schedule, linear_decay
 from i2i.engine.setup import build_networks, build_optimizers, training_batches, wrap_for_step
@@ -89,6 +91,9 @@ class Trainer:
                               "it runs eagerly")
             else:
                 self.train_step = GraphedStep(self.method.train_step, self.log_line)
+        # The average lives on rank 0, which alone makes samples and writes checkpoints.
+        average = self.cfg.ema if self.is_main else None
+        self.average = average and ParameterAverage(self.generator, average.decay, average.start_step)
         self.sampler = EpochSampler(len(self.dataset), self.cfg.seed, rank, world_size)
         self.steps_per_epoch, self.total_steps = self.schedule.steps_per_epoch, self.schedule.total_steps
 
@@ -132,6 +137,8 @@ class Trainer:
                     self.step += 1
                     if self.guard.end_step(self.step, losses):
                         meter.add(losses)
+                    if self.average:
+                        self.average.update(self.step)
                     done = self.step >= self.total_steps
                     if self.step % self.cfg.log_every == 0 or done:
                         self.check_finite()  # the only host sync: losses are read every log_every steps
@@ -226,8 +233,9 @@ class Trainer:
         tests: train mode with seeded dropout, and batch statistics over as many images as a
         training step sees (one at a time at the reference's batch 1)."""
         inputs = self._sample_batch["input"]
-        with generator_mode(self.generator, "train", seed=self.cfg.seed):
-            fake = torch.cat([self.generator(chunk) for chunk in inputs.split(self.cfg.batch_size)]).float()
+        generator = self.inference_generator(eval_statistics=False) or self.generator
+        with generator_mode(generator, "train", seed=self.cfg.seed):
+            fake = torch.cat([generator(chunk) for chunk in inputs.split(self.cfg.batch_size)]).float()
         path = self.run_dir / "samples" / f"step_{self.step:08d}.png"
         save_grid([inputs, fake, self._sample_batch["target"]], path)
         self.notify("on_sample", path)
@@ -244,6 +252,23 @@ class Trainer:
             "size_multiple": str(self.generator.size_multiple),
         }
 
+    def inference_generator(self, eval_statistics: bool = True) -> torch.nn.Module | None:
+        """A plain fp32 copy of the generator for inference: the averaged weights where train.ema
+        is on, and (``eval_statistics``) BatchNorm statistics recomputed over the first
+        train.eval_bn_batches training batches of a fixed order. None where neither applies.
+        Made on a fork of the RNG, so that a run's random stream does not depend on it."""
+        if self.average is None and not (eval_statistics and self.cfg.eval_bn_batches):
+            return None
+        with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
+            model = build_generator(self.recipe, self.in_channels, self.out_channels).to(self.device)
+        model.load_state_dict(self.generator.state_dict())
+        if self.average is not None:
+            model.load_state_dict(self.average.state_dict(), strict=False)  # the parameters; buffers stay
+        if eval_statistics and self.cfg.eval_bn_batches:
+            batches = fixed_batches(self.dataset, self.cfg.eval_bn_batches, self.cfg.batch_size, self.cfg.seed)
+            recompute_batchnorm(model, batches, self.cfg.eval_bn_dropout)
+        return model
+
     def save(self) -> Path | None:
         # A model with NaN/Inf in it is never saved: the last good checkpoint stays the newest.
         self.check_finite()
@@ -254,10 +279,11 @@ class Trainer:
         self.saved_step = self.step
         state = TrainState.capture(self.step, self.world_size, self.guard.skipped_steps,
                                    self.opt_g, self.opt_d, self.scaler, self.device, self.method.state_dict())
+        inference = self.inference_generator()
         path = save_checkpoint(
             self.run_dir / "checkpoints",
             self.step,
-            self.networks,
+            {**self.networks, **({INFERENCE_WEIGHTS: inference} if inference else {})},
             state.as_dict(),
             self.metadata(),
             keep=self.cfg.keep_checkpoints,
@@ -278,6 +304,7 @@ class Trainer:
             for name, network in self.networks.items():
                 load_weights(network, path / f"{name}.safetensors")
             state = TrainState.load(path / "state.pt")
+            self.resume_average(path)
         if self.world_size > 1:
             broadcast_weights(*self.networks.values())
             state = broadcast_from_main(state)
@@ -286,6 +313,17 @@ class Trainer:
         self.guard.skipped_steps = state.skipped_steps
         self.log_line(f"resumed from {path} at step {self.step}")
         return True
+
+    def resume_average(self, checkpoint: Path) -> None:
+        """The average as saved (the inference weights' parameters); from the resumed weights
+        where the checkpoint has none (train.ema turned on at the resume)."""
+        if self.average is None:
+            return
+        if (checkpoint / INFERENCE_FILE).is_file():
+            self.average.load_state_dict(read_weights(checkpoint / INFERENCE_FILE)[0])
+        else:
+            self.average.load_state_dict(dict(self.generator.named_parameters()))
+            self.log_line(f"train.ema: {checkpoint} holds no average; it starts from the resumed weights")
 
     def step_for_world_size(self, step: int, saved_world_size: int) -> int:
         if saved_world_size == self.world_size:
