@@ -184,7 +184,7 @@ def convert(state: dict[str, torch.Tensor], generator: nn.Module, source: str) -
             reshaped.append(f"shape of {name}: file {tuple(state[name].shape)}, expected {tuple(tensor.shape)} (i2i {key})")
             continue
         if state[name].is_floating_point() != tensor.is_floating_point():
-            raise WeightsError(f"{source}: tensor {name} is {state[name].dtype}; the U-Net needs {tensor.dtype} there (i2i {key})")
+            raise WeightsError(f"{source}: tensor {name} is {state[name].dtype}; the {layout} needs {tensor.dtype} there (i2i {key})")
         converted[key] = state[name].to(tensor.dtype).contiguous()
     left_over = [f"unexpected {name} {tuple(state[name].shape)}" for name in sorted(set(state) - used)]
     groups = {"missing": missing, "with another shape": reshaped, "left over": left_over}
@@ -248,7 +248,7 @@ def import_reference_weights(file: Path, recipe: Recipe, output: Path) -> Path:
     tensors = convert(state, generator, str(file))
     bad = first_nonfinite(tensors)
     if bad is not None:
-        raise WeightsError(f"{file}: tensor {reference_key(bad, len(generator.down))} (i2i {bad}) holds NaN or infinite "
+        raise WeightsError(f"{file}: tensor {layout_of(generator)[1](bad)} (i2i {bad}) holds NaN or infinite "
                            f"values; these weights cannot translate anything")
     metadata = {
         "recipe": recipe.to_yaml(),
