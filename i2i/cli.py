@@ -56,7 +56,7 @@ def _root(
 def run(
     recipe: Path = typer.Argument(..., help="recipe YAML"),
     overrides: list[str] = SetOption,
-    out: Optional[Path] = typer.Option(None, "--out", help="run directory (default: the recipe's output_dir)"),
+    out: Optional[str] = typer.Option(None, "--out", help="run directory (default: the recipe's output_dir)"),
     resume: bool = typer.Option(False, "--resume", help="continue from the run directory's last checkpoint"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no summary and no progress, only the final lines"),
     tensorboard: bool = typer.Option(True, "--tensorboard/--no-tensorboard", help="log to <run dir>/tensorboard (also train.tensorboard)"),
@@ -69,8 +69,12 @@ def run(
     from i2i.engine import distributed
     from i2i.run import check_before_launch, train_from_recipe
 
+    if out == "":  # Path("") would be the current folder
+        raise I2IError("--out is empty; give a run directory (without --out: the recipe's output_dir, else runs/<name>)")
+    run_dir = None if out is None else Path(out)
+
     if nproc != 1:
-        check_before_launch(recipe, overrides, out, resume, overwrite, allow_changes, console, nproc, force_nproc)
+        check_before_launch(recipe, overrides, run_dir, resume, overwrite, allow_changes, console, nproc, force_nproc)
         distributed.launch(nproc, distributed.without_option(sys.argv[1:], "--nproc"))
         return
     run_console = console
@@ -78,7 +82,7 @@ def run(
         distributed.init_from_torchrun()
         run_console = console if distributed.rank_and_world_size()[0] == 0 else Console(quiet=True)
     try:
-        train_from_recipe(recipe, overrides, out, resume, run_console, quiet=quiet, tensorboard=tensorboard,
+        train_from_recipe(recipe, overrides, run_dir, resume, run_console, quiet=quiet, tensorboard=tensorboard,
                           overwrite=overwrite, allow_changes=allow_changes)
     finally:
         distributed.leave()
@@ -250,11 +254,12 @@ def export_command(
     format: str = typer.Option("onnx", "--format", help="onnx or pt2 (torch.export)"),
     output: Optional[Path] = typer.Option(None, "--output", help="file to write (default: <recipe name>_generator.<format>)"),
     size: Optional[int] = typer.Option(None, "--size", help="side of the check image (default: the recipe's crop size)"),
+    force: bool = typer.Option(False, "--force", help="replace a previous export at --output (never another file)"),
 ) -> None:
     """Export the eval-mode generator (ONNX or torch.export), checked against PyTorch."""
     from i2i.export import TOLERANCE, export_generator
 
-    exported = export_generator(checkpoint, format, output, size)
+    exported = export_generator(checkpoint, format, output, size, force)
     console.print(
         f"wrote {exported.path}: max abs difference to PyTorch {exported.max_abs_diff:.1e} (limit {TOLERANCE})",
         highlight=False,

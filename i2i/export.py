@@ -14,7 +14,9 @@ TorchScript is not offered: ``torch.jit`` is deprecated in favour of
 from __future__ import annotations
 
 import json
+import os
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from torch import nn
 from i2i.engine.inference import load_generator, read_generator_metadata, resolve_generator_file
 from i2i.recipe import Recipe
 from i2i.errors import I2IError
+from i2i.run_dir import enclosing_run
 
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}
 TOLERANCE = 1e-3  # max abs difference to PyTorch, in [-1, 1] output units, fp32
@@ -65,35 +68,72 @@ def _run_pt2(path: Path, x: torch.Tensor) -> np.ndarray:
         return torch.export.load(path).module()(x).numpy()
 
 
-def export_generator(checkpoint: Path, format: str = "onnx", output: Path | None = None, size: int | None = None) -> Exported:
+def is_previous_export(path: Path) -> bool:
+    """An ONNX file or torch.export archive that ``i2i export`` wrote (its recipe in the metadata)."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith(f"/{METADATA_FILE}") for name in archive.namelist())
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # onnx raises many types on a file that is no model: it is not one of ours then
+        return False
+    return any(prop.key == "recipe" for prop in model.metadata_props)
+
+
+def check_output(output: Path, force: bool) -> None:
+    """Never inside a run or a checkpoint, never over a file that is not a previous export, and
+    over a previous export only with ``force``."""
+    run = enclosing_run(output.parent)
+    if run:
+        raise ExportError(f"--output {output} is inside the {run}: an export there could replace the run's own files; "
+                          f"write it elsewhere")
+    if output.is_dir():
+        raise ExportError(f"--output {output} is a folder; give a file name")
+    if output.exists():
+        if not is_previous_export(output):
+            raise ExportError(f"--output {output} exists and is not an i2i export; choose another file name")
+        if not force:
+            raise ExportError(f"--output {output} holds a previous export; pass --force to replace it, or choose another file name")
+
+
+def export_generator(
+    checkpoint: Path, format: str = "onnx", output: Path | None = None, size: int | None = None, force: bool = False
+) -> Exported:
     """Export the eval-mode generator of ``checkpoint`` (run dir, checkpoint folder or
-    generator .safetensors) and check it against PyTorch on a ``size`` x ``size`` image."""
+    generator .safetensors) and check it against PyTorch on a ``size`` x ``size`` image.
+    The export is built in a new hidden folder beside ``output`` and renamed onto it only
+    when it passes; ``force`` replaces a previous export there."""
     if format not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}; got {format!r}")
     generator, recipe, metadata = load_generator(checkpoint, "cpu")
     generator.eval()
     size = size or recipe.data.crop_size
     output = Path(output or f"{recipe.name}_generator{FORMATS[format]}")
+    check_output(output, force)
     output.parent.mkdir(parents=True, exist_ok=True)
     # batch 2: torch.export specialises a dimension that is 1 in the example
     example = torch.rand(2, int(metadata["in_channels"]), size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    try:
-        if format == "onnx":
-            _export_onnx(generator, example, output, metadata)
-            produced = OnnxRuntimeGenerator(output)(example).numpy()
-        else:
-            _export_pt2(generator, example, output, metadata)
-            produced = _run_pt2(output, example)
-    except I2IError:
-        raise
-    except Exception as error:  # the exporters raise many types; the message is what matters
-        raise ExportError(f"exporting {resolve_generator_file(checkpoint)} as {format} failed: {error}") from error
-    with torch.no_grad():
-        expected = generator(example).numpy()
-    diff = float(np.abs(produced - expected).max())
-    if not diff < TOLERANCE:
-        output.unlink(missing_ok=True)
-        raise ExportError(f"the {format} export differs from PyTorch by {diff:.2e} (limit {TOLERANCE}); not kept")
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as staging:
+        staged = Path(staging) / output.name
+        try:
+            if format == "onnx":
+                _export_onnx(generator, example, staged, metadata)
+                produced = OnnxRuntimeGenerator(staged)(example).numpy()
+            else:
+                _export_pt2(generator, example, staged, metadata)
+                produced = _run_pt2(staged, example)
+        except I2IError:
+            raise
+        except Exception as error:  # the exporters raise many types; the message is what matters
+            raise ExportError(f"exporting {resolve_generator_file(checkpoint)} as {format} failed: {error}") from error
+        with torch.no_grad():
+            expected = generator(example).numpy()
+        diff = float(np.abs(produced - expected).max())
+        if not diff < TOLERANCE:
+            raise ExportError(f"the {format} export differs from PyTorch by {diff:.2e} (limit {TOLERANCE}); not kept")
+        os.replace(staged, output)
     return Exported(output, diff)
 
 
@@ -129,9 +169,11 @@ def onnxruntime_generator(checkpoint: Path, mode: str) -> tuple[OnnxRuntimeGener
     if mode != "eval":
         raise ExportError("--backend onnxruntime runs the exported eval-mode generator; use --mode eval")
     checkpoint = Path(checkpoint)
-    if checkpoint.suffix != ".onnx":
-        checkpoint = export_generator(checkpoint, "onnx", Path(tempfile.mkdtemp(prefix="i2i-onnx-")) / "generator.onnx").path
-    generator = OnnxRuntimeGenerator(checkpoint)
+    if checkpoint.suffix == ".onnx":
+        generator = OnnxRuntimeGenerator(checkpoint)
+    else:  # the session holds the model in memory: the exported file is not needed after it is built
+        with tempfile.TemporaryDirectory(prefix="i2i-onnx-") as folder:
+            generator = OnnxRuntimeGenerator(export_generator(checkpoint, "onnx", Path(folder) / "generator.onnx").path)
     if "recipe" not in generator.metadata:
         raise ExportError(f"{checkpoint} has no recipe in its metadata; export it with `i2i export`")
     recipe, metadata = read_generator_metadata(dict(generator.metadata), checkpoint)

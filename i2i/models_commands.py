@@ -59,10 +59,15 @@ def import_weights(
     from i2i.engine.inference import GENERATOR_FILE
     from i2i.recipe import Recipe
     from i2i.reference_weights import WeightsError, find_recipe, import_reference_weights
+    from i2i.run_dir import enclosing_run
 
     output = output or file.with_suffix("")
     if (output / GENERATOR_FILE).exists():
         raise WeightsError(f"{output} already holds a {GENERATOR_FILE}; choose another --output or delete it")
+    if run := enclosing_run(output):  # translate would prefer the imported generator to the run's checkpoints
+        raise WeightsError(f"--output {output} is inside the {run}; choose a folder outside it")
+    if output.exists() and not output.is_dir():
+        raise WeightsError(f"--output {output} is a file; give a folder (it is created if missing)")
     parsed = Recipe.from_file(find_recipe(recipe))
     folder = import_reference_weights(file, parsed, output)
     console.print(f"[green]ok[/green] {file} -> {folder} (recipe {parsed.name}, {parsed.data.direction})", highlight=False, soft_wrap=True)

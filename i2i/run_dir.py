@@ -8,8 +8,9 @@
   holds the owner's pid, host and start time. The OS drops the lock when the process
   ends, however it ends; a lock file left by a killed run is taken over with a note;
 - a directory that already holds a run (``checkpoints/``, ``log.jsonl`` or
-  ``recipe.yaml``) is only reused with ``resume``, or moved aside to
-  ``<run dir>.old-<timestamp>/`` with ``overwrite`` (nothing is deleted).
+  ``recipe.yaml``) is only reused with ``resume``, or its run's own files (``RUN_OUTPUTS``) are
+  moved aside to ``<run dir>.old-<timestamp>/`` with ``overwrite`` (nothing is deleted, and
+  nothing else is moved).
 
 On resume, ``recipe_changes`` lists what differs from the run's ``recipe.yaml``;
 anything beyond the schedule and cadence (``FREE_TO_CHANGE``) needs ``allow_changes``.
@@ -29,11 +30,17 @@ from typing import Any, Callable, Iterator
 
 import yaml
 
+from i2i.engine.checkpoint import MANIFEST
+from i2i.engine.run_log import LOG
 from i2i.errors import I2IError
 
 LOCK_NAME = ".i2i-run.lock"
 # What an i2i run writes first (recipe.yaml), and what makes it worth keeping.
 RUN_MARKERS = ("checkpoints", "log.jsonl", "recipe.yaml")
+# Everything an i2i run writes into its directory besides its lock: all that --overwrite moves aside,
+# so a folder that also holds the user's data or recipes keeps them where they are.
+RUN_OUTPUTS = ("checkpoints", "best", "samples", "plots", "tensorboard", "log.jsonl", "report.html", "recipe.yaml",
+               "environment.json")
 VIRTUAL_FILE_SYSTEMS = (Path("/proc"), Path("/sys"))
 # Recipe keys a resumed run may change without --allow-changes: how long to train and how
 # often to log, sample, save and evaluate, never what is trained or how.
@@ -75,6 +82,19 @@ def check_run_dir_path(path: Path) -> Path:
 
 def holds_run(run_dir: Path) -> bool:
     return any((run_dir / marker).exists() for marker in RUN_MARKERS)
+
+
+def enclosing_run(path: Path) -> str | None:
+    """``"run directory X"`` or ``"checkpoint folder X"`` when ``path`` is or lies in one (links
+    resolved), for commands that must never write over a run; None elsewhere. A folder counts as a
+    run when it has ``checkpoints/`` or ``log.jsonl`` (a recipe.yaml alone may be the user's own)."""
+    resolved = Path(path).resolve()
+    for folder in (resolved, *resolved.parents):
+        if (folder / MANIFEST).is_file():
+            return f"checkpoint folder {folder}"
+        if (folder / "checkpoints").is_dir() or (folder / LOG).is_file():
+            return f"run directory {folder}"
+    return None
 
 
 class RunLock:
@@ -163,8 +183,8 @@ def _describe(holder: dict[str, Any] | None) -> str:
 
 
 def move_aside(run_dir: Path) -> Path:
-    """Move everything of ``run_dir`` but its lock into a new ``<run_dir>.old-<timestamp>`` folder.
-    The folder itself stays, so the lock held in it keeps guarding it."""
+    """Move what the old run wrote (``RUN_OUTPUTS``) into a new ``<run_dir>.old-<timestamp>`` folder;
+    anything else stays. The folder itself stays, so the lock held in it keeps guarding it."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     aside = run_dir.with_name(f"{run_dir.name}.old-{stamp}")
     for number in range(2, 1000):
@@ -172,9 +192,9 @@ def move_aside(run_dir: Path) -> Path:
             break
         aside = run_dir.with_name(f"{run_dir.name}.old-{stamp}-{number}")
     aside.mkdir()
-    for entry in run_dir.iterdir():
-        if entry.name != LOCK_NAME:
-            os.replace(entry, aside / entry.name)
+    for name in RUN_OUTPUTS:
+        if os.path.lexists(run_dir / name):
+            os.replace(run_dir / name, aside / name)
     return aside
 
 

@@ -16,7 +16,6 @@ import yaml
 from PIL import Image
 
 from conftest import tiny_recipe
-from i2i import safe_files
 from i2i.cli import main
 
 SECRET = b"the user's file, which no i2i command may change"
@@ -151,6 +150,8 @@ class FullDisk:
 def test_a_full_disk_while_a_run_writes_is_one_line_in_run_and_resume(what, pattern, tmp_path, write_recipe, monkeypatch, capsys):
     recipe = write_recipe(tiny_recipe(train={"max_steps": 2, "sample_every": 2, "checkpoint_every": 1,
                                              "tensorboard": False}))
+    from i2i import safe_files
+
     run = tmp_path / "run"
     monkeypatch.setattr(safe_files, "os", FullDisk(pattern))
     code, err = run_cli(["run", str(recipe), "--out", str(run), "--quiet"], monkeypatch, capsys)
@@ -170,6 +171,8 @@ def test_a_full_disk_while_a_run_writes_is_one_line_in_run_and_resume(what, patt
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_a_full_disk_in_i2i_report_is_one_line(tiny_run, tmp_path, monkeypatch, capsys):
+    from i2i import safe_files
+
     run = shutil.copytree(tiny_run, tmp_path / "run")
     before = (run / "report.html").read_bytes()
     monkeypatch.setattr(safe_files, "os", FullDisk("*/.report.html.*"))
@@ -178,3 +181,117 @@ def test_a_full_disk_in_i2i_report_is_one_line(tiny_run, tmp_path, monkeypatch, 
     assert code == 2 and line.startswith(f"error: disk full: no space left to write {run / 'report.html'}"), line
     assert (run / "report.html").read_bytes() == before
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+# -- writing over the run itself ---------------------------------------------------------------
+@pytest.fixture
+def run_copy(tiny_run, tmp_path) -> Path:
+    return shutil.copytree(tiny_run, tmp_path / "run")
+
+
+def test_export_refuses_an_output_inside_the_run_or_a_checkpoint_and_changes_nothing(run_copy, monkeypatch, capsys):
+    from i2i.engine.checkpoint import latest_checkpoint, verify_checkpoint
+
+    newest = latest_checkpoint(run_copy)
+    for output in (newest / "generator.safetensors", run_copy / "recipe.yaml", run_copy / "samples" / "x.onnx"):
+        before = output.read_bytes() if output.exists() else None
+        code, err = run_cli(["export", "--checkpoint", str(run_copy), "--output", str(output), "--force"], monkeypatch, capsys)
+        assert code == 2 and "write it elsewhere" in one_line(err), err
+        assert (output.read_bytes() if output.exists() else None) == before
+    verify_checkpoint(newest)
+
+
+def test_export_replaces_only_a_previous_export_and_only_with_force(run_copy, tmp_path, monkeypatch, capsys):
+    image = tmp_path / "picture.png"
+    Image.new("RGB", (4, 4)).save(image)
+    code, err = run_cli(["export", "--checkpoint", str(run_copy), "--output", str(image), "--force"], monkeypatch, capsys)
+    assert code == 2 and "exists and is not an i2i export" in one_line(err)
+    assert Image.open(image).size == (4, 4)
+
+    output = tmp_path / "g.onnx"
+    assert run_cli(["export", "--checkpoint", str(run_copy), "--output", str(output)], monkeypatch, capsys)[0] == 0
+    first = output.read_bytes()
+    code, err = run_cli(["export", "--checkpoint", str(run_copy), "--output", str(output)], monkeypatch, capsys)
+    assert code == 2 and "holds a previous export; pass --force" in one_line(err)
+    assert run_cli(["export", "--checkpoint", str(run_copy), "--output", str(output), "--force"], monkeypatch, capsys)[0] == 0
+    assert output.read_bytes() == first  # the same generator exports to the same bytes
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_import_weights_refuses_an_output_in_a_run(run_copy, tmp_path, monkeypatch, capsys):
+    from test_reference_weights import ReferenceUNet, save
+
+    file = save(ReferenceUNet(3, 3, 5, 8).state_dict(), tmp_path / "g.pth")
+    for output in (run_copy, run_copy / "imported", run_copy / "checkpoints" / "step_00000004"):
+        code, err = run_cli(["import-weights", str(file), "--recipe", "pix2pix_maps", "--output", str(output)],
+                            monkeypatch, capsys)
+        assert code == 2 and "choose " in one_line(err), err
+    assert not (run_copy / "generator.safetensors").exists() and not (run_copy / "imported").exists()
+
+
+# -- --overwrite and --out ---------------------------------------------------------------------
+def test_overwrite_moves_only_what_the_run_wrote(tmp_path, write_recipe, monkeypatch, capsys):
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "pairs.txt").write_text("the user's data")
+    recipe = write_recipe(tiny_recipe(train={"max_steps": 1}), "my.yaml")
+    shutil.copy(recipe, project / "my.yaml")
+    monkeypatch.chdir(project)
+    assert run_cli(["run", "my.yaml", "--out", ".", "--quiet"], monkeypatch, capsys)[0] == 0
+    code, err = run_cli(["run", "my.yaml", "--out", ".", "--quiet", "--overwrite"], monkeypatch, capsys)
+    assert code == 0, err
+    assert (project / "data" / "pairs.txt").read_text() == "the user's data" and (project / "my.yaml").is_file()
+    (aside,) = tmp_path.glob("project.old-*")
+    assert sorted(p.name for p in aside.iterdir()) == sorted(
+        ["checkpoints", "samples", "plots", "tensorboard", "log.jsonl", "report.html", "recipe.yaml", "environment.json"])
+    assert (project / "checkpoints").is_dir() and (project / "log.jsonl").is_file()
+
+
+def test_an_empty_out_is_an_error(write_recipe, tmp_path, monkeypatch, capsys):
+    recipe = write_recipe(tiny_recipe(train={"max_steps": 1}))
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli(["run", str(recipe), "--out", "", "--quiet"], monkeypatch, capsys)
+    assert code == 2 and "--out is empty" in one_line(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml"]  # the recipe alone, nothing written
+
+
+# -- also --------------------------------------------------------------------------------------
+def test_onnxruntime_on_a_checkpoint_leaves_no_temporary_folder(tiny_run, image_folder, tmp_path, monkeypatch):
+    import tempfile
+
+    from i2i.translate import translate_paths
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    translate_paths(tiny_run, image_folder, tmp_path / "out", device="cpu", backend="onnxruntime")
+    assert (tmp_path / "out" / "a.png").is_file()
+    assert list(scratch.iterdir()) == []
+
+
+def test_models_list_prints_the_url_in_use(monkeypatch):
+    from typer.testing import CliRunner
+
+    from i2i.cli import app
+
+    monkeypatch.setenv("I2I_MODELS_URL", "http://mirror.example/pix2pix/")
+    result = CliRunner().invoke(app, ["models", "list"])
+    assert result.exit_code == 0 and "from http://mirror.example/pix2pix (set by I2I_MODELS_URL)" in result.output
+    assert "efrosgans" not in result.output
+    monkeypatch.delenv("I2I_MODELS_URL")
+    assert "from http://efrosgans.eecs.berkeley.edu/pix2pix/models-pytorch (I2I_MODELS_URL overrides)" in (
+        CliRunner().invoke(app, ["models", "list"]).output)
+
+
+def test_tensorboard_shows_one_value_per_step_after_a_resume(tmp_path, write_recipe, monkeypatch, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    recipe = write_recipe(tiny_recipe(train={"max_steps": 4, "checkpoint_every": 2, "sample_every": 2}))
+    run = tmp_path / "run"
+    assert run_cli(["run", str(recipe), "--out", str(run), "--quiet"], monkeypatch, capsys)[0] == 0
+    shutil.rmtree(run / "checkpoints" / "step_00000004")  # as if killed after step 4, before its checkpoint
+    assert run_cli(["run", str(recipe), "--out", str(run), "--quiet", "--resume"], monkeypatch, capsys)[0] == 0
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [event.step for event in events.Scalars("loss/G_l1")] == [1, 2, 3, 4]
+    assert [event.step for event in events.Images("samples/input|generated|target")] == [2, 4]
