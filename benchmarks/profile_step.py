@@ -3,7 +3,8 @@ engine setting buys: configurations timed interleaved in one process, as ratios.
 
     .venv/bin/python benchmarks/profile_step.py                 # train + inference ratios
     .venv/bin/python benchmarks/profile_step.py --threads 1     # CPU time is steadier on a busy machine
-    .venv/bin/python benchmarks/profile_step.py --profile tuned # torch.profiler table of one configuration
+    .venv/bin/python benchmarks/profile_step.py --profile tuned # torch.profiler table of one configuration, its
+                                                                # FLOPs and fraction of the matmul peak
     .venv/bin/python benchmarks/profile_step.py --part infer --compile  # adds compiled inference (slow to build)
 
 Every configuration is a set of ``train.*`` overrides on recipes/pix2pix_maps.yaml
@@ -29,6 +30,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from i2i.bench.limit import counted_gflop, matmul_peak  # noqa: E402
 from i2i.bench.speed import configurations  # noqa: E402
 from i2i.engine.autotune import flipped, probed_settings  # noqa: E402
 from i2i.engine.fast_inference import fast_generator  # noqa: E402
@@ -45,6 +47,22 @@ for key in probed_settings(torch.device("cpu"), {}):
     variant = flipped(TUNED, key)
     TRAIN_CONFIGS[f"tuned, {key} {variant[key]}"] = variant
 INFER_CONFIGS = {"baseline": BASELINE, "tuned": TUNED}
+
+# The profile's operators in groups, to say where a step's time goes; the rest is "other".
+OPERATOR_GROUPS = {
+    "matmuls and convolutions": ("aten::mm", "aten::addmm", "aten::bmm", "aten::convolution_backward",
+                                 "aten::mkldnn_convolution", "aten::_convolution", "aten::convolution"),
+    # foreach Adam on the CPU runs tensor by tensor: its own ops are these (its mul, div_ and add_ stay "other")
+    "Adam": ("aten::_fused_adam_", "aten::sqrt", "aten::addcdiv_", "aten::addcmul_", "aten::lerp_",
+             "aten::_foreach_sqrt", "aten::_foreach_addcdiv_", "aten::_foreach_addcmul_", "aten::_foreach_lerp_"),
+    "copies: layout and dtype": ("aten::copy_", "aten::_to_copy", "aten::clone", "aten::contiguous"),
+    "non-finite guard: gradient norms": ("aten::linalg_vector_norm", "aten::_foreach_norm"),
+    "BatchNorm": ("aten::native_batch_norm", "aten::native_batch_norm_backward", "aten::_batch_norm_impl_index"),
+    "activations": ("aten::leaky_relu", "aten::leaky_relu_backward", "aten::threshold_backward", "aten::relu",
+                    "aten::tanh", "aten::tanh_backward", "aten::clamp_min"),
+    "unfold and fold (thin matmuls)": ("aten::im2col", "aten::col2im"),
+    "concatenation": ("aten::cat",),
+}
 
 
 def build(settings: dict, size: int) -> Trainer:
@@ -124,6 +142,34 @@ def profile(settings: dict, size: int) -> None:
             step()
     print(result.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
     print(result.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=20))
+    print_groups(result.key_averages())
+    print_limit(step)
+
+
+def print_groups(averages) -> None:
+    """Self CPU time per group of operators (OPERATOR_GROUPS), as a share of the profile's."""
+    group_of = {name: group for group, names in OPERATOR_GROUPS.items() for name in names}
+    seconds: dict[str, float] = {}
+    for event in averages:
+        group = group_of.get(event.key, "other")
+        seconds[group] = seconds.get(group, 0.0) + event.self_cpu_time_total / 1e6
+    total = sum(seconds.values())
+    print("\nself CPU time by group:")
+    for group, spent in sorted(seconds.items(), key=lambda item: -item[1]):
+        print(f"  {group:36s} {spent:7.3f} s {spent / total:6.1%}")
+
+
+def print_limit(step) -> None:
+    """The step's counted work, its unprofiled time, and that as a fraction of the matmul peak timed now."""
+    gflop = counted_gflop(step)
+    wall, cpu = timed(step, 3)
+    peak = matmul_peak(torch.device("cpu"))
+    rates = ", ".join(f"{key} {rate['median']:.0f}" for key, rate in peak["gflop_per_s"].items())
+    print(f"\nstep: {gflop:.1f} GFLOP, {wall:.3f} s wall / {cpu:.3f} s process CPU per step (3 steps; "
+          f"{gflop / cpu:.0f} GFLOP per CPU-second), "
+          f"{gflop / wall:.0f} GFLOP/s = {gflop / wall / peak['best_gflop_per_s']:.0%} of the matmul peak "
+          f"{peak['best_gflop_per_s']:.0f} GFLOP/s ({peak['best']}; GFLOP/s by dtype and size: {rates}; "
+          f"{peak['threads']} threads)")
 
 
 def main() -> None:
