@@ -64,4 +64,4 @@ def bench(
     if "on_device_per_s" in results:
         console.print(f"  on device                {results['on_device_per_s']:10.1f} samples/s")
     else:
-        console.print("  on device                n/a (this dataset builds its input on the CPU)")
+        console.print("  on device                n/a (this dataset crops on the CPU)")

@@ -183,3 +183,17 @@ def test_batches_through_a_dataloader(tmp_path):
     dataset = unaligned(folders(tmp_path))
     batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=4)))
     assert batch["input"].shape == batch["target"].shape == (4, 3, CROP, CROP) and len(batch["path"]) == 4
+
+
+def test_loader_bench_reads_both_sides(tmp_path):
+    from conftest import tiny_recipe
+    from i2i.bench.loader import bench_loader
+    from i2i.recipe import Recipe
+
+    for i in range(3):
+        noise(tmp_path / "trainA" / f"{i}.png", seed=i)
+        noise(tmp_path / "trainB" / f"{i}.png", seed=10 + i)
+    data = {"dataset": {"name": "unaligned"}, "root": str(tmp_path), "load_size": LOAD, "crop_size": CROP}
+    results = bench_loader(Recipe.from_dict(tiny_recipe(data=data), "test"), samples=4)
+    assert results["cache_mb"] == 2 * 3 * LOAD * LOAD * 3 / 2**20
+    assert "on_device_per_s" not in results, "the unpaired sides are not one array of pairs"

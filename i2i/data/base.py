@@ -167,6 +167,9 @@ class DecodedImages(ABC):
             raise DataError(f"every {self.split} sample failed to load; the first problem: {self.skipped[0]}")
         self.cache = cache[:kept] if cache is not None else None
 
+    def cached_bytes(self) -> int:
+        return 0 if self.cache is None else self.cache.nbytes
+
     # -- sampling ---------------------------------------------------------------
     def crop_box(self, index: int) -> tuple[int, int, bool, np.random.Generator]:
         """(top, left, flip) of sample ``index`` this epoch, and the generator for any later step."""

@@ -61,6 +61,7 @@ class DeviceResidentSet:
 
 def device_batches(dataset: ImagePairDataset, order: Iterable[int], batch_size: int, device: torch.device):
     """This epoch's batches from the copy of ``dataset`` on ``device`` (made on first use)."""
-    if dataset.device_copy is None or dataset.device_copy.device != device:
-        dataset.device_copy = DeviceResidentSet(dataset, device)
-    return dataset.device_copy.batches(order, batch_size)
+    copy = getattr(dataset, "device_copy", None)  # only an ImagePairDataset has one; the others are refused below
+    if copy is None or copy.device != device:
+        copy = dataset.device_copy = DeviceResidentSet(dataset, device)
+    return copy.batches(order, batch_size)

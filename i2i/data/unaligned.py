@@ -105,6 +105,9 @@ class UnpairedDataset(PairedDataset):
         self.a.prepare()
         self.b.prepare()
 
+    def cached_bytes(self) -> int:
+        return self.a.cached_bytes() + self.b.cached_bytes()
+
     def b_index(self, index: int) -> int:
         if self.params.serial_b or not self.train:
             return index % len(self.b)
