@@ -27,6 +27,9 @@ from i2i.report import sample_grids
 PREFIX = "hf://"
 QUALITY_RESULTS = Path("benchmarks") / "results" / "quality.jsonl"  # where `i2i bench quality` appends
 _REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
+_REVISION = re.compile(r"[A-Za-z0-9._/-]+")
+# What huggingface_hub may name a cache file after (the ETag and commit a server sends): one path part.
+_CACHE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 
 class HubError(I2IError):
@@ -52,7 +55,32 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     repo_id, at, revision = spec.removeprefix(PREFIX).partition("@")
     if not _REPO_ID.fullmatch(repo_id) or (at and not revision):
         raise HubError(f"{spec!r} is not a Hub model: expected hf://owner/name or hf://owner/name@revision")
+    if revision and (not _REVISION.fullmatch(revision) or ".." in revision):
+        raise HubError(f"revision {revision!r} is not a branch, tag or commit name: use letters, digits and . _ / - (no ..)")
     return repo_id, revision or None
+
+
+def _refuse_names_leaving_the_cache(hub, repo_id: str, revision: str | None, where: str) -> None:
+    """huggingface_hub names its cache files after the ETag and the commit the server sends, unchecked
+    (2.4): asked first, a name that is not one plain path part is refused before anything is written."""
+    from huggingface_hub.errors import HTTPError
+
+    try:
+        served = hub.get_hf_file_metadata(hub.hf_hub_url(repo_id, GENERATOR_FILE, revision=revision))
+    except (HTTPError, OSError):  # out of reach, offline, no such file: the download says which, or uses the cache
+        return
+    for what, name in (("ETag", served.etag), ("commit", served.commit_hash)):
+        if name is not None and (not _CACHE_NAME.fullmatch(name) or ".." in name):
+            raise HubError(f"{where}: the Hub sent the {what} {name!r}, which would name a file outside the download "
+                           f"cache; nothing was downloaded (is HF_ENDPOINT a Hub you trust?)")
+
+
+def _inside_cache(hub, path: Path, where: str) -> Path:
+    """The downloaded file, once its real path is known to lie in the Hub cache."""
+    cache = Path(hub.constants.HF_HUB_CACHE).resolve()
+    if not path.resolve().is_relative_to(cache):
+        raise HubError(f"{where}: the download landed outside the Hub cache {cache} ({path.resolve()}); not loading it")
+    return path
 
 
 def download_from_hub(spec: str) -> Path:
@@ -69,7 +97,8 @@ def download_from_hub(spec: str) -> Path:
     repo_id, revision = parse_spec(spec)
     where = PREFIX + repo_id + (f"@{revision}" if revision else "")
     try:
-        return Path(hub.hf_hub_download(repo_id, GENERATOR_FILE, revision=revision))
+        _refuse_names_leaving_the_cache(hub, repo_id, revision, where)
+        return _inside_cache(hub, Path(hub.hf_hub_download(repo_id, GENERATOR_FILE, revision=revision)), where)
     except RemoteEntryNotFoundError:
         raise HubError(f"{where} has no {GENERATOR_FILE}: it is not an i2i generator (`i2i push RUN --repo {repo_id}` makes one)") from None
     except RevisionNotFoundError:
@@ -83,6 +112,14 @@ def download_from_hub(spec: str) -> Path:
                        f"cannot be reached{offline}") from None
     except (HTTPError, OSError) as error:  # HTTPError: the base of huggingface_hub's errors, and of the transport's
         raise HubError(f"{where}: download from {hub.constants.ENDPOINT} failed: {_first_line(error)}") from None
+
+
+def _own_file(run_dir: Path, path: Path) -> Path:
+    """A regular file of the run itself: a link leading elsewhere could upload any file the user can read."""
+    if not path.resolve().is_relative_to(run_dir.resolve()) or not path.is_file():
+        raise HubError(f"refusing to upload {path}: it leads outside the run directory {run_dir} (a symbolic link) or is "
+                       f"not a regular file; i2i push uploads only the run's own files")
+    return path
 
 
 def _first_line(error: Exception) -> str:
@@ -115,12 +152,16 @@ def push_to_hub(
     sample = grids[0] if grids else None
     card = model_card(repo_id, recipe, recipe_yaml, step, metadata.get("i2i_version", "?"), sample,
                       recorded_evaluations(run_dir, step, quality_results))
-    uploads: dict[str, Path | bytes] = {GENERATOR_FILE: weights, "recipe.yaml": recipe_yaml.encode(), "README.md": card.encode()}
+    uploads: dict[str, Path | bytes] = {GENERATOR_FILE: _own_file(run_dir, weights), "recipe.yaml": recipe_yaml.encode(),
+                                        "README.md": card.encode()}
     if sample:
-        uploads[sample] = run_dir / sample
+        uploads[sample] = _own_file(run_dir, run_dir / sample)
     api = hub.HfApi(token=token)
     try:
-        api.create_repo(repo_id, private=private, exist_ok=True)
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True)
+        except KeyError:  # huggingface_hub 2.4 reads a URL from the Hub's "already exists" reply, which may have none
+            pass
         if revision not in (None, "main"):
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         api.create_commit(

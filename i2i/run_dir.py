@@ -19,6 +19,7 @@ anything beyond the schedule and cadence (``FREE_TO_CHANGE``) needs ``allow_chan
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -109,7 +110,11 @@ class RunLock:
 
     def acquire(self) -> None:
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:  # never through a link: the holder's record is written into the file opened
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            except OSError as error:
+                reason = "it is a symbolic link" if error.errno == errno.ELOOP else error.strerror
+                raise RunDirError(f"cannot open the lock {self.path}: {reason}; remove it, or choose another --out") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

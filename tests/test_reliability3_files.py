@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import fnmatch
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -295,3 +296,67 @@ def test_tensorboard_shows_one_value_per_step_after_a_resume(tmp_path, write_rec
     events.Reload()
     assert [event.step for event in events.Scalars("loss/G_l1")] == [1, 2, 3, 4]
     assert [event.step for event in events.Images("samples/input|generated|target")] == [2, 4]
+
+
+def test_the_run_lock_is_never_opened_through_a_link(tmp_path, write_recipe, monkeypatch, capsys):
+    recipe = write_recipe(tiny_recipe(train={"max_steps": 1}))
+    run = tmp_path / "run"
+    secret = plant_link(run / ".i2i-run.lock", tmp_path / "secret.txt")
+    code, err = run_cli(["run", str(recipe), "--out", str(run), "--quiet"], monkeypatch, capsys)
+    assert code == 2 and "is a symbolic link; remove it" in one_line(err)
+    assert secret.read_bytes() == SECRET
+
+
+# -- the Hub -----------------------------------------------------------------------------------
+from test_hub import OWNER_REPO, TOKEN, HubHandler, hub  # noqa: E402,F401  (hub: the loopback Hub fixture)
+
+
+def test_push_refuses_a_sample_grid_that_links_outside_the_run(run_copy, hub, tmp_path):
+    from i2i.hub import HubError, push_to_hub
+
+    grid = run_copy / "samples" / "step_00000004.png"
+    grid.unlink()
+    plant_link(grid, tmp_path / "secret.txt")
+    with pytest.raises(HubError, match=r"refusing to upload .*step_00000004.png: it leads outside the run"):
+        push_to_hub(run_copy, OWNER_REPO, token=TOKEN, quality_results=None)
+    assert not [content for files in hub.repos.values() for branch in files.values() for content in branch.values()
+                if SECRET in content]
+
+
+def test_push_to_a_new_branch_of_an_existing_repo(tiny_run, hub):
+    from i2i.hub import push_to_hub
+
+    push_to_hub(tiny_run, OWNER_REPO, token=TOKEN, quality_results=None)
+    pushed = push_to_hub(tiny_run, OWNER_REPO, revision="v2", token=TOKEN, quality_results=None)
+    assert pushed.url.endswith("/tree/v2") and "generator.safetensors" in hub.repos[OWNER_REPO]["v2"]
+
+
+@pytest.mark.parametrize("revision", ["../../etc", "v1/../../x", "v 1", "v1;rm", "~v1"])
+def test_a_revision_is_checked_before_anything_is_asked_of_the_hub(revision, tiny_run, hub):
+    from i2i.hub import HubError, download_from_hub, push_to_hub
+
+    expected = re.escape(f"revision {revision!r} is not a branch, tag or commit name")
+    with pytest.raises(HubError, match=expected):
+        download_from_hub(f"hf://{OWNER_REPO}@{revision}")
+    with pytest.raises(HubError, match=expected):
+        push_to_hub(tiny_run, OWNER_REPO, revision=revision, token=TOKEN, quality_results=None)
+    assert hub.repos == {}
+
+
+class HostileETag(HubHandler):
+    """A Hub (or mirror) whose ETag leads out of the download library's cache."""
+
+    def reply(self, status, body=b"", headers=None):
+        if headers and "ETag" in headers:
+            headers = {**headers, "ETag": '"../../../escaped"'}
+        super().reply(status, body, headers)
+
+
+def test_an_etag_leading_out_of_the_cache_is_refused_before_anything_is_written(tiny_run, hub, tmp_path):
+    from i2i.hub import HubError, download_from_hub, push_to_hub
+
+    push_to_hub(tiny_run, OWNER_REPO, token=TOKEN, quality_results=None)
+    hub.RequestHandlerClass = HostileETag
+    with pytest.raises(HubError, match=r"hf://someone/tiny-maps: the Hub sent the ETag '\.\./\.\./\.\./escaped'"):
+        download_from_hub(f"hf://{OWNER_REPO}")
+    assert not [path for path in tmp_path.rglob("escaped*")]
