@@ -86,6 +86,7 @@ class AverageSection(Params):
     decay: float = Field(0.999, gt=0, lt=1, description="the average's decay per step, warmed up as "
                          "min(decay, (1 + n) / (10 + n)) over the n steps since start_step")
     start_step: int = Field(0, ge=0, description="steps before the average starts (it copies the weights until then)")
+    every: int = Field(10, ge=1, description="steps between updates, each folding in the decay of that many steps")
 
 
 class TrainSection(Params):

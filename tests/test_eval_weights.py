@@ -42,6 +42,22 @@ def test_the_average_copies_until_its_start_then_follows_with_the_warmed_up_deca
         assert torch.equal(live, latest)  # the trained weights are only read
 
 
+def test_an_average_updated_every_few_steps_folds_in_their_decay_at_once():
+    model = small_network()
+    average = ParameterAverage(model, decay=0.2, start_step=0, every=3)
+    before = [p.clone() for p in average.averaged]
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+    average.update(1)
+    average.update(2)
+    assert all(torch.equal(a, b) for a, b in zip(average.averaged, before))  # not an update step
+    average.update(3)
+    assert average.decay_at(3) == pytest.approx(0.2**3)
+    for got, old, live in zip(average.averaged, before, model.parameters()):
+        torch.testing.assert_close(got, old + (1 - 0.2**3) * (live - old))
+
+
 def test_the_average_saves_and_loads_exactly_and_names_a_missing_tensor():
     model = small_network()
     average = ParameterAverage(model, decay=0.99)
@@ -103,7 +119,7 @@ def test_fixed_batches_are_training_crops_of_a_fixed_order_and_leave_the_dataset
 
 def train(run_dir, max_steps, resume=False, **settings) -> Trainer:
     train = {"batch_size": 2, "max_steps": max_steps, "checkpoint_every": 1000, "tensorboard": False,
-             "ema": {"decay": 0.9, "start_step": 1}, "eval_bn_batches": 2, **settings}
+             "ema": {"decay": 0.9, "start_step": 1, "every": 2}, "eval_bn_batches": 2, **settings}
     trainer = Trainer(Recipe.from_dict(tiny_recipe(train=train)), run_dir=run_dir)
     trainer.fit(resume=resume)
     return trainer

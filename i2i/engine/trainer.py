@@ -93,7 +93,7 @@ class Trainer:
                 self.train_step = GraphedStep(self.method.train_step, self.log_line)
         # The average lives on rank 0, which alone makes samples and writes checkpoints.
         average = self.cfg.ema if self.is_main else None
-        self.average = average and ParameterAverage(self.generator, average.decay, average.start_step)
+        self.average = average and ParameterAverage(self.generator, average.decay, average.start_step, average.every)
         self.sampler = EpochSampler(len(self.dataset), self.cfg.seed, rank, world_size)
         self.steps_per_epoch, self.total_steps = self.schedule.steps_per_epoch, self.schedule.total_steps
 
