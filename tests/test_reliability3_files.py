@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import errno
 import fnmatch
 import os
 import re
@@ -13,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from conftest import tiny_recipe
 from i2i.cli import main
+from test_download import server  # noqa: F401  (fixture: a loopback file server)
+from test_hub import OWNER_REPO, TOKEN, HubHandler, hub  # noqa: F401  (fixture: a loopback Hub)
 
 SECRET = b"the user's file, which no i2i command may change"
 
@@ -307,8 +307,17 @@ def test_the_run_lock_is_never_opened_through_a_link(tmp_path, write_recipe, mon
     assert secret.read_bytes() == SECRET
 
 
+def test_a_download_never_appends_through_a_link_planted_at_its_part_file(server, tmp_path):
+    from i2i.data.download import fetch_file
+
+    body = bytes(range(256)) * 40
+    dest = tmp_path / "model.pth"
+    secret = plant_link(tmp_path / "model.pth.part", tmp_path / "secret.txt")
+    fetch_file(server.publish("model.pth", body), dest, "model.pth", "download it by hand", show_progress=False)
+    assert secret.read_bytes() == SECRET and dest.read_bytes() == body
+
+
 # -- the Hub -----------------------------------------------------------------------------------
-from test_hub import OWNER_REPO, TOKEN, HubHandler, hub  # noqa: E402,F401  (hub: the loopback Hub fixture)
 
 
 def test_push_refuses_a_sample_grid_that_links_outside_the_run(run_copy, hub, tmp_path):

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from i2i.engine.autotune import device_name
+from i2i.safe_files import append_text
 from i2i.version import __version__
 
 
@@ -51,8 +52,7 @@ def _finite(value: Any) -> Any:
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        handle.write(json.dumps(_finite(record), allow_nan=False) + "\n")
+    append_text(path, json.dumps(_finite(record), allow_nan=False) + "\n")
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

@@ -145,6 +145,8 @@ def fetch_file(
     last_error: Exception | None = None
     with progress:
         task = progress.add_task("download", total=None)
+        if part.is_symlink():  # not a download of ours: never resumed from, nor written through
+            part.unlink()
         for _ in range(retries):
             have = part.stat().st_size if part.exists() else 0
             try:
@@ -190,7 +192,9 @@ def _fetch_once(url: str, part: Path, have: int, timeout: float, max_bytes: int 
         total = start + int(length) if length.isdigit() else None
         _check_size(url, total, max_bytes)
         done = start
-        with open(part, "ab" if resumed else "wb") as out:
+        # Never through a link planted at the .part name: appending would write into the file it points to.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if resumed else os.O_TRUNC)
+        with os.fdopen(os.open(part, flags, 0o666), "wb") as out:
             while chunk := response.read1(CHUNK):  # what has arrived, not a full chunk: a slow server shows progress
                 out.write(chunk)
                 out.flush()
