@@ -249,8 +249,8 @@ def stopping_on_write_failures(run_dir: Path) -> Iterator[None]:
             raise
         kept = latest_checkpoint(run_dir)
         since = f"the newest checkpoint {kept} is intact" if kept else "no checkpoint was saved yet"
-        fix = "free some space" if is_disk_full(error) else "fix that"
-        raise RunWriteError(f"{describe_write_failure(error)}; {since}. Then {fix} and continue with --resume") from None
+        fix = "Free some space" if is_disk_full(error) else "Fix that"
+        raise RunWriteError(f"{describe_write_failure(error)}; {since}. {fix} and continue with --resume") from None
 
 
 def _train(recipe: Recipe, console: Console, resume: bool, quiet: bool, tensorboard: bool, is_main: bool) -> Trainer:

@@ -158,7 +158,7 @@ def test_a_full_disk_while_a_run_writes_is_one_line_in_run_and_resume(what, patt
     code, err = run_cli(["run", str(recipe), "--out", str(run), "--quiet"], monkeypatch, capsys)
     line = one_line(err)
     assert code == 2 and line.startswith("error: disk full: no space left to write ") and "--resume" in line, line
-    assert "free some space" in line
+    assert "Free some space and continue with --resume" in line
     if what != "a log line":  # the first log line fails before the first checkpoint
         assert "step_00000001 is intact" in line
 
