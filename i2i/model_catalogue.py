@@ -37,7 +37,7 @@ from i2i.engine.checkpoint import MANIFEST, CheckpointError, verify_checkpoint
 from i2i.errors import I2IError
 from i2i.safe_files import write_file
 from i2i.recipe import Recipe
-from i2i.reference_weights import find_recipe, import_reference_weights
+from i2i.reference_weights import import_reference_weights
 
 MODELS_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/models-pytorch"
 URL_ENV = "I2I_MODELS_URL"  # another base URL: a mirror, or a test's server
@@ -135,7 +135,7 @@ def source_url(entry: ModelEntry) -> str:
 def model_recipe(entry: ModelEntry) -> Recipe:
     """The recipe that travels with the converted weights: the matching recipe, with the
     model's direction and a description saying what it is."""
-    recipe = Recipe.from_file(find_recipe(entry.recipe))
+    recipe = Recipe.from_file(entry.recipe)
     family = "CycleGAN" if entry.name.startswith(CYCLEGAN) else "pix2pix"
     description = f"the {family} reference's published {entry.file} generator: {entry.task} ({entry.direction})"
     changes = {"data.direction": entry.direction, "description": description}

@@ -58,7 +58,7 @@ def import_weights(
     """Convert a generator saved by the PyTorch pix2pix/CycleGAN reference into an i2i checkpoint folder."""
     from i2i.engine.inference import GENERATOR_FILE
     from i2i.recipe import Recipe
-    from i2i.reference_weights import WeightsError, find_recipe, import_reference_weights
+    from i2i.reference_weights import WeightsError, import_reference_weights
     from i2i.run_dir import enclosing_run
 
     output = output or file.with_suffix("")
@@ -68,7 +68,7 @@ def import_weights(
         raise WeightsError(f"--output {output} is inside the {run}; choose a folder outside it")
     if output.exists() and not output.is_dir():
         raise WeightsError(f"--output {output} is a file; give a folder (it is created if missing)")
-    parsed = Recipe.from_file(find_recipe(recipe))
+    parsed = Recipe.from_file(recipe)
     folder = import_reference_weights(file, parsed, output)
     console.print(f"[green]ok[/green] {file} -> {folder} (recipe {parsed.name}, {parsed.data.direction})", highlight=False, soft_wrap=True)
     console.print(f"  i2i translate --checkpoint {folder} --input IMAGES --output OUT", highlight=False, soft_wrap=True)

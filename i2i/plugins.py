@@ -20,6 +20,7 @@ from typing import Any, Iterable
 
 I2I = "i2i"  # the distribution whose components are the built-ins
 BUILTIN = "built-in"
+NOT_INSTALLED = "i2i is not installed (run pip install -e .)"
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,16 @@ class PluginFailure:
             f"plugin {self.kind} '{self.name}' from distribution {self.distribution} "
             f"(entry point {self.entry_point}) failed to load: {self.error}"
         )
+
+
+def i2i_installed() -> bool:
+    """Whether the i2i distribution is installed: its built-in components are its entry points, so a
+    checkout imported from PYTHONPATH alone has none."""
+    try:
+        metadata.distribution(I2I)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def normalize_distribution(name: str) -> str:

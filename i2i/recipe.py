@@ -8,6 +8,7 @@ kept as that object), so a typo anywhere is reported with its YAML path
 
 from __future__ import annotations
 
+import difflib
 import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 
 from i2i.contracts import AdversarialLoss, Params
 from i2i.errors import I2IError
-from i2i.plugins import missing_distributions
+from i2i.plugins import NOT_INSTALLED, missing_distributions
 from i2i.registry import DATASETS, DISCRIMINATORS, GENERATORS, LOSSES, METHODS, Registry
 
 
@@ -29,6 +30,30 @@ class RecipeError(I2IError):
         self.problems = problems
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"invalid recipe {source}:\n{lines}")
+
+
+def shipped_recipes() -> Path:
+    """The recipes that come with i2i: inside the installed package (setup.py ships the
+    checkout's top-level ``recipes/`` as ``i2i/recipes``), else the checkout's own folder."""
+    packaged = Path(__file__).resolve().parent / "recipes"
+    return packaged if packaged.is_dir() else packaged.parent.parent / "recipes"
+
+
+def find_recipe(spec: str | Path) -> Path:
+    """``spec`` where it is (or names) a file, else the recipe of that name that comes with i2i
+    (``pix2pix_maps``), from any folder."""
+    path = Path(spec)
+    if path.exists() or path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        return path
+    folder = shipped_recipes()
+    if (folder / f"{spec}.yaml").is_file():
+        return folder / f"{spec}.yaml"
+    if not folder.is_dir():
+        raise RecipeError(str(spec), [f"no such file, and the recipes that come with i2i are missing: {NOT_INSTALLED}"])
+    names = sorted(p.stem for p in folder.glob("*.yaml"))
+    close = difflib.get_close_matches(str(spec), names, n=3)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    raise RecipeError(str(spec), [f"no such file, and no recipe of that name comes with i2i; {hint}they are {', '.join(names)}"])
 
 
 class ComponentSpec(Params):
@@ -194,8 +219,9 @@ class Recipe(Params):
 
     @classmethod
     def from_file(cls, path: str | Path, overrides: list[str] | None = None) -> Recipe:
-        """A YAML recipe with ``--set``-style overrides (``train.lr=1e-4``) applied."""
-        path = Path(path)
+        """A YAML recipe (a path, or the name of one that comes with i2i) with ``--set``-style
+        overrides (``train.lr=1e-4``) applied."""
+        path = find_recipe(path)
         try:
             text = path.read_text()
         except OSError as error:

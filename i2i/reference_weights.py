@@ -56,23 +56,9 @@ from i2i.models.resnet import ResnetGenerator
 from i2i.recipe import Recipe
 from i2i.safe_files import write_file
 
-SHIPPED_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-
 
 class WeightsError(I2IError):
     pass
-
-
-def find_recipe(spec: str | Path) -> Path:
-    """A recipe YAML path, or the name of a recipe shipped in i2i's ``recipes/`` folder."""
-    path = Path(spec)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        return path
-    shipped = SHIPPED_RECIPES / f"{spec}.yaml"
-    if shipped.is_file():
-        return shipped
-    names = ", ".join(sorted(p.stem for p in SHIPPED_RECIPES.glob("*.yaml"))) or "none found"
-    raise WeightsError(f"no recipe {str(spec)!r}: not a file and not a shipped recipe ({names}); give a recipe YAML path")
 
 
 # -- reading -------------------------------------------------------------------------

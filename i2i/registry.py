@@ -29,10 +29,12 @@ from i2i.errors import I2IError
 from i2i.plugins import (
     BUILTIN,
     I2I,
+    NOT_INSTALLED,
     PluginFailure,
     allowed_distributions,
     claims,
     double_claim,
+    i2i_installed,
     label,
     load,
     not_allowed,
@@ -161,6 +163,8 @@ class Registry:
         excluded = claims(self.group).get(name) if allowed is not None else None
         if excluded:
             return not_allowed(self.kind, name, label(excluded[0]), allowed)
+        if not i2i_installed():
+            return f"unknown {self.kind} '{name}': {NOT_INSTALLED}; the built-in components are entry points of the installed package"
         known = sorted(set(self._entries) | set(points))
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""

@@ -24,8 +24,8 @@ from conftest import tiny_recipe
 from i2i.engine.inference import load_generator
 from i2i.model_catalogue import CYCLEGAN_RECIPE, MODELS, ModelEntry, ensure_model, model_recipe, source_url
 from i2i.models.resnet import ResnetGenerator, ResnetParams
-from i2i.recipe import Recipe
-from i2i.reference_weights import SHIPPED_RECIPES, WeightsError, convert, import_reference_weights
+from i2i.recipe import Recipe, shipped_recipes
+from i2i.reference_weights import WeightsError, convert, import_reference_weights
 from test_download import server  # noqa: F401  (the loopback server fixture)
 
 
@@ -218,7 +218,7 @@ def test_each_generator_names_its_set_and_direction(name, data_root, direction):
 
 
 def test_the_recipe_they_travel_with_has_the_reference_resnet_9blocks():
-    if not (SHIPPED_RECIPES / f"{CYCLEGAN_RECIPE}.yaml").is_file():
+    if not (shipped_recipes() / f"{CYCLEGAN_RECIPE}.yaml").is_file():
         pytest.skip(f"recipes/{CYCLEGAN_RECIPE}.yaml is not in this checkout")
     recipe = model_recipe(MODELS["cyclegan/zebra2horse"])
     assert recipe.model.generator.name == "resnet"

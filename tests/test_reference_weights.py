@@ -30,11 +30,10 @@ from conftest import tiny_recipe
 from i2i.cli import app
 from i2i.engine.inference import generator_mode, load_generator
 from i2i.models.unet import UNetGenerator, UNetParams
-from i2i.recipe import Recipe
+from i2i.recipe import Recipe, RecipeError, find_recipe
 from i2i.reference_weights import (
     WeightsError,
     convert,
-    find_recipe,
     import_reference_weights,
 )
 
@@ -231,7 +230,7 @@ def test_not_a_state_dict_and_not_a_reference_generator(tmp_path):
 
 def test_recipe_names_resolve_to_shipped_recipes():
     assert find_recipe("pix2pix_maps").name == "pix2pix_maps.yaml" and find_recipe("pix2pix_maps").is_file()
-    with pytest.raises(WeightsError, match="no recipe 'pix2pix_map'.*pix2pix_maps"):
+    with pytest.raises(RecipeError, match="pix2pix_map:\n.*no recipe of that name comes with i2i; did you mean pix2pix_maps"):
         find_recipe("pix2pix_map")
 
 

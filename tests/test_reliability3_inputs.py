@@ -610,3 +610,40 @@ def test_a_value_too_long_to_parse_is_a_recipe_error(tmp_path, monkeypatch, caps
     recipe.write_text(text.replace("epochs: 1", "epochs: " + "9" * 5000, 1))
     code, err = run_cli(["validate", recipe], monkeypatch, capsys)
     assert code == 2 and "Traceback" not in err and "not valid YAML" in err
+
+
+# -- a wheel that works -------------------------------------------------------------------
+def test_recipes_that_come_with_i2i_are_found_by_name_from_any_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["i2i", "validate", "pix2pix_maps", "--set", "model.generator.params.ngf=4"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 0 and "ok pix2pix_maps" in capsys.readouterr().out
+    assert Recipe.from_file("pix2pix_maps").name == "pix2pix_maps"
+    (tmp_path / "pix2pix_maps").mkdir()  # a path still wins over a name
+    code, err = run_cli(["validate", "pix2pix_maps"], monkeypatch, capsys)
+    assert code == 2 and "pix2pix_maps" in err and "cannot read" in err
+
+
+def test_a_checkout_without_pip_install_says_so(monkeypatch):
+    from importlib import metadata
+
+    from i2i.contracts import Generator
+    from i2i.registry import Registry, RegistryError
+
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "distribution", not_installed)
+    monkeypatch.setattr(metadata, "entry_points", lambda **kwargs: [])
+    with pytest.raises(RegistryError, match=r"unknown generator 'unet': i2i is not installed \(run pip install -e \.\)"):
+        Registry("generator", "i2i.generators", Generator).get("unet")
+
+
+def test_without_its_recipes_a_name_says_i2i_is_not_installed(monkeypatch, tmp_path):
+    from i2i import recipe
+    from i2i.recipe import RecipeError
+
+    monkeypatch.setattr(recipe, "shipped_recipes", lambda: tmp_path / "missing")
+    with pytest.raises(RecipeError, match=r"i2i is not installed \(run pip install -e \.\)"):
+        Recipe.from_file("pix2pix_maps")
