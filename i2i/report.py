@@ -26,7 +26,7 @@ from i2i.version import __version__
 from i2i.engine.callbacks import Callback
 from i2i.engine.trainer import Trainer
 from i2i.errors import I2IError
-from i2i.safe_files import describe_write_failure, replacing, write_file
+from i2i.safe_files import describe_write_failure, failed_to_write, replacing, write_file
 
 REPORT = "report.html"
 ENVIRONMENT = "environment.json"
@@ -148,6 +148,8 @@ def build_report(run_dir: Path) -> Path:
     try:
         return _build_report(Path(run_dir))
     except OSError as error:
+        if not failed_to_write(error):
+            raise
         raise ReportError(f"{describe_write_failure(error)}; free some space (or fix the path) and run `i2i report` again") from None
 
 

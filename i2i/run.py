@@ -36,7 +36,7 @@ from i2i.errors import I2IError
 from i2i.recipe import Recipe
 from i2i.report import REPORT, ReportCallback
 from i2i.run_dir import check_resume_changes, claim_run_dir
-from i2i.safe_files import describe_write_failure, is_disk_full
+from i2i.safe_files import describe_write_failure, failed_to_write, is_disk_full
 
 
 def _count(module: torch.nn.Module) -> str:
@@ -245,7 +245,7 @@ def stopping_on_write_failures(run_dir: Path) -> Iterator[None]:
     try:
         yield
     except OSError as error:
-        if error.filename is None:
+        if not failed_to_write(error):
             raise
         kept = latest_checkpoint(run_dir)
         since = f"the newest checkpoint {kept} is intact" if kept else "no checkpoint was saved yet"

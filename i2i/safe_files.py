@@ -5,8 +5,8 @@ A file is written under a fresh temporary name beside its target, created with
 opened), then renamed over the target. A rename replaces a link at the target
 itself, never the file it points to. Appending opens with ``O_NOFOLLOW``.
 
-A failing write raises ``OSError`` naming the target (``error.filename``), so that a
-full disk can be reported with the file it was writing.
+A failing write raises ``WriteError`` (an ``OSError``) naming the target, so that a
+full disk can be reported in one line with the file it was writing.
 """
 
 from __future__ import annotations
@@ -23,16 +23,29 @@ from typing import IO, Iterator
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
+class WriteError(OSError):
+    """Writing ``filename`` failed; ``errno`` and ``strerror`` say why."""
+
+
 def is_disk_full(error: OSError) -> bool:
     return error.errno in DISK_FULL
 
 
+def failed_to_write(error: OSError) -> bool:
+    """An error of one of the writers here, or a full disk wherever it came from."""
+    return isinstance(error, WriteError) or (is_disk_full(error) and error.filename is not None)
+
+
 def describe_write_failure(error: OSError) -> str:
     """``disk full: no space left to write X`` or ``cannot write X: reason``, for a one-line error."""
-    where = error.filename or "a file"
     if is_disk_full(error):
-        return f"disk full: no space left to write {where}"
-    return f"cannot write {where}: {error.strerror or error}"
+        return f"disk full: no space left to write {error.filename}"
+    return f"cannot write {error.filename}: {error.strerror or error}"
+
+
+def _write_error(error: OSError, target: Path) -> WriteError:
+    reason = "it is a symbolic link, and i2i does not write through links" if error.errno == errno.ELOOP else error.strerror
+    return WriteError(error.errno, reason or str(error), str(target))
 
 
 def _create_new(folder: Path, name: str) -> tuple[int, Path]:
@@ -53,8 +66,7 @@ def replacing(target: Path, mode: str = "wb", durable: bool = False) -> Iterator
     try:
         fd, temporary = _create_new(target.parent, target.name)
     except OSError as error:
-        reason = "it is a symbolic link, and i2i does not write through links" if error.errno == errno.ELOOP else error.strerror
-        raise OSError(error.errno, reason, str(target)) from None
+        raise _write_error(error, target) from None
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
             yield handle
@@ -64,8 +76,8 @@ def replacing(target: Path, mode: str = "wb", durable: bool = False) -> Iterator
         os.replace(temporary, target)
     except BaseException as error:
         temporary.unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.filename is None:
-            raise OSError(error.errno, error.strerror, str(target)) from None
+        if isinstance(error, OSError) and not isinstance(error, WriteError):
+            raise _write_error(error, target) from None
         raise
 
 
@@ -75,14 +87,6 @@ def write_file(target: Path, data: bytes | str, durable: bool = False) -> None:
         handle.write(data)
 
 
-def remove_tree(path: Path) -> None:
-    """Remove a folder left by an earlier write; a link found there is removed itself, never followed."""
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    else:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def append_text(target: Path, text: str) -> None:
     """Append to ``target`` (created if missing), refusing to follow a link there."""
     try:
@@ -90,5 +94,12 @@ def append_text(target: Path, text: str) -> None:
         with os.fdopen(fd, "a", encoding="utf-8") as handle:
             handle.write(text)
     except OSError as error:
-        reason = "it is a symbolic link, and i2i does not write through links" if error.errno == errno.ELOOP else error.strerror
-        raise OSError(error.errno, reason, str(target)) from None
+        raise _write_error(error, target) from None
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a folder left by an earlier write; a link found there is removed itself, never followed."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
