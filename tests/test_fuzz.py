@@ -7,19 +7,27 @@ GIF, BMP, TIFF and WebP files go through ``read_rgb`` and the ``aligned``
 dataset and raise nothing but ``DataError``. ``translate``: random tile, overlap,
 batch size, output folders (new, the input folder, inside it, a file, under a file)
 and input sets (shared stems, a corrupt image) end in success or one clear line, and
-never change an input file.
+never change an input file. Weights files with random metadata values and a tensor of a
+random dtype and values load and translate or raise one ``I2IError``, writing nothing
+beside the file; random JSON in the engine cache ends in a choice that keeps the
+recipe's settings and a valid entry in its place.
 
 Derandomized, so that CI sees the same examples every run.
 """
 
 import copy
+import functools
 import hashlib
 import io
+import json
+import os
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -294,3 +302,120 @@ def test_recipe_values_near_the_limits_train_or_raise_a_clear_error(
         Trainer(recipe, run_dir=tmp_path_factory.mktemp("limits")).fit()
     except I2IError:
         pass
+
+
+# ------------------------------------------------------------- weights files from anywhere
+METADATA_KEYS = ["recipe", "in_channels", "out_channels", "size_multiple", "step"]
+NUMBER_TEXTS = st.one_of(
+    st.integers(-(2**70), 2**70).map(str), st.text(max_size=10),
+    st.sampled_from(["0", "-64", "1", "3", "32", "64", "65", "1e3", "nan", " 3", "3.0", "9" * 5000]),
+)
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int32, torch.int64, torch.uint8,
+          torch.bool, torch.complex64]
+FILLS = [None, float("nan"), float("inf"), -float("inf"), 1e30, 0.0]
+
+
+def edited_recipe_yaml(edits) -> str:
+    data = copy.deepcopy(tiny_recipe())
+    for path, value in edits:
+        set_path(data, path, value)
+    return yaml.safe_dump(data)
+
+
+RECIPE_TEXTS = st.one_of(EDITS.map(edited_recipe_yaml), VALUES.map(yaml.safe_dump), st.text(max_size=40))
+
+
+@functools.cache
+def tiny_weights() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from i2i.engine.build import build_generator
+
+    recipe = Recipe.from_dict(tiny_recipe())
+    generator = build_generator(recipe, 3, 3)
+    metadata = {"recipe": recipe.to_yaml(), "in_channels": "3", "out_channels": "3",
+                "size_multiple": str(generator.size_multiple), "step": "1"}
+    return {k: v.detach().clone().contiguous() for k, v in generator.state_dict().items()}, metadata
+
+
+@settings(FUZZ, max_examples=60)
+@given(
+    changes=st.dictionaries(st.sampled_from(METADATA_KEYS), st.none() | NUMBER_TEXTS, max_size=3),
+    recipe_text=st.none() | RECIPE_TEXTS,
+    tensor=st.integers(0, 10_000),
+    dtype=st.none() | st.sampled_from(DTYPES),
+    fill=st.sampled_from(FILLS),
+)
+def test_weights_files_with_random_metadata_and_tensors_load_or_raise_one_clear_error(
+    changes, recipe_text, tensor, dtype, fill
+):
+    """Random metadata values and one tensor of a random dtype and values: i2i.load and a
+    translation succeed or raise one I2IError, and nothing is written beside the file."""
+    import i2i
+    from i2i.engine.checkpoint import weights_with_checksum
+
+    tensors, metadata = tiny_weights()
+    tensors = dict(tensors)
+    name = sorted(tensors)[tensor % len(tensors)]
+    changed = tensors[name].clone()
+    if fill is not None and changed.is_floating_point():
+        changed.view(-1)[0] = fill
+    tensors[name] = changed if dtype is None else changed.to(dtype)
+    metadata = {k: v for k, v in {**metadata, **changes}.items() if v is not None}
+    if recipe_text is not None:
+        metadata["recipe"] = recipe_text
+    with tempfile.TemporaryDirectory() as folder:
+        file = Path(folder) / "g.safetensors"
+        file.write_bytes(weights_with_checksum(tensors, metadata))
+        try:
+            translator = i2i.load(file, device="cpu")
+            output = translator(np.zeros((20, 30, 3), np.uint8))
+            assert output.shape[:2] == (20, 30)
+        except I2IError as error:
+            assert str(error) and len(str(error)) < 3000
+        assert [p.name for p in Path(folder).iterdir()] == ["g.safetensors"]
+
+
+# ------------------------------------------------------------------- the engine cache
+CACHE_PATHS = [["key"], ["key", "device"], ["key", "fixed"], ["settings"], ["settings", "precision"],
+               ["settings", "channels_last"], ["settings", "compile"], ["reasons"], ["reasons", "precision"],
+               ["comparisons"], ["comparisons", "0"], ["comparisons", "0", "speedup"], ["comparisons", "0", "best"],
+               ["comparisons", "0", "best_seconds"], ["complete"], ["planned_steps"]]
+
+
+@functools.cache
+def cache_fuzz_recipe() -> Recipe:
+    return Recipe.from_dict(tiny_recipe(train={"engine_probe": True, "precision": "fp32"}))
+
+
+def choose_with_cache(folder: str, notes: list[str]):
+    """The engine's choice for ``cache_fuzz_recipe`` with the probe on and its cache in ``folder``
+    (steps that cost nothing)."""
+    from i2i.engine.autotune import choose_engine
+
+    with mock.patch.dict(os.environ, {"I2I_CACHE": folder}):
+        os.environ.pop("I2I_ENGINE_PROBE", None)
+        return choose_engine(cache_fuzz_recipe(), torch.device("cpu"), (3, 3), lambda s: lambda: None, 1000, notes.append)
+
+
+@settings(FUZZ, max_examples=80)
+@given(
+    whole=st.none() | VALUES,
+    edits=st.lists(st.tuples(st.one_of(st.sampled_from(CACHE_PATHS), PATHS), VALUES), max_size=3),
+    raw=st.none() | st.binary(max_size=40),
+)
+def test_a_random_engine_cache_entry_ends_in_a_choice_with_the_recipes_settings(whole, edits, raw):
+    """Random JSON (whole, or edits of a valid entry) or bytes where the cache entry is: the engine
+    still chooses, keeps the recipe's precision, and leaves a valid entry and nothing else."""
+    from i2i.engine.autotune import CacheEntry
+
+    with tempfile.TemporaryDirectory() as folder:
+        file = choose_with_cache(folder, []).cache_file
+        entry = json.loads(file.read_text())
+        for path, value in edits:
+            set_path(entry, path, value)
+        file.write_bytes(raw if raw is not None else json.dumps(entry if whole is None else whole).encode())
+        notes: list[str] = []
+        choice = choose_with_cache(folder, notes)
+        assert choice.settings["precision"] == "fp32" and choice.reasons["precision"] == "set in the recipe"
+        assert all(n.startswith(("ignoring the engine cache at", "engine probe:")) for n in notes), notes
+        CacheEntry.model_validate_json(file.read_bytes())
+        assert sorted(p.relative_to(folder).as_posix() for p in Path(folder).rglob("*")) == ["engine", f"engine/{file.name}"]
