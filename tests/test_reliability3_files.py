@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
 import shutil
@@ -101,6 +102,15 @@ def test_import_weights_never_writes_through_a_link_planted_at_its_temporary_nam
     import_reference_weights(file, unet_recipe(6, 8), out)
     assert secret.read_bytes() == SECRET and manifest_secret.read_bytes() == SECRET
     assert (out / "generator.safetensors").stat().st_size > 1000
+
+
+def test_the_engine_cache_never_writes_through_a_link_planted_at_its_temporary_name(tmp_path):
+    from i2i.engine.autotune import write_cached
+
+    path = tmp_path / "engine" / "cpu.json"
+    secret = plant_link(path.with_name(f".{path.name}.{os.getpid()}.tmp"), tmp_path / "secret.txt")
+    write_cached(path, {"key": "k"}, note=pytest.fail)
+    assert secret.read_bytes() == SECRET and json.loads(path.read_text()) == {"key": "k"}
 
 
 def test_a_log_line_never_follows_a_link_and_the_run_says_so_in_one_line(tmp_path, write_recipe, monkeypatch, capsys):

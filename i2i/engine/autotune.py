@@ -14,7 +14,6 @@ static choice holds: bf16 only where the hardware computes it natively.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import hashlib
 import json
@@ -31,6 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from i2i.engine.build import cpu_has_fast_bf16
+from i2i.safe_files import write_file
 
 ENGINE_SETTINGS = ("precision", "channels_last", "fused_adam", "cpu_speedups", "cuda_graph", "compile")
 REFERENCE = {"precision": "fp32", "channels_last": False, "fused_adam": False, "cpu_speedups": False,
@@ -238,16 +238,12 @@ def read_cached(path: Path, key: dict[str, Any], planned_steps: int, note: Calla
 
 
 def write_cached(path: Path, entry: dict[str, Any], note: Callable[[str], None]) -> None:
-    """Written to a temporary name, then renamed: a reader never sees half a file. A cache
-    that cannot be written (read-only, a file where its folder should be) costs a ``note``."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Written to a new temporary name, then renamed (``i2i.safe_files``): a reader never sees half
+    a file. A cache that cannot be written (read-only, a file where its folder should be) costs a ``note``."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps(entry, indent=1, sort_keys=True))
-        os.replace(partial, path)
+        write_file(path, json.dumps(entry, indent=1, sort_keys=True))
     except OSError as error:
-        with contextlib.suppress(OSError):
-            partial.unlink(missing_ok=True)
         note(f"cannot write the engine cache at {path}: {error.strerror or error}; this run's choice is not kept")
 
 
