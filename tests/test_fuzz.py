@@ -396,13 +396,14 @@ def choose_with_cache(folder: str, notes: list[str]):
         return choose_engine(cache_fuzz_recipe(), torch.device("cpu"), (3, 3), lambda s: lambda: None, 1000, notes.append)
 
 
+CACHE_EDITS = st.lists(st.tuples(st.sampled_from(CACHE_PATHS), st.one_of(SCALARS, VALUES)), min_size=1, max_size=3)
+# Mostly edits of a valid entry (the damage a reader could miss), else any JSON, else any bytes.
+CACHE_DAMAGE = st.one_of(CACHE_EDITS, CACHE_EDITS, CACHE_EDITS, VALUES.map(lambda v: ("whole", v)), st.binary(max_size=40))
+
+
 @settings(FUZZ, max_examples=80)
-@given(
-    whole=st.none() | VALUES,
-    edits=st.lists(st.tuples(st.one_of(st.sampled_from(CACHE_PATHS), PATHS), VALUES), max_size=3),
-    raw=st.none() | st.binary(max_size=40),
-)
-def test_a_random_engine_cache_entry_ends_in_a_choice_with_the_recipes_settings(whole, edits, raw):
+@given(damage=CACHE_DAMAGE)
+def test_a_random_engine_cache_entry_ends_in_a_choice_with_the_recipes_settings(damage):
     """Random JSON (whole, or edits of a valid entry) or bytes where the cache entry is: the engine
     still chooses, keeps the recipe's precision, and leaves a valid entry and nothing else."""
     from i2i.engine.autotune import CacheEntry
@@ -410,9 +411,14 @@ def test_a_random_engine_cache_entry_ends_in_a_choice_with_the_recipes_settings(
     with tempfile.TemporaryDirectory() as folder:
         file = choose_with_cache(folder, []).cache_file
         entry = json.loads(file.read_text())
-        for path, value in edits:
-            set_path(entry, path, value)
-        file.write_bytes(raw if raw is not None else json.dumps(entry if whole is None else whole).encode())
+        if isinstance(damage, bytes):
+            file.write_bytes(damage)
+        elif isinstance(damage, tuple):
+            file.write_text(json.dumps(damage[1]))
+        else:
+            for path, value in damage:
+                set_path(entry, path, value)
+            file.write_text(json.dumps(entry))
         notes: list[str] = []
         choice = choose_with_cache(folder, notes)
         assert choice.settings["precision"] == "fp32" and choice.reasons["precision"] == "set in the recipe"
