@@ -191,11 +191,12 @@ def to_tensor(image: np.ndarray, channels: int) -> torch.Tensor:
     return image_to_tensor(image).unsqueeze(0)
 
 
-def resolve_source(source: str | Path) -> Path:
-    """A local path to the weights: as given, from the model catalogue or from the Hub."""
+def resolve_source(source: str | Path, direction: str = "AtoB") -> Path:
+    """A local path to the weights: as given, from the model catalogue or from the Hub (for
+    ``direction`` BtoA with the run's other generator beside it)."""
     text = str(source)
     if text.startswith(HUB_PREFIX):
-        return download_from_hub(text[len(HUB_PREFIX) :])
+        return download_from_hub(text[len(HUB_PREFIX) :], direction)
     path = Path(text).expanduser()
     if path.exists():
         return path
@@ -247,7 +248,7 @@ def load(
         raise DataError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if batch_size < 1:
         raise DataError(f"batch size must be at least 1, got {batch_size}")
-    path = resolve_source(source)
+    path = resolve_source(source, direction)
     torch_device = resolve_device(device)
     if path.suffix == ".onnx" or backend == "onnxruntime":
         if backend in ("fast", "compiled"):

@@ -252,14 +252,15 @@ def translate(
 def export_command(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="run directory, checkpoint folder or generator .safetensors"),
     format: str = typer.Option("onnx", "--format", help="onnx or pt2 (torch.export)"),
-    output: Optional[Path] = typer.Option(None, "--output", help="file to write (default: <recipe name>_generator.<format>)"),
+    output: Optional[Path] = typer.Option(None, "--output", help="file to write (default: <recipe name>_generator.<format>, <recipe name>_generator_BtoA.<format> with --direction BtoA)"),
     size: Optional[int] = typer.Option(None, "--size", help="side of the check image (default: the recipe's crop size)"),
     force: bool = typer.Option(False, "--force", help="replace a previous export at --output (never another file)"),
+    direction: str = typer.Option("AtoB", "--direction", help="AtoB: the run's translation (recipe input -> target); BtoA: its other generator, where the method trains one (cyclegan)"),
 ) -> None:
     """Export the eval-mode generator (ONNX or torch.export), checked against PyTorch."""
     from i2i.export import TOLERANCE, export_generator
 
-    exported = export_generator(checkpoint, format, output, size, force)
+    exported = export_generator(checkpoint, format, output, size, force, direction)
     console.print(
         f"wrote {exported.path}: max abs difference to PyTorch {exported.max_abs_diff:.1e} (limit {TOLERANCE})",
         highlight=False,

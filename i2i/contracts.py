@@ -108,6 +108,13 @@ class PairedDataset(Dataset, ABC):
     def prepare(self) -> None:
         """Called once before training: a place to decode, cache and drop unreadable samples."""
 
+    def unpaired_sizes(self) -> tuple[int, int] | None:
+        """None where, in evaluation (``train=False``), sample i's target is the true pair of its
+        input. A set without pairs gives (distinct inputs, distinct targets): its evaluation
+        samples take input i % the first and target i % the second, so the metrics compare the
+        two sets (FID, KID), each image once."""
+        return None
+
 
 @dataclass
 class StepTools:

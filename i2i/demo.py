@@ -28,6 +28,7 @@ from i2i.data.base import DataError
 from i2i.data.images import read_rgb
 from i2i.engine.build import build_dataset
 from i2i.errors import I2IError
+from i2i.translate import input_half
 from i2i.visual import to_uint8
 
 EXAMPLES = 4  # val inputs offered on the page
@@ -52,12 +53,13 @@ def _gradio():
 
 
 def val_examples(translator: Translator, folder: Path) -> list[Path]:
-    """The first val inputs of the recipe's data as PNG files in ``folder``; none when the data
-    is not on this machine."""
+    """The first val inputs of the recipe's data (its targets for a run's B -> A generator) as
+    PNG files in ``folder``; none when the data is not on this machine."""
+    side = "target" if translator.metadata.get("direction") == "BtoA" else "input"
     try:
         dataset = build_dataset(translator.recipe, "val", train=False)
         count = min(EXAMPLES, len(dataset))
-        inputs = [dataset[index]["input"] for index in range(count)]
+        inputs = [dataset[index][side] for index in range(count)]
     except (I2IError, OSError):
         return []
     paths = []
@@ -93,17 +95,17 @@ def translate_upload(translator: Callable[[str], Translator], upload: dict[str, 
     return output, f"{image.width}x{image.height} pixels, {mode} mode: {time.perf_counter() - start:.2f} s"
 
 
-def build_page(source: str, device: str, examples_folder: Path):
-    """The gradio page for ``source`` (anything ``i2i.load`` takes), not yet launched; the val
-    examples are written into ``examples_folder``."""
+def build_page(source: str, device: str, examples_folder: Path, direction: str = "AtoB"):
+    """The gradio page for ``source`` (anything ``i2i.load`` takes) in ``direction``, not yet
+    launched; the val examples are written into ``examples_folder``."""
     gr = _gradio()
-    translators = {"eval": load(source, device=device, mode="eval")}
+    translators = {"eval": load(source, device=device, mode="eval", direction=direction)}
     first = translators["eval"]
     recipe = first.recipe
 
     def translator(mode: str) -> Translator:
         if mode not in translators:
-            translators[mode] = load(source, device=device, mode=mode)
+            translators[mode] = load(source, device=device, mode=mode, direction=direction)
         return translators[mode]
 
     def translate(upload: dict[str, Any] | None, mode: str):
@@ -114,7 +116,7 @@ def build_page(source: str, device: str, examples_folder: Path):
 
     with gr.Blocks(title=f"i2i: {recipe.name}", analytics_enabled=False) as page:
         gr.Markdown(f"## {recipe.name}\n{recipe.description}\n\n`{source}`: generator `{recipe.model.generator.name}`, "
-                    f"{first.in_channels} -> {first.out_channels} channels, direction {recipe.data.direction}")
+                    f"{first.in_channels} -> {first.out_channels} channels, direction {input_half(first)}")
         with gr.Row():
             source_image = gr.Image(type="filepath", label="input", height=IMAGE_HEIGHT,
                                     sources=["upload", "clipboard"], elem_id="input")
@@ -135,13 +137,13 @@ def build_page(source: str, device: str, examples_folder: Path):
 
 
 def serve(source: str, host: str = "127.0.0.1", port: int | None = None, device: str = "auto",
-          on_ready: Callable[[str], None] = print) -> None:
+          on_ready: Callable[[str], None] = print, direction: str = "AtoB") -> None:
     """Build the page, launch it, hand its URL to ``on_ready`` and serve until Ctrl+C."""
     check_address(host, port)
     gr = _gradio()
     theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=["ui-monospace", "monospace"])
     with tempfile.TemporaryDirectory(prefix="i2i-demo-") as examples:
-        page = build_page(source, device, Path(examples))
+        page = build_page(source, device, Path(examples), direction)
         try:
             _, url, _ = page.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=True, quiet=True,
                                     ssr_mode=False, mcp_server=False, pwa=False, theme=theme, allowed_paths=[examples])

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from i2i.engine.inference import load_generator, read_generator_metadata, resolve_generator_file
+from i2i.engine.inference import Direction, load_generator, read_generator_metadata, resolve_generator_file
 from i2i.recipe import Recipe
 from i2i.errors import I2IError
 from i2i.run_dir import enclosing_run
@@ -99,18 +99,21 @@ def check_output(output: Path, force: bool) -> None:
 
 
 def export_generator(
-    checkpoint: Path, format: str = "onnx", output: Path | None = None, size: int | None = None, force: bool = False
+    checkpoint: Path, format: str = "onnx", output: Path | None = None, size: int | None = None, force: bool = False,
+    direction: Direction = "AtoB",
 ) -> Exported:
     """Export the eval-mode generator of ``checkpoint`` (run dir, checkpoint folder or
     generator .safetensors) and check it against PyTorch on a ``size`` x ``size`` image.
-    The export is built in a new hidden folder beside ``output`` and renamed onto it only
-    when it passes; ``force`` replaces a previous export there."""
+    ``direction`` BtoA exports the run's other generator (CycleGAN's ``generator_ba``); the
+    export's metadata says which. The export is built in a new hidden folder beside ``output``
+    and renamed onto it only when it passes; ``force`` replaces a previous export there."""
     if format not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}; got {format!r}")
-    generator, recipe, metadata = load_generator(checkpoint, "cpu")
+    generator, recipe, metadata = load_generator(checkpoint, "cpu", direction=direction)
     generator.eval()
     size = size or recipe.data.crop_size
-    output = Path(output or f"{recipe.name}_generator{FORMATS[format]}")
+    name = "generator" if direction == "AtoB" else f"generator_{direction}"
+    output = Path(output or f"{recipe.name}_{name}{FORMATS[format]}")
     check_output(output, force)
     output.parent.mkdir(parents=True, exist_ok=True)
     # batch 2: torch.export specialises a dimension that is 1 in the example

@@ -3,6 +3,7 @@
 A pushed repo holds:
 
     generator.safetensors      # the run's newest good checkpoint; its metadata carries the recipe
+    generator_ba.safetensors   # its B -> A generator, where the method trains one (cyclegan)
     recipe.yaml                # that recipe, to read
     samples/step_XXXXXXXX.png  # the newest sample grid up to that step, when the run wrote one
     README.md                  # the model card (i2i.model_card)
@@ -19,9 +20,16 @@ import warnings
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from i2i.engine.inference import GENERATOR_FILE, load_generator, resolve_generator_file
+from i2i.engine.inference import (
+    GENERATOR_FILE,
+    load_generator,
+    resolve_generator_file,
+    reverse_generator_file,
+    reverse_generator_name,
+)
 from i2i.errors import I2IError
 from i2i.model_card import model_card, recorded_evaluations
+from i2i.registry import METHODS
 from i2i.report import sample_grids
 
 PREFIX = "hf://"
@@ -60,13 +68,13 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     return repo_id, revision or None
 
 
-def _refuse_names_leaving_the_cache(hub, repo_id: str, revision: str | None, where: str) -> None:
+def _refuse_names_leaving_the_cache(hub, repo_id: str, filename: str, revision: str | None, where: str) -> None:
     """huggingface_hub names its cache files after the ETag and the commit the server sends, unchecked
     (2.4): asked first, a name that is not one plain path part is refused before anything is written."""
     from huggingface_hub.errors import HTTPError
 
     try:
-        served = hub.get_hf_file_metadata(hub.hf_hub_url(repo_id, GENERATOR_FILE, revision=revision))
+        served = hub.get_hf_file_metadata(hub.hf_hub_url(repo_id, filename, revision=revision))
     except (HTTPError, OSError):  # out of reach, offline, no such file: the download says which, or uses the cache
         return
     for what, name in (("ETag", served.etag), ("commit", served.commit_hash)):
@@ -83,8 +91,16 @@ def _inside_cache(hub, path: Path, where: str) -> Path:
     return path
 
 
-def download_from_hub(spec: str) -> Path:
-    """The ``generator.safetensors`` of ``[hf://]owner/name[@revision]``, downloaded into the Hub cache."""
+def download_from_hub(spec: str, direction: str = "AtoB") -> Path:
+    """The ``generator.safetensors`` of ``[hf://]owner/name[@revision]``, downloaded into the Hub cache;
+    for ``direction`` BtoA the run's other generator too, beside it, where ``load_generator`` looks."""
+    generator = _download(spec, GENERATOR_FILE)
+    if direction == "BtoA":
+        _download(spec, reverse_generator_name(generator))
+    return generator
+
+
+def _download(spec: str, filename: str) -> Path:
     hub = _huggingface_hub()
     from huggingface_hub.errors import (
         HTTPError,
@@ -97,10 +113,11 @@ def download_from_hub(spec: str) -> Path:
     repo_id, revision = parse_spec(spec)
     where = PREFIX + repo_id + (f"@{revision}" if revision else "")
     try:
-        _refuse_names_leaving_the_cache(hub, repo_id, revision, where)
-        return _inside_cache(hub, Path(hub.hf_hub_download(repo_id, GENERATOR_FILE, revision=revision)), where)
+        _refuse_names_leaving_the_cache(hub, repo_id, filename, revision, where)
+        return _inside_cache(hub, Path(hub.hf_hub_download(repo_id, filename, revision=revision)), where)
     except RemoteEntryNotFoundError:
-        raise HubError(f"{where} has no {GENERATOR_FILE}: it is not an i2i generator (`i2i push RUN --repo {repo_id}` makes one)") from None
+        what = "it is not an i2i generator" if filename == GENERATOR_FILE else "it was pushed without the B -> A generator"
+        raise HubError(f"{where} has no {filename}: {what} (`i2i push RUN --repo {repo_id}` makes one)") from None
     except RevisionNotFoundError:
         raise HubError(f"{where}: the repository has no revision {revision!r}") from None
     except RepositoryNotFoundError:
@@ -108,7 +125,7 @@ def download_from_hub(spec: str) -> Path:
                        "(set HF_TOKEN or run `hf auth login`)") from None
     except LocalEntryNotFoundError:
         offline = " (HF_HUB_OFFLINE is set)" if hub.constants.HF_HUB_OFFLINE else ""
-        raise HubError(f"{where}: {GENERATOR_FILE} is not in the cache and the Hub ({hub.constants.ENDPOINT}) "
+        raise HubError(f"{where}: {filename} is not in the cache and the Hub ({hub.constants.ENDPOINT}) "
                        f"cannot be reached{offline}") from None
     except (HTTPError, OSError) as error:  # HTTPError: the base of huggingface_hub's errors, and of the transport's
         raise HubError(f"{where}: download from {hub.constants.ENDPOINT} failed: {_first_line(error)}") from None
@@ -154,6 +171,10 @@ def push_to_hub(
                       recorded_evaluations(run_dir, step, quality_results))
     uploads: dict[str, Path | bytes] = {GENERATOR_FILE: _own_file(run_dir, weights), "recipe.yaml": recipe_yaml.encode(),
                                         "README.md": card.encode()}
+    if "BtoA" in METHODS.get(recipe.method.name, recipe.plugins).obj.directions:
+        reverse = reverse_generator_file(weights)
+        load_generator(reverse)  # as the generator: its checksum, and that it builds
+        uploads[reverse.name] = _own_file(run_dir, reverse)
     if sample:
         uploads[sample] = _own_file(run_dir, run_dir / sample)
     api = hub.HfApi(token=token)

@@ -40,8 +40,10 @@ def demo(
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on; 0.0.0.0 opens the page to the network"),
     port: Optional[int] = typer.Option(None, "--port", help="port (default: the first free one from 7860)"),
     device: str = typer.Option("auto", "--device"),
+    direction: str = typer.Option("AtoB", "--direction", help="AtoB: the run's translation (recipe input -> target); BtoA: its other generator, where the method trains one (cyclegan)"),
 ) -> None:
     """A web page to try a generator: drop an image, pick eval or train mode, see the result (gradio)."""
     from i2i.demo import serve
 
-    serve(source, host, port, device, on_ready=lambda url: console.print(f"demo running at {url} (Ctrl+C stops it)", highlight=False))
+    serve(source, host, port, device, direction=direction,
+          on_ready=lambda url: console.print(f"demo running at {url} (Ctrl+C stops it)", highlight=False))

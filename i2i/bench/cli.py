@@ -109,20 +109,25 @@ def quality(
     results: Path = typer.Option(RESULTS_DIR / "quality.jsonl", "--results", help="JSON lines file to append to"),
     progress_every: int = typer.Option(25, "--progress-every", min=1,
                                        help="images between progress lines when stdout is not a terminal"),
+    direction: str = typer.Option("AtoB", "--direction", help="AtoB: the run's translation (recipe input -> target); "
+                                  "BtoA: its other generator (cyclegan), the targets translated and compared with the inputs"),
 ) -> None:
-    """FID, KID, SSIM and PSNR of a trained generator on a split, on the pinned protocol (one record per mode)."""
+    """FID, KID, SSIM and PSNR of a trained generator on a split, on the pinned protocol (one record per mode).
+    A set without pairs (unaligned: testA, testB) gets FID and KID only; SSIM and PSNR need the true pair."""
     from i2i.bench.quality import MODES, bench_quality_modes
 
     if mode not in (*MODES, "both"):
         raise typer.BadParameter(f"must be eval, train or both, got {mode!r}", param_hint="--mode")
     modes = MODES if mode == "both" else (mode,)
     with quality_progress(progress_every) as on_image:
-        records = bench_quality_modes(checkpoint, data, limit, modes, device, split, results, on_image=on_image)
+        records = bench_quality_modes(checkpoint, data, limit, modes, device, split, results, on_image=on_image,
+                                      direction=direction)
     first = records[0]
-    console.print(f"{first['recipe']} step {first['steps_trained']} ({first['weights']}): "
-                  f"{first['metrics']['images']} {split} images", highlight=False)
+    against = f" against {first['metrics']['real_images']} real ones (no pairs)" if "real_images" in first["metrics"] else ""
+    console.print(f"{first['recipe']} {direction} step {first['steps_trained']} ({first['weights']}): "
+                  f"{first['metrics']['images']} {split} images{against}", highlight=False)
     table = Table("metric", *(f"{record['mode']} mode" for record in records))
-    for key in ("fid", "kid", "ssim", "psnr"):
+    for key in first["unpaired_metrics"] + first["paired_metrics"]:
         table.add_row(key.upper(), *(f"{record['metrics'][key]:.4g}" for record in records))
     for key, value in first.get("bicubic_baseline", {}).items():
         if key in ("ssim", "psnr"):

@@ -58,7 +58,8 @@ def setup_of(record: dict[str, Any]) -> str:
         settings = {name: config["settings"] for name, config in record["configs"].items()}  # asked for, not chosen
         fields = {key: record.get(key) for key in SPEED_SETUP} | {"settings": settings}
     else:
-        fields = {key: record.get(key) for key in QUALITY_SETUP}
+        # records from before --direction scored the run's own direction
+        fields = {key: record.get(key) for key in QUALITY_SETUP} | {"direction": record.get("direction", "AtoB")}
     return json.dumps({"kind": record.get("kind"), **fields}, sort_keys=True)
 
 

@@ -107,13 +107,27 @@ class QualityMeter:
             self.fake_features.append(self.features(fake))
             self.real_features.append(self.features(real) if real_features is None else real_features)
 
+    def update_unpaired(self, fake: torch.Tensor | None = None, real: torch.Tensor | None = None) -> None:
+        """A generated or a real image of two sets without pairs: FID and KID only. Both
+        [-1, 1] float NCHW, either may be left out."""
+        if fake is not None:
+            self.fake_features.append(self.features(quantize(fake).cpu()))
+        if real is not None:
+            self.real_features.append(self.features(quantize(real).cpu()))
+
     def real_features_all(self) -> torch.Tensor | None:
         return torch.cat(self.real_features) if self.real_features else None
 
     def compute(self) -> dict[str, float]:
-        ssim, psnr = torch.cat(self.ssim), torch.cat(self.psnr)
-        result = {"images": len(ssim), "ssim": float(ssim.mean()), "psnr": float(psnr.mean())}
-        if self.extractor is not None and len(ssim) >= 2:
+        """``images``, FID, KID and, where pairs were given, SSIM and PSNR; unpaired sets also
+        give ``real_images`` (their sizes may differ)."""
+        fakes, reals = sum(map(len, self.fake_features)), sum(map(len, self.real_features))
+        if self.ssim:
+            ssim, psnr = torch.cat(self.ssim), torch.cat(self.psnr)
+            result = {"images": len(ssim), "ssim": float(ssim.mean()), "psnr": float(psnr.mean())}
+        else:
+            result = {"images": fakes, "real_images": reals}
+        if self.extractor is not None and min(fakes, reals) >= 2:
             real, fake = self.real_features_all(), torch.cat(self.fake_features)
             kid_mean, kid_std = kernel_distance(real, fake)
             result.update(fid=frechet_distance(real, fake), kid=kid_mean, kid_std=kid_std)

@@ -7,6 +7,12 @@ generator mode (``train``: dropout and batch statistics, the reference's way;
 ``eval``) recorded; outputs and targets quantized to uint8 before any metric;
 FID and KID on InceptionV3 pool features with the standard FID weights; SSIM and
 PSNR against the ground truth, averaged over images.
+
+A set without pairs (``unaligned``: testA and testB) is scored as two sets: FID and KID of
+every translated input against every target image, each image once; SSIM and PSNR need
+the true pair, so they are measured only where the dataset has one (a paired set, or
+``unpaired_aligned``, whose image i has its own other half). ``direction`` BtoA scores a
+run's other generator (CycleGAN's ``generator_ba``): the targets translated, against the inputs.
 """
 
 from __future__ import annotations
@@ -25,7 +31,15 @@ from i2i.bench import RESULTS_DIR
 from i2i.bench.records import append_record, environment
 from i2i.data.base import PairedDataset
 from i2i.engine.build import build_dataset, resolve_device
-from i2i.engine.inference import Mode, generator_mode, load_generator, resolve_generator_file
+from i2i.engine.inference import (
+    DIRECTIONS,
+    Direction,
+    Mode,
+    generator_mode,
+    load_generator,
+    resolve_generator_file,
+    reverse_generator_file,
+)
 from i2i.recipe import Recipe
 from i2i.errors import I2IError
 
@@ -75,6 +89,55 @@ def evaluate(
     return meter.compute()
 
 
+@torch.no_grad()
+def evaluate_unpaired(
+    generator: nn.Module,
+    dataset: PairedDataset,
+    meter: QualityMeter,
+    mode: Mode,
+    device: torch.device,
+    limit: int | None = None,
+    seed: int = 0,
+    real_features: torch.Tensor | None = None,
+    on_image: Callable[[int, int], None] | None = None,
+) -> dict[str, float]:
+    """As ``evaluate``, for a set without pairs (``dataset.unpaired_sizes()``): the first
+    ``limit`` distinct inputs translated and the first ``limit`` distinct targets, compared
+    as two sets (FID and KID). ``real_features`` stands for the targets."""
+    inputs, targets = (size if limit is None else min(limit, size) for size in dataset.unpaired_sizes())
+    if real_features is not None:
+        meter.real_features.append(real_features)
+        targets = 0
+    count = max(inputs, targets)
+    with generator_mode(generator, mode, seed):
+        for index in range(count):
+            item = dataset[index]
+            fake = generator(item["input"][None].to(device)).float() if index < inputs else None
+            meter.update_unpaired(fake, item["target"][None] if index < targets else None)
+            if on_image:
+                on_image(index + 1, count)
+    return meter.compute()
+
+
+class Reversed(PairedDataset):
+    """``dataset`` the other way round, its targets as inputs: what a run's B -> A generator translates."""
+
+    def __init__(self, dataset: PairedDataset):
+        self.dataset = dataset
+        self.in_channels, self.out_channels = dataset.out_channels, dataset.in_channels
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.dataset[index]
+        return {**item, "input": item["target"], "target": item["input"]}
+
+    def unpaired_sizes(self) -> tuple[int, int] | None:
+        sizes = self.dataset.unpaired_sizes()
+        return None if sizes is None else (sizes[1], sizes[0])
+
+
 def bicubic_baseline(dataset: PairedDataset, limit: int | None = None) -> dict[str, float]:
     """PSNR/SSIM of the input itself, upscaled bicubically to the target's size where smaller:
     the floor a super-resolution model has to beat (``degrade`` inputs are already upscaled)."""
@@ -111,12 +174,14 @@ def bench_quality(
     results: Path | None = RESULTS_DIR / "quality.jsonl",
     extractor: nn.Module | None = None,
     on_image: Callable[[int, int], None] | None = None,
+    direction: Direction = "AtoB",
 ) -> dict[str, Any]:
     """Score a trained generator in one mode on ``split`` of ``data_root``; append the record to ``results``."""
     if mode not in MODES:
         raise I2IError(f"--mode must be train or eval, got {mode!r}")
     progress = None if on_image is None else lambda _mode, done, count: on_image(done, count)
-    (record,) = bench_quality_modes(checkpoint, data_root, limit, (mode,), device, split, results, extractor, progress)
+    (record,) = bench_quality_modes(checkpoint, data_root, limit, (mode,), device, split, results, extractor, progress,
+                                    direction)
     return record
 
 
@@ -130,6 +195,7 @@ def bench_quality_modes(
     results: Path | None = RESULTS_DIR / "quality.jsonl",
     extractor: nn.Module | None = None,
     on_image: Callable[[str, int, int], None] | None = None,
+    direction: Direction = "AtoB",
 ) -> list[dict[str, Any]]:
     """Score a trained generator on ``split`` of ``data_root`` in each of ``modes`` (the targets'
     features extracted once); one record per mode, each appended to ``results``.
@@ -137,23 +203,31 @@ def bench_quality_modes(
     unknown = [mode for mode in modes if mode not in MODES]
     if unknown or not modes:
         raise I2IError(f"modes must be train and/or eval, got {list(modes)}")
+    if direction not in DIRECTIONS:
+        raise I2IError(f"--direction must be AtoB or BtoA, got {direction!r}")
     warning = TRAINING_SPLIT_WARNING.format(data=data_root) if split == "train" else None
     if warning:  # before the long scoring, where it cannot be missed
         print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     torch_device = resolve_device(device)
     weights = resolve_generator_file(checkpoint)
+    if direction == "BtoA":
+        weights = reverse_generator_file(weights)
     generator, recipe, metadata = load_generator(weights, torch_device)
     dataset = protocol_dataset(recipe, data_root, split)
-    count = len(dataset) if limit is None else min(limit, len(dataset))
+    if direction == "BtoA":
+        dataset = Reversed(dataset)
+    sizes = dataset.unpaired_sizes() or (len(dataset),)
+    count = min(sizes) if limit is None else min(limit, *sizes)
     if count < 2:
         raise I2IError(f"FID needs at least 2 images; {data_root} split {split} gives {count}")
     extractor = extractor if extractor is not None else inception_extractor(torch_device)
     baseline = bicubic_baseline(dataset, limit) if recipe.data.dataset.name == "degrade" else None
+    score = evaluate if dataset.unpaired_sizes() is None else evaluate_unpaired
     records, real_features = [], None
     for mode in modes:
         meter = QualityMeter(extractor)
         progress = None if on_image is None else lambda done, count, mode=mode: on_image(mode, done, count)
-        metrics = evaluate(generator, dataset, meter, mode, torch_device, limit, recipe.train.seed, real_features, progress)
+        metrics = score(generator, dataset, meter, mode, torch_device, limit, recipe.train.seed, real_features, progress)
         real_features = meter.real_features_all()
         record = {
             **environment(torch_device),
@@ -166,6 +240,9 @@ def bench_quality_modes(
             "split": split,
             "limit": limit,
             "mode": mode,
+            "direction": direction,
+            "unpaired_metrics": ["fid", "kid"],  # two sets compared: no pairs needed
+            "paired_metrics": [] if score is evaluate_unpaired else ["ssim", "psnr"],  # against image i's true pair
             "protocol": PROTOCOL,
             "metrics": metrics,
             **({"warning": warning} if warning else {}),

@@ -108,6 +108,9 @@ class UnpairedDataset(PairedDataset):
     def cached_bytes(self) -> int:
         return self.a.cached_bytes() + self.b.cached_bytes()
 
+    def unpaired_sizes(self) -> tuple[int, int] | None:
+        return (len(self.b), len(self.a)) if self.backwards else (len(self.a), len(self.b))
+
     def b_index(self, index: int) -> int:
         if self.params.serial_b or not self.train:
             return index % len(self.b)
@@ -147,3 +150,6 @@ class UnpairedAlignedDataset(UnpairedDataset):
             (files, partial(read_half, half="left"), f"{split} left-half"),
             (list(files), partial(read_half, half="right"), f"{split} right-half"),
         )
+
+    def unpaired_sizes(self) -> None:
+        return None  # evaluation takes image i's own other half: the true pair

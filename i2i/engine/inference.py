@@ -155,17 +155,23 @@ def resolve_generator_file(checkpoint: Path, warn: Callable[[str], None] = warni
     raise CheckpointError(f"no checkpoint in {checkpoint} (expected a run directory, a checkpoint folder or a .safetensors file)")
 
 
-def reverse_generator_file(file: Path) -> Path:
-    """The B -> A generator beside the A -> B generator ``file``, where the run's method trains one."""
+def reverse_generator_name(file: Path) -> str:
+    """The file name of the B -> A generator of the run whose A -> B generator is ``file``,
+    where the run's method trains one."""
     recipe, _ = read_generator_metadata(read_layout(file)[0], file)
     name = METHODS.get(recipe.method.name, recipe.plugins).obj.directions.get("BtoA")
     if name is None:
         raise CheckpointError(f"{file.parent}: method {recipe.method.name} trains one generator, A -> B; "
                               "there is no B -> A translation (direction AtoB)")
-    reverse = file.with_name(f"{name}.safetensors")
+    return f"{name}.safetensors"
+
+
+def reverse_generator_file(file: Path) -> Path:
+    """The B -> A generator beside the A -> B generator ``file``, where the run's method trains one."""
+    reverse = file.with_name(reverse_generator_name(file))
     if not reverse.is_file():
         raise CheckpointError(f"{reverse} not found: direction BtoA needs the run directory or checkpoint folder "
-                              f"of the {recipe.method.name} run, or its {reverse.name} itself")
+                              f"of the run, or its {reverse.name} itself")
     verify_in_manifest(reverse)
     return reverse
 
