@@ -164,6 +164,8 @@ def push_to_hub(
     weights = resolve_generator_file(run_dir, warn)  # the newest checkpoint whose generator matches its manifest
     _, recipe, metadata = load_generator(weights)  # checks the file's own checksum and that it builds
     recipe_yaml = metadata["recipe"]
+    if "step" not in metadata:  # the other fields are checked by load_generator; a run's own checkpoints carry this one
+        raise HubError(f"{weights} holds no training step in its metadata: it is not a checkpoint `i2i run` wrote")
     step = int(metadata["step"])
     grids = [path for grid_step, path in sample_grids(run_dir) if grid_step <= step]
     sample = grids[0] if grids else None

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 import i2i
 from i2i.cli import main
 from i2i.engine.build import build_generator
-from i2i.engine.checkpoint import CheckpointError, weights_with_checksum
+from i2i.engine.checkpoint import CheckpointError, sha256_file, weights_with_checksum
 from i2i.errors import I2IError
 from i2i.recipe import Recipe
 
@@ -647,3 +647,15 @@ def test_without_its_recipes_a_name_says_i2i_is_not_installed(monkeypatch, tmp_p
     monkeypatch.setattr(recipe, "shipped_recipes", lambda: tmp_path / "missing")
     with pytest.raises(RecipeError, match=r"i2i is not installed \(run pip install -e \.\)"):
         Recipe.from_file("pix2pix_maps")
+
+
+def test_push_refuses_weights_without_a_step_in_one_line(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("huggingface_hub")
+    tensors, metadata = tiny_weights()
+    del metadata["step"]
+    checkpoint = tmp_path / "run" / "checkpoints" / "step_00000001"
+    checkpoint.mkdir(parents=True)
+    file = write_weights(checkpoint / "generator.safetensors", tensors, metadata)
+    (checkpoint / "manifest.json").write_text(json.dumps({"step": 1, "files": {file.name: sha256_file(file)}}))
+    code, err = run_cli(["push", tmp_path / "run", "--repo", "someone/model"], monkeypatch, capsys)
+    assert_one_line(code, err, "holds no training step in its metadata")
