@@ -13,6 +13,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -59,15 +60,29 @@ def saves_in_progress(folder: Path) -> set[tuple[str, int]]:
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """Every network of the last checkpoint, and the method's state (CycleGAN's pools)."""
     last = list_checkpoints(run_dir / "checkpoints")[-1]
     assert last.name == f"step_{TOTAL_STEPS:08d}"
-    return {f"{net}.{k}": v for net in ("generator", "discriminator")
-            for k, v in load_file(last / f"{net}.safetensors").items()}
+    weights = {f"{file.stem}.{k}": v for file in sorted(last.glob("*.safetensors")) for k, v in load_file(file).items()}
+    method_state = torch.load(last / "state.pt", weights_only=False)["method"]
+    return weights | {f"method.{key}.{i}": x for key, images in method_state.items() for i, x in enumerate(images)}
 
 
-def test_kill_9_at_random_moments_loses_nothing(tmp_path):
-    recipe = tiny_recipe(train={"epochs": 4, "epochs_decay": 4, "batch_size": 2, "checkpoint_every": 1,
-                                "keep_checkpoints": 2, "log_every": 5})
+RECIPES = {
+    "pix2pix": {},
+    "cyclegan": {  # a pool of 2 fills in one step: the later steps draw from it
+        "method": {"name": "cyclegan", "params": {"pool_size": 2}},
+        "model": {"generator": {"name": "resnet", "params": {"ngf": 4, "n_blocks": 1}},
+                  "discriminator": {"name": "patchgan", "params": {"ndf": 4, "n_layers": 2, "norm": "instance"}}},
+        "losses": [{"name": "gan", "params": {"mode": "lsgan"}}],
+    },
+}
+
+
+@pytest.mark.parametrize("method", RECIPES)
+def test_kill_9_at_random_moments_loses_nothing(tmp_path, method):
+    recipe = tiny_recipe(**RECIPES[method], train={"epochs": 4, "epochs_decay": 4, "batch_size": 2, "checkpoint_every": 1,
+                                                   "keep_checkpoints": 2, "log_every": 5})
     context = multiprocessing.get_context("forkserver")
     # torch._dynamo is imported lazily by the first optimizer: seconds per process otherwise.
     context.set_forkserver_preload(["i2i.engine.trainer", "torch._dynamo", "PIL.PngImagePlugin"])

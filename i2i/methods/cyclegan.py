@@ -37,7 +37,7 @@ class ImagePool:
 
     def query(self, images: torch.Tensor) -> torch.Tensor:
         if self.size == 0:
-            return images
+            return images.detach()
         returned = []
         for image in images.detach():
             image = image.unsqueeze(0)
