@@ -369,12 +369,17 @@ def test_a_file_where_the_cache_folder_should_be_is_a_note(engine_cache):
 
 
 def test_a_read_only_cache_is_a_note(engine_cache, monkeypatch):
+    """As a read-only file system answers every open for writing (chmod does not stop root)."""
     import errno
 
-    def read_only(*args, **kwargs):
-        raise OSError(errno.EROFS, "Read-only file system")
+    opened = os.open
 
-    monkeypatch.setattr(Path, "write_text", read_only)
+    def read_only(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return opened(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
     notes: list[str] = []
     assert choose(cache_recipe(), notes).source == "measured"
     assert notes[-1].startswith("cannot write the engine cache at") and "Read-only file system" in notes[-1]
