@@ -77,7 +77,8 @@ def read_generator_metadata(metadata: dict[str, str], source: Path) -> tuple[Rec
         raise CheckpointError(f"{source}: the recipe in its metadata is not valid YAML ({str(error).splitlines()[0]})") from None
     recipe = Recipe.from_dict(recipe_data, f"{source} (embedded recipe)")
     check_limits(recipe, f"{source} (embedded recipe)")
-    spec = recipe.model.generator
+    checked = {**metadata, "in_channels": str(fields.in_channels), "out_channels": str(fields.out_channels)}
+    spec = generator_role(recipe, checked)[0]  # the network this file holds (a CycleGAN run has two)
     needed = GENERATORS.get(spec.name, recipe.plugins).obj.size_multiple_for(spec.params)
     multiple = fields.size_multiple or needed
     if multiple % needed:
@@ -85,8 +86,7 @@ def read_generator_metadata(metadata: dict[str, str], source: Path) -> tuple[Rec
             f"{source}: metadata size_multiple {multiple} does not suit generator {spec.name}, whose input sides must "
             f"divide by {needed}; the file was altered"
         )
-    numbers = {"in_channels": fields.in_channels, "out_channels": fields.out_channels, "size_multiple": multiple}
-    return recipe, {**metadata, **{key: str(value) for key, value in numbers.items()}}
+    return recipe, {**checked, "size_multiple": str(multiple)}
 
 
 @contextlib.contextmanager
