@@ -144,7 +144,7 @@ def test_hub_and_catalogue_sources_are_handed_to_their_modules(tiny_run, monkeyp
 
     file = latest_checkpoint(tiny_run) / "generator.safetensors"
     asked = []
-    monkeypatch.setattr(i2i.api, "download_from_hub", lambda spec: asked.append(spec) or file)
+    monkeypatch.setattr(i2i.api, "download_from_hub", lambda spec, direction: asked.append(spec) or file)
     monkeypatch.setattr(i2i.api, "ensure_model", lambda name: asked.append(name) or file.parent)
     assert i2i.load("hf://owner/repo@v1", device="cpu").recipe.name == "tiny"
     assert i2i.load("map2sat", device="cpu").recipe.name == "tiny"
