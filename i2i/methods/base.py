@@ -27,5 +27,14 @@ def build_losses(recipe: Recipe) -> tuple[tuple[AdversarialLoss, float], list[tu
     return adversarial, [(spec.name, loss, spec.weight) for spec, loss in losses if isinstance(loss, ReconstructionLoss)]
 
 
+def refuse_reconstruction_losses(recipe: Recipe, method: str, own_terms: str) -> list[str]:
+    """``check_recipe`` problems for a method whose reconstruction terms are its own params."""
+    return [
+        f"losses.{i}: {method}'s reconstruction terms are {own_terms}; remove '{spec.name}'"
+        for i, spec in enumerate(recipe.losses)
+        if issubclass(LOSSES.get(spec.name, recipe.plugins).obj, ReconstructionLoss)
+    ]
+
+
 def detached(terms: dict[str, Any]) -> dict[str, Any]:
     return {name: value.detach() for name, value in terms.items()}

@@ -20,10 +20,12 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from i2i.contracts import Method, Params, ReconstructionLoss
+from i2i.contracts import Method, Params
 from i2i.errors import I2IError
-from i2i.methods.base import build_discriminator, build_generator, build_losses, detached
-from i2i.registry import LOSSES, METHODS
+from i2i.methods.base import (
+    build_discriminator, build_generator, build_losses, detached, refuse_reconstruction_losses,
+)
+from i2i.registry import METHODS
 
 
 class PatchNCEHeads(nn.Module):
@@ -117,11 +119,7 @@ class CUT(Method):
 
     @classmethod
     def check_recipe(cls, params: Params, recipe: Any) -> list[str]:
-        return [
-            f"losses.{i}: cut's only other term is PatchNCE (method.params.lambda_nce); remove '{spec.name}'"
-            for i, spec in enumerate(recipe.losses)
-            if issubclass(LOSSES.get(spec.name, recipe.plugins).obj, ReconstructionLoss)
-        ]
+        return refuse_reconstruction_losses(recipe, "cut", "PatchNCE's (method.params.lambda_nce)")
 
     def build_networks(self, in_channels: int, out_channels: int) -> dict[str, nn.Module]:
         p, recipe = self.params, self.recipe

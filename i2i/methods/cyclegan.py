@@ -19,10 +19,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from i2i.contracts import Method, Params, ReconstructionLoss
+from i2i.contracts import Method, Params
 from i2i.errors import I2IError
-from i2i.methods.base import build_discriminator, build_generator, build_losses, detached
-from i2i.registry import LOSSES, METHODS
+from i2i.methods.base import (
+    build_discriminator, build_generator, build_losses, detached, refuse_reconstruction_losses,
+)
+from i2i.registry import METHODS
 
 
 class ImagePool:
@@ -73,12 +75,9 @@ class CycleGAN(Method):
 
     @classmethod
     def check_recipe(cls, params: Params, recipe: Any) -> list[str]:
-        return [
-            f"losses.{i}: cyclegan's reconstruction terms are its cycle and identity losses (method.params "
-            f"lambda_a, lambda_b, lambda_identity); remove '{spec.name}'"
-            for i, spec in enumerate(recipe.losses)
-            if issubclass(LOSSES.get(spec.name, recipe.plugins).obj, ReconstructionLoss)
-        ]
+        return refuse_reconstruction_losses(
+            recipe, "cyclegan", "its cycle and identity losses (method.params lambda_a, lambda_b, lambda_identity)"
+        )
 
     def build_networks(self, in_channels: int, out_channels: int) -> dict[str, nn.Module]:
         if self.params.lambda_identity > 0 and in_channels != out_channels:
