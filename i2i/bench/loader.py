@@ -1,7 +1,7 @@
 """``i2i data bench``: how fast the input pipeline delivers training samples.
 
 Three figures, in samples (pairs) per second, through the trainer's own batches
-(``engine.setup.training_batches``: the recipe's batch size, ``num_workers`` and
+(``engine.setup.TrainingBatches``: the recipe's batch size, ``num_workers`` and
 sample order):
 
 - cold: every sample decoded from its file and resized (``data.cache: none``);
@@ -21,17 +21,18 @@ import torch
 from i2i.data.base import DataError
 from i2i.engine.build import build_dataset, resolve_device
 from i2i.engine.schedule import EpochSampler
-from i2i.engine.setup import training_batches
+from i2i.engine.setup import TrainingBatches
 from i2i.recipe import Recipe
 
 
 def _rate(recipe: Recipe, dataset, device: torch.device, limit: int) -> float:
     """Samples per second while drawing at most ``limit`` samples, epoch after epoch."""
     sampler = EpochSampler(len(dataset), recipe.train.seed)
+    batches = TrainingBatches(recipe, dataset, sampler, device)
     start, count = time.perf_counter(), 0
     for epoch in itertools.count():
         sampler.set_epoch(epoch)
-        for batch in training_batches(recipe, dataset, sampler, device, epoch):
+        for batch in batches.epoch():
             count += len(batch["input"])
             if count >= limit:
                 if device.type == "cuda":

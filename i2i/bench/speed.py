@@ -38,7 +38,6 @@ from i2i.engine.autotune import REFERENCE, static_settings
 from i2i.engine.build import build_dataset, resolve_device
 from i2i.engine.fast_inference import fast_generator
 from i2i.engine.inference import generator_mode
-from i2i.engine.setup import training_batches
 from i2i.engine.trainer import Trainer
 from i2i.recipe import Recipe
 from i2i.errors import I2IError
@@ -101,7 +100,7 @@ def bench_recipe(recipe_path: Path, overrides: list[str], device: torch.device) 
 def first_batch(trainer: Trainer, real_data: bool) -> tuple[torch.Tensor, torch.Tensor]:
     size, batch = trainer.recipe.data.crop_size, trainer.cfg.batch_size
     if real_data:
-        item = next(iter(training_batches(trainer.recipe, trainer.dataset, trainer.sampler, trainer.device, 0)))
+        item = next(iter(trainer.batches.epoch()))
         real_a, real_b = item["input"], item["target"]
     else:
         generator = torch.Generator().manual_seed(trainer.cfg.seed)

@@ -7,11 +7,11 @@ same order every time for a run to be reproducible).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from i2i.contracts import Method, PairedDataset
 from i2i.data.device import device_batches
@@ -93,20 +93,59 @@ def wrap_for_step(
     return module
 
 
-def training_batches(
-    recipe: Recipe, dataset: PairedDataset, sampler: EpochSampler, device: torch.device, epoch: int
-) -> Iterable[dict[str, Any]]:
-    """One epoch of training batches, in the sampler's order."""
-    if recipe.data.on_device:
-        return device_batches(dataset, sampler, recipe.train.batch_size, device)
-    return DataLoader(
-        dataset,
-        batch_size=recipe.train.batch_size,
-        sampler=sampler,
-        num_workers=recipe.data.num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,  # workers must see the dataset's new epoch
-        # Its own generator: drawing worker seeds from the global RNG would shift
-        # the dropout stream whenever a resumed run opens a loader mid-epoch.
-        generator=torch.Generator().manual_seed(recipe.train.seed + epoch),
-    )
+class EpochIndexed(Dataset):
+    """``dataset`` read by (epoch, index) keys: a persistent worker's copy of it follows the
+    epoch in each key, so a sample stays a function of (seed, epoch, index) while the worker
+    lives across epochs."""
+
+    def __init__(self, dataset: PairedDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key
+        self.dataset.set_epoch(epoch)
+        return self.dataset[index]
+
+
+class EpochKeys(Sampler[tuple[int, int]]):
+    """The sampler's order as (epoch, index) keys for ``EpochIndexed``; the epoch is read at
+    each ``iter``, after the trainer's ``set_epoch``."""
+
+    def __init__(self, sampler: EpochSampler):
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.sampler.epoch
+        return ((epoch, index) for index in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class TrainingBatches:
+    """Each epoch's training batches, in the sampler's order (set its epoch first). One
+    DataLoader serves every epoch: its workers persist, so an epoch boundary costs no worker
+    restart (on CUDA the graphed step outruns a restarting loader, docs/engine.md)."""
+
+    def __init__(self, recipe: Recipe, dataset: PairedDataset, sampler: EpochSampler, device: torch.device):
+        self.recipe, self.dataset, self.sampler, self.device = recipe, dataset, sampler, device
+        workers = recipe.data.num_workers
+        self.loader = None if recipe.data.on_device else DataLoader(
+            EpochIndexed(dataset),
+            batch_size=recipe.train.batch_size,
+            sampler=EpochKeys(sampler),
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0,
+            # Its own generator: drawing worker seeds from the global RNG would shift
+            # the dropout stream whenever a resumed run opens a loader mid-epoch.
+            generator=torch.Generator().manual_seed(recipe.train.seed),
+        )
+
+    def epoch(self) -> Iterable[dict[str, Any]]:
+        if self.loader is None:
+            return device_batches(self.dataset, self.sampler, self.recipe.train.batch_size, self.device)
+        return self.loader

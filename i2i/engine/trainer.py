@@ -34,7 +34,7 @@ from i2i.engine.meter import LossMeter
 from i2i.engine.precise_bn import fixed_batches, recompute_batchnorm
 from i2i.engine.run_log import truncate_log
 from i2i.engine.schedule import EpochSampler, Schedule, linear_decay
-from i2i.engine.setup import build_networks, build_optimizers, training_batches, wrap_for_step
+from i2i.engine.setup import TrainingBatches, build_networks, build_optimizers, wrap_for_step
 from i2i.engine.train_state import TrainState
 from i2i.contracts import StepTools
 from i2i.errors import I2IError
@@ -95,6 +95,7 @@ class Trainer:
         average = self.cfg.ema if self.is_main else None
         self.average = average and ParameterAverage(self.generator, average.decay, average.start_step, average.every)
         self.sampler = EpochSampler(len(self.dataset), self.cfg.seed, rank, world_size)
+        self.batches = TrainingBatches(recipe, self.dataset, self.sampler, self.device)
         self.steps_per_epoch, self.total_steps = self.schedule.steps_per_epoch, self.schedule.total_steps
 
     def choose_engine(self) -> EngineChoice:
@@ -129,7 +130,7 @@ class Trainer:
             while self.step < self.total_steps:
                 epoch, offset = divmod(self.step, self.steps_per_epoch)
                 self.set_epoch(epoch, offset)
-                for batch in training_batches(self.recipe, self.dataset, self.sampler, self.device, epoch):
+                for batch in self.batches.epoch():
                     real_a, real_b = (batch[k].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
                                       for k in ("input", "target"))
                     self.guard.begin_step()
