@@ -20,7 +20,7 @@ Where the FID network cannot go (a lent GPU machine: no download, 64 MiB carried
 ``--save-translations DIR`` trains, computes SSIM and PSNR, and keeps each run's val
 outputs as lossless WebP (the exact uint8 images bench quality scores) with a
 ``runs.json``; ``--score-translations DIR`` later scores them here, FID and KID
-included, and appends the record (benchmarks/gpu_check.sh does both halves).
+included, and appends the record.
 """
 
 from __future__ import annotations
