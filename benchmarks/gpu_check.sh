@@ -21,8 +21,8 @@
 #   5. val 1..100 translated in train mode by the last checkpoint, as PNGs (gpu_record.py)
 #   6. the record: $OUT/gpu.json, every field but long_run_quality
 # The engine takes its static choice (I2I_ENGINE_PROBE=0: bf16, channels_last, fused Adam, the
-# step as one CUDA graph): the probe would spend about 70 s to try a compile worth 1.19x,
-# fewer steps than it costs in this call.
+# step as one CUDA graph): the probe may take a tenth of the planned run's time (about 70 s
+# here) to try a compile measured at 1.19x, more steps than the compile would give back here.
 # GPU_CHECK_DRY_RUN=1: every section at toy size on the CPU (tiny networks, 32x32 crops, 20
 # training pairs of ../shared/data/maps, 4 val), with .venv's python, to find a script error
 # here rather than on the device.
