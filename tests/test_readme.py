@@ -151,6 +151,8 @@ def test_recipes_table_lists_every_recipe_with_its_networks():
         cells = [cell.strip().strip("`") for cell in rest.split("|")]
         assert cells[1] == recipe["model"]["generator"]["name"], name
         assert cells[2] == recipe["model"]["discriminator"]["name"], name
+        if "method" in recipe:  # the unpaired table names the method in its fourth column
+            assert cells[3].startswith(recipe["method"]["name"]), name
 
 
 def test_readme_component_example_registers_and_works_in_a_recipe():
