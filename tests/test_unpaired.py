@@ -155,3 +155,12 @@ def test_translate_a_folder_both_ways(unpaired_runs, tmp_path):
                                           "--direction", direction])
         assert result.exit_code == 0, result.output
         assert sorted(p.name for p in out.iterdir()) == ["1.png", "2.png", "3.png"]
+
+
+def test_no_eval_statistics_for_generators_without_batchnorm(fake_data_root, tmp_path):
+    """Instance norm keeps no running statistics: a checkpoint spends no passes recomputing them."""
+    recipe = Recipe.from_dict(unpaired_recipe("cyclegan", fake_data_root, max_steps=1, eval_bn_batches=4))
+    trainer = Trainer(recipe, run_dir=tmp_path / "run")
+    trainer.fit()
+    checkpoint = trainer.run_dir / "checkpoints" / "step_00000001"
+    assert not (checkpoint / "generator_eval.safetensors").exists()

@@ -256,16 +256,19 @@ class Trainer:
     def inference_generator(self, eval_statistics: bool = True) -> torch.nn.Module | None:
         """A plain fp32 copy of the generator for inference: the averaged weights where train.ema
         is on, and (``eval_statistics``) BatchNorm statistics recomputed over the first
-        train.eval_bn_batches training batches of a fixed order. None where neither applies.
+        train.eval_bn_batches training batches of a fixed order. None where neither applies
+        (a generator without BatchNorm, such as CycleGAN's and CUT's, has no statistics to redo).
         Made on a fork of the RNG, so that a run's random stream does not depend on it."""
-        if self.average is None and not (eval_statistics and self.cfg.eval_bn_batches):
+        has_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.generator.modules())
+        eval_statistics = eval_statistics and has_batchnorm and self.cfg.eval_bn_batches > 0
+        if self.average is None and not eval_statistics:
             return None
         with torch.random.fork_rng(devices=[self.device.index or 0] if self.device.type == "cuda" else []):
             model = build_generator(self.recipe, self.in_channels, self.out_channels).to(self.device)
         model.load_state_dict(self.generator.state_dict())
         if self.average is not None:
             model.load_state_dict(self.average.state_dict(), strict=False)  # the parameters; buffers stay
-        if eval_statistics and self.cfg.eval_bn_batches:
+        if eval_statistics:
             batches = fixed_batches(self.dataset, self.cfg.eval_bn_batches, self.cfg.batch_size, self.cfg.seed)
             recompute_batchnorm(model, batches, self.cfg.eval_bn_dropout)
         return model
