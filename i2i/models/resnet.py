@@ -18,10 +18,9 @@ outputs of chosen layers of ``model``, numbered as in CUT's reference (its
 
 from __future__ import annotations
 
-import contextlib
 
 from math import comb
-from typing import Iterator, Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -64,13 +63,12 @@ def binomial_filter(taps: int) -> torch.Tensor:
     return torch.outer(row, row) / row.sum() ** 2
 
 
-@contextlib.contextmanager
-def full_precision(x: torch.Tensor) -> Iterator[torch.Tensor]:
-    """``x`` in float32 with autocast off: the fixed depthwise blurs run 2-5x slower in bf16
-    than in fp32 on the CPU (oneDNN; measured on an Intel Xeon with AMX, fwd + bwd at CUT's
-    sizes), and they are memory-bound anyway. The result stays float32, as a norm's under autocast."""
+def in_fp32(blur: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``blur(x)`` computed in float32 with autocast off, returned in ``x``'s dtype: the fixed
+    depthwise blurs run 2-5x slower in bf16 than in fp32 on the CPU (oneDNN; measured on an
+    Intel Xeon with AMX, fwd + bwd at CUT's sizes), and they are memory-bound anyway."""
     with torch.autocast(x.device.type, enabled=False):
-        yield x.float()
+        return blur(x.float()).to(x.dtype)
 
 
 class BlurDown(nn.Module):
@@ -83,8 +81,10 @@ class BlurDown(nn.Module):
         self.register_buffer("kernel", binomial_filter(3).expand(channels, 1, 3, 3).clone(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with full_precision(x) as x32:
-            return F.conv2d(F.pad(x32, (1, 1, 1, 1), mode="reflect"), self.kernel, stride=2, groups=x.shape[1])
+        return in_fp32(self.blur, x)
+
+    def blur(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), self.kernel.float(), stride=2, groups=x.shape[1])
 
 
 class BlurUp(nn.Module):
@@ -97,10 +97,12 @@ class BlurUp(nn.Module):
         self.register_buffer("kernel", (4 * binomial_filter(4)).expand(channels, 1, 4, 4).clone(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with full_precision(x) as x32:
-            padded = F.pad(x32, (1, 1, 1, 1), mode="replicate")
-            # (H + 2 - 1) * 2 - 2 * 2 + 4 = 2H + 2 rows; the reference keeps rows 1 .. 2H.
-            return F.conv_transpose2d(padded, self.kernel, stride=2, padding=2, groups=x.shape[1])[:, :, 1:-1, 1:-1]
+        return in_fp32(self.blur, x)
+
+    def blur(self, x: torch.Tensor) -> torch.Tensor:
+        padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
+        # (H + 2 - 1) * 2 - 2 * 2 + 4 = 2H + 2 rows; the reference keeps rows 1 .. 2H.
+        return F.conv_transpose2d(padded, self.kernel.float(), stride=2, padding=2, groups=x.shape[1])[:, :, 1:-1, 1:-1]
 
 
 class ResnetParams(Params):
