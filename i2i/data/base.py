@@ -220,8 +220,9 @@ class ImagePairDataset(DecodedImages, PairedDataset):
         return {"input": to_tensor(source), "target": to_tensor(target), "path": self.describe(index)}
 
 
-class FileDataset(ImagePairDataset):
-    """A dataset whose samples are files (or pairs of files), in ``self.files``."""
+class FileList:
+    """Decoded images whose samples are files (or pairs of files), in ``self.files``: their
+    count, names and the dropping of unreadable ones (``on_bad_image: skip``)."""
 
     files: list
 
@@ -234,6 +235,10 @@ class FileDataset(ImagePairDataset):
     def drop(self, indices: list[int]) -> None:
         gone = set(indices)
         self.files = [f for i, f in enumerate(self.files) if i not in gone]
+
+
+class FileDataset(FileList, ImagePairDataset):
+    """A dataset whose samples are files (or pairs of files), in ``self.files``."""
 
     def orient(self, a: Side, b: Side) -> tuple[Side, Side]:
         """(input, target) from the A and B sides (images or channel counts), following ``data.direction``."""

@@ -34,7 +34,7 @@ from pydantic import Field
 
 from i2i.contracts import PairedDataset, Params
 from i2i.data.aligned import split_halves
-from i2i.data.base import AUTO_CACHE_BYTES, DecodedImages, list_images, sample_seed, to_tensor
+from i2i.data.base import AUTO_CACHE_BYTES, DecodedImages, FileList, list_images, sample_seed, to_tensor
 from i2i.data.images import read_rgb
 from i2i.recipe import DataSection
 from i2i.registry import DATASETS
@@ -51,7 +51,7 @@ class UnpairedParams(Params):
     serial_b: bool = Field(False, description="B image i % len(B) for sample i, not a random one (deterministic tests)")
 
 
-class ImageFiles(DecodedImages):
+class ImageFiles(FileList, DecodedImages):
     """One side of an unpaired set: image files read by ``read`` and made ``channels`` deep."""
 
     def __init__(self, files: list[Path], read: Reader, channels: int, label: str, stream: int,
@@ -59,16 +59,6 @@ class ImageFiles(DecodedImages):
         super().__init__(data, label, train, seed)
         self.files, self.read, self.channels, self.stream = files, read, channels, (stream,)
         self.auto_cache_bytes = AUTO_CACHE_BYTES // 2  # the two sides share the budget
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def describe(self, index: int) -> str:
-        return str(self.files[index])
-
-    def drop(self, indices: list[int]) -> None:
-        gone = set(indices)
-        self.files = [f for i, f in enumerate(self.files) if i not in gone]
 
     def stored(self, index: int) -> np.ndarray:
         image = self.read(self.files[index])
