@@ -50,11 +50,11 @@ import torch  # noqa: E402
 
 from i2i.bench.inception import inception_extractor  # noqa: E402
 from i2i.bench.metrics import QualityMeter  # noqa: E402
-from i2i.bench.quality import MODES, evaluate, protocol_dataset  # noqa: E402
+from i2i.bench.quality import evaluate, protocol_dataset  # noqa: E402
 from i2i.bench.records import append_record, environment  # noqa: E402
 from i2i.engine.build import build_dataset, resolve_device  # noqa: E402
 from i2i.engine.checkpoint import latest_checkpoint  # noqa: E402
-from i2i.engine.inference import GENERATOR_FILE, INFERENCE_FILE, load_generator  # noqa: E402
+from i2i.engine.inference import GENERATOR_FILE, INFERENCE_FILE, MODES, load_generator  # noqa: E402
 from i2i.engine.precise_bn import fixed_batches, recompute_batchnorm  # noqa: E402
 
 METRICS = ("fid", "kid", "ssim", "psnr")
@@ -64,8 +64,8 @@ def train(recipe: Path, data: Path, seed: int, steps: list[int], device: str, ov
     """One ``i2i run`` with a checkpoint at every step of ``steps``; its seconds."""
     sets = [f"data.root={data}", "data.download=false", f"train.seed={seed}", f"train.max_steps={max(steps)}",
             f"train.device={device}", f"train.log_every={max(1, min(100, min(steps)))}",
-            f"train.checkpoint_every={min(steps)}", f"train.sample_every={min(steps)}",
-            f"train.keep_checkpoints={max(steps) // min(steps) + 1}", *overrides]
+            f"train.checkpoint_every={min(steps)}", "train.checkpoint_each_epoch=false",
+            f"train.sample_every={min(steps)}", f"train.keep_checkpoints={max(steps) // min(steps)}", *overrides]
     arguments = [arg for value in sets for arg in ("--set", value)]
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "i2i", "run", str(recipe), *arguments, "--out", str(out), "--quiet",
@@ -78,7 +78,8 @@ def train_for(recipe: Path, data: Path, seed: int, engines: list[str], minutes: 
     """One ``i2i run`` per engine, side by side for ``minutes``, then stopped; engine -> its
     last checkpoint."""
     sets = [f"data.root={data}", "data.download=false", f"train.seed={seed}", f"train.device={device}",
-            "train.log_every=100", "train.sample_every=100000", "train.checkpoint_every=100000", *overrides]
+            "train.log_every=100", "train.sample_every=100000", "train.checkpoint_every=100000",
+            "train.checkpoint_each_epoch=false", *overrides]
     arguments = [arg for value in sets for arg in ("--set", value)]
     runs = {engine: subprocess.Popen([sys.executable, "-m", "i2i", "run", str(recipe), *arguments,
                                       "--set", f"train.engine={engine}", "--out", str(out / f"{engine}-seed{seed}"),

@@ -42,6 +42,7 @@ from i2i.engine.build import resolve_device
 from i2i.engine.checkpoint import CheckpointError
 from i2i.engine.inference import (
     DEFAULT_MULTIPLE,
+    MODES,
     generator_mode,
     load_generator,
     tile_size,
@@ -53,7 +54,6 @@ from i2i.model_catalogue import MODELS, ensure_model, is_model_name
 from i2i.recipe import Recipe
 from i2i.visual import quantize
 
-MODES = ("eval", "train")
 BACKENDS = ("torch", "fast", "compiled", "onnxruntime")
 PIL_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "CMYK", "YCbCr", "I", "I;16", "I;16B", "I;16L", "I;16N")
 HUB_PREFIX = "hf://"
@@ -243,7 +243,7 @@ def load(
     ``ExportError``, ``HubError``, ``ModelError``) whose message is the one line ``i2i
     translate`` prints; other exceptions are bugs."""
     if mode not in MODES:
-        raise DataError(f"mode must be eval or train, got {mode!r}")
+        raise DataError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if backend not in BACKENDS:
         raise DataError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if batch_size < 1:

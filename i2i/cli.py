@@ -17,6 +17,7 @@ from i2i.version import __version__
 from i2i.bench.cli import app as bench_app
 from i2i.data_commands import data_app
 from i2i.errors import I2IError
+from i2i.modes import MODES_HELP
 from i2i.models_commands import import_weights, models_app
 from i2i.registry import REGISTRIES
 from i2i.sharing_commands import demo, push
@@ -214,7 +215,7 @@ def translate(
     input: Path = typer.Option(..., "--input", help="an image or a folder of images"),
     output: Path = typer.Option(..., "--output", help="folder for the translated images (never one that would overwrite an input)"),
     aligned: bool = typer.Option(False, "--aligned", help="inputs are A|B pairs: take the recipe's input side"),
-    mode: str = typer.Option("eval", "--mode", help="eval: running BatchNorm stats, no dropout, deterministic; train: batch stats and dropout, as the pix2pix reference tests"),
+    mode: str = typer.Option("eval", "--mode", help=MODES_HELP),
     device: str = typer.Option("auto", "--device"),
     tile: int = typer.Option(1024, "--tile", help="larger images are translated in overlapping tiles of this size (rounded down to the generator's size multiple)"),
     overlap: int = typer.Option(64, "--overlap", help="pixels shared by neighbouring tiles (blended); below the rounded tile"),

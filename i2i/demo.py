@@ -23,7 +23,8 @@ from typing import Any, Callable
 
 from PIL import Image, UnidentifiedImageError
 
-from i2i.api import MODES, Translator, load
+from i2i.api import Translator, load
+from i2i.modes import MODES, MODES_HELP
 from i2i.data.base import DataError
 from i2i.data.images import read_rgb
 from i2i.engine.build import build_dataset
@@ -124,8 +125,7 @@ def build_page(source: str, device: str, examples_folder: Path, direction: str =
                                     elem_id="output")
         with gr.Row():
             mode = gr.Radio(list(MODES), value="eval", label="generator mode",
-                            info="eval: running BatchNorm statistics, no dropout, the same every time; "
-                                 "train: batch statistics and dropout, as the pix2pix reference tests")
+                            info=MODES_HELP)
             button = gr.Button("Translate", variant="primary")
         timing = gr.Markdown(elem_id="timing")
         found = val_examples(first, examples_folder)

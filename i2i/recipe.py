@@ -147,7 +147,9 @@ class TrainSection(Params):
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (short runs)")
     log_every: int = Field(50, ge=1, description="steps between loss reads and log lines")
     sample_every: int = Field(500, ge=1, description="steps between sample grids")
-    checkpoint_every: int = Field(1000, ge=1, description="steps between checkpoints (and one at each epoch end)")
+    checkpoint_every: int = Field(1000, ge=1, description="steps between checkpoints")
+    checkpoint_each_epoch: bool = Field(True, description="also a checkpoint at each epoch end (false: on short epochs, "
+                                        "e.g. maps at batch 1, checkpoints would otherwise come every few hundred steps)")
     keep_checkpoints: int = Field(3, ge=1)
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="a NaN/Inf loss or gradient: stop (keeping the last good checkpoint) or skip that update"

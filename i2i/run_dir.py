@@ -47,7 +47,7 @@ VIRTUAL_FILE_SYSTEMS = (Path("/proc"), Path("/sys"))
 # often to log, sample, save and evaluate, never what is trained or how.
 FREE_TO_CHANGE = (
     "train.epochs", "train.epochs_decay", "train.max_steps",
-    "train.log_every", "train.sample_every", "train.checkpoint_every", "train.keep_checkpoints",
+    "train.log_every", "train.sample_every", "train.checkpoint_every", "train.checkpoint_each_epoch", "train.keep_checkpoints",
     "train.eval_every", "train.eval_images", "train.tensorboard",
     "data.num_workers", "description", "output_dir",
     # how the engine computes the same math (runs from before train.engine stored them explicitly)

@@ -108,7 +108,7 @@ def test_unsupported_images_get_a_clear_error(translator, image, message):
 
 @pytest.mark.parametrize(
     "kwargs,message",
-    [({"mode": "test"}, "mode must be eval or train"), ({"backend": "tensorrt"}, "backend must be one of"),
+    [({"mode": "test"}, "mode must be one of eval, instance, train"), ({"backend": "tensorrt"}, "backend must be one of"),
      ({"batch_size": 0}, "batch size must be at least 1"), ({"device": "gpu7"}, "device 'gpu7'"),
      ({"tile": 40, "overlap": 32}, "tile, which is 32 px")],
 )

@@ -100,13 +100,13 @@ def tiny_run(tmp_path):
     return tmp_path / "run"
 
 
-def test_bench_quality_scores_both_modes_in_one_call_with_plain_progress_lines(tiny_run, tmp_path):
+def test_bench_quality_scores_every_mode_in_one_call_with_plain_progress_lines(tiny_run, tmp_path):
     results = tmp_path / "quality.jsonl"
     result = invoke("bench", "quality", "--checkpoint", str(tiny_run), "--data", str(tmp_path), "--limit", "2",
                     "--device", "cpu", "--results", str(results), "--progress-every", "1")
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in results.read_text().splitlines()]
-    assert [r["mode"] for r in records] == ["train", "eval"]
+    assert [r["mode"] for r in records] == ["eval", "instance", "train"]
     for record in records:
         assert record["steps_trained"] == 2 and record["protocol"]["image_size"] == 256
         assert record["weights"] == "generator.safetensors"
@@ -114,14 +114,13 @@ def test_bench_quality_scores_both_modes_in_one_call_with_plain_progress_lines(t
         assert metrics["images"] == 2 and metrics["fid"] >= 0 and 0 < metrics["psnr"] < 100 and -1 <= metrics["ssim"] <= 1
     for line in ("train mode: 1/2 images scored", "train mode: 2/2 images scored", "eval mode: 2/2 images scored"):
         assert line in result.output  # not a terminal: plain lines, not a progress bar
-    assert "train mode" in result.output and "eval mode" in result.output
 
     one = invoke("bench", "quality", "--checkpoint", str(tiny_run), "--data", str(tmp_path), "--limit", "2",
                  "--device", "cpu", "--results", str(results), "--mode", "eval")
     assert one.exit_code == 0, one.output
-    assert json.loads(results.read_text().splitlines()[-1])["metrics"] == records[1]["metrics"]  # eval is deterministic
+    assert json.loads(results.read_text().splitlines()[-1])["metrics"] == records[0]["metrics"]  # eval is deterministic
     wrong = invoke("bench", "quality", "--checkpoint", str(tiny_run), "--data", str(tmp_path), "--mode", "test")
-    assert wrong.exit_code != 0 and "must be eval, train or both" in wrong.output
+    assert wrong.exit_code != 0 and "must be eval, instance, train or all" in wrong.output
 
 
 def test_bench_quality_scores_super_resolution_next_to_bicubic(fake_data_root, tmp_path):

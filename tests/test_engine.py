@@ -133,7 +133,7 @@ def test_compiled_training_with_a_gradient_penalty(tmp_path):
         assert trainer.method.tools.call[name].call is not module, f"{name}: compilation fell back to eager"
 
 
-@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("mode", ["eval", "instance", "train"])
 def test_fast_generator_matches_the_fp32_generator(mode):
     from i2i.engine.fast_inference import fast_generator
     from i2i.engine.inference import generator_mode
@@ -153,7 +153,7 @@ def test_fast_generator_matches_the_fp32_generator(mode):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("mode", ["eval", "instance", "train"])
 def test_compiled_fast_generator_matches_the_generator(mode):
     """Compiled with freezing, both modes: train mode reads batch statistics (no
     dropout here, so the output is a fixed function of the batch)."""
@@ -338,7 +338,7 @@ def test_cuda_engine_probe_times_chooses_and_caches(tmp_path, monkeypatch):
 
 
 @cuda
-@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("mode", ["eval", "instance", "train"])
 def test_cuda_fast_generator_matches_the_fp32_generator(mode):
     from i2i.engine.fast_inference import fast_generator
     from i2i.engine.inference import generator_mode

@@ -339,3 +339,11 @@ def test_bench_quality_on_the_train_split_warns_and_records_it(tmp_path, fake_da
     assert scored["train"]["warning"].startswith(f"scoring the train split of {fake_data_root}: if the generator was "
                                                  f"trained on it, these figures measure memory")
     assert capsys.readouterr().err.count("WARNING: scoring the train split") == 1
+
+
+@pytest.mark.parametrize("each_epoch,expected", [(True, [4, 8]), (False, [3, 6, 8])])
+def test_epoch_end_checkpoints_can_be_turned_off(each_epoch, expected, tmp_path):
+    trainer = make_trainer(tmp_path, checkpoint_every=3 if not each_epoch else 1000, keep_checkpoints=10,
+                           checkpoint_each_epoch=each_epoch)  # 8 samples at batch 2: 4 steps an epoch, 2 epochs
+    trainer.fit()
+    assert steps_saved(tmp_path) == expected

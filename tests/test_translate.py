@@ -129,7 +129,7 @@ def test_mode_decides_between_running_and_batch_statistics(tiny_run, tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs,message",
-    [({"mode": "test"}, "mode must be eval or train"), ({"overlap": 64, "tile": 64}, "overlap < tile"),
+    [({"mode": "test"}, "mode must be one of eval, instance, train"), ({"overlap": 64, "tile": 64}, "overlap < tile"),
      ({"aligned": True}, "width 33 is odd")],
 )
 def test_bad_requests_are_explained(tiny_run, tmp_path, kwargs, message):

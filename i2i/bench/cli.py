@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from i2i.bench import PEAK_SIZES, RESULTS_DIR
+from i2i.modes import MODES_HELP
 
 app = typer.Typer(help="Measure speed and quality; results are appended to benchmarks/results/*.jsonl.",
                   no_args_is_help=True)
@@ -102,8 +103,7 @@ def quality(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="run directory, checkpoint folder or generator .safetensors"),
     data: Path = typer.Option(..., "--data", help="data root holding the split (e.g. val/)"),
     limit: Optional[int] = typer.Option(None, "--limit", min=2, help="only the first N images (default: all)"),
-    mode: str = typer.Option("both", "--mode", help="eval (running statistics, no dropout: what translate gives by "
-                             "default), train (dropout and batch statistics, as the reference tests) or both"),
+    mode: str = typer.Option("all", "--mode", help="a mode or all; " + MODES_HELP),
     split: str = typer.Option("val", "--split", help="the split to score; never the one trained on"),
     device: str = typer.Option("auto", "--device"),
     results: Path = typer.Option(RESULTS_DIR / "quality.jsonl", "--results", help="JSON lines file to append to"),
@@ -116,9 +116,9 @@ def quality(
     A set without pairs (unaligned: testA, testB) gets FID and KID only; SSIM and PSNR need the true pair."""
     from i2i.bench.quality import MODES, bench_quality_modes
 
-    if mode not in (*MODES, "both"):
-        raise typer.BadParameter(f"must be eval, train or both, got {mode!r}", param_hint="--mode")
-    modes = MODES if mode == "both" else (mode,)
+    if mode not in (*MODES, "all"):
+        raise typer.BadParameter(f"must be {', '.join(MODES)} or all, got {mode!r}", param_hint="--mode")
+    modes = MODES if mode == "all" else (mode,)
     with quality_progress(progress_every) as on_image:
         records = bench_quality_modes(checkpoint, data, limit, modes, device, split, results, on_image=on_image,
                                       direction=direction)

@@ -3,8 +3,8 @@
 The protocol (also in benchmarks/README.md): every image of the split (unless a
 limit is given) resized to 256x256 with PIL bicubic, as the datasets do for
 evaluation; one image per forward pass, as the reference test script runs; the
-generator mode (``train``: dropout and batch statistics, the reference's way;
-``eval``) recorded; outputs and targets quantized to uint8 before any metric;
+generator mode (``eval``, ``instance`` or ``train``: dropout and each image's own
+statistics, the reference's way; see ``generator_mode``) recorded; outputs and targets quantized to uint8 before any metric;
 FID and KID on InceptionV3 pool features with the standard FID weights; SSIM and
 PSNR against the ground truth, averaged over images.
 
@@ -34,6 +34,7 @@ from i2i.engine.build import build_dataset, resolve_device
 from i2i.engine.inference import (
     DIRECTIONS,
     Direction,
+    MODES,
     Mode,
     generator_mode,
     load_generator,
@@ -44,7 +45,6 @@ from i2i.recipe import Recipe
 from i2i.errors import I2IError
 
 IMAGE_SIZE = 256
-MODES: tuple[Mode, ...] = ("train", "eval")
 TRAINING_SPLIT_WARNING = (
     "scoring the train split of {data}: if the generator was trained on it, these figures measure memory, "
     "not translation, and overstate its quality; score --split val (or test) to compare runs"
@@ -178,7 +178,7 @@ def bench_quality(
 ) -> dict[str, Any]:
     """Score a trained generator in one mode on ``split`` of ``data_root``; append the record to ``results``."""
     if mode not in MODES:
-        raise I2IError(f"--mode must be train or eval, got {mode!r}")
+        raise I2IError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
     progress = None if on_image is None else lambda _mode, done, count: on_image(done, count)
     (record,) = bench_quality_modes(checkpoint, data_root, limit, (mode,), device, split, results, extractor, progress,
                                     direction)
@@ -202,7 +202,7 @@ def bench_quality_modes(
     ``on_image(mode, done, count)`` follows the progress."""
     unknown = [mode for mode in modes if mode not in MODES]
     if unknown or not modes:
-        raise I2IError(f"modes must be train and/or eval, got {list(modes)}")
+        raise I2IError(f"modes must be some of {', '.join(MODES)}, got {list(modes)}")
     if direction not in DIRECTIONS:
         raise I2IError(f"--direction must be AtoB or BtoA, got {direction!r}")
     warning = TRAINING_SPLIT_WARNING.format(data=data_root) if split == "train" else None

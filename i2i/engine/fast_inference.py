@@ -10,11 +10,11 @@ docs/engine.md):
 - compiled: ``torch.compile`` with freezing under autocast. Freezing makes the
   weights constants that inductor casts and prepacks for oneDNN once, which
   removes the per-call weight reorders the matmul rewrite works around; it costs
-  a compile of a minute or more on a small CPU. Train mode (the reference's test:
-  batch statistics, live dropout) compiles too: the copy's BatchNorm layers drop
-  their running statistics, which train mode never reads, so no buffer is written
-  and every weight freezes (kept, the buffer writes would leave them unfrozen;
-  figures in docs/engine.md).
+  a compile of a minute or more on a small CPU. The modes that normalize each image by
+  its own statistics (``instance``, and ``train``: the reference's test, with live
+  dropout) compile too: the copy's BatchNorm layers become InstanceNorm layers with
+  the same scale and shift, which hold no running statistics, so no buffer is written
+  and every weight freezes (figures in docs/engine.md).
 
 Two rewrites of the copy, on the CPU, keep the math (the same sums in another order):
 eval-mode BatchNorm folded into the convolution before it, and the 4x4 stride-2
@@ -109,6 +109,22 @@ class SubpixelConvTranspose2d(nn.Module):
         return torch.stack(rows, dim=-3).reshape(n, self.out_channels, 2 * h, 2 * w)
 
 
+def normalize_each_image(model: nn.Module) -> int:
+    """Modes ``instance`` and ``train``: every BatchNorm2d becomes an InstanceNorm2d with its
+    scale and shift (each image normalized by its own statistics, as ``generator_mode``
+    does); no running statistics are left to read or write. Returns how many were swapped."""
+    swapped = 0
+    for parent in list(model.modules()):
+        for name, layer in list(parent.named_children()):
+            if isinstance(layer, nn.BatchNorm2d):
+                per_image = nn.InstanceNorm2d(layer.num_features, layer.eps, affine=layer.affine)
+                if layer.affine:
+                    per_image.weight, per_image.bias = layer.weight, layer.bias
+                setattr(parent, name, per_image)
+                swapped += 1
+    return swapped
+
+
 def _seconds(call: Callable[[], object], repeats: int = 5) -> float:
     call()
     times = []
@@ -161,10 +177,7 @@ def fast_generator(
     if mode == "eval":
         fold_batchnorm(model)
     else:
-        for layer in model.modules():
-            if isinstance(layer, nn.modules.batchnorm._BatchNorm):
-                layer.track_running_stats = False
-                layer.running_mean = layer.running_var = layer.num_batches_tracked = None
+        normalize_each_image(model)
     example = example.contiguous(memory_format=torch.channels_last)
     model.to(memory_format=torch.channels_last)
     if device.type == "cpu":

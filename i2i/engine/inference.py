@@ -32,10 +32,10 @@ from i2i.engine.checkpoint import (
     verify_in_manifest,
 )
 from i2i.engine.limits import MAX_SIDE, check_limits
+from i2i.modes import MODES, Mode  # noqa: F401  (MODES: for the callers of this module)
 from i2i.recipe import ComponentSpec, Recipe
 from i2i.registry import GENERATORS, METHODS
 
-Mode = Literal["train", "eval"]
 Direction = Literal["AtoB", "BtoA"]  # A -> B: the recipe's input to its target
 DIRECTIONS = ("AtoB", "BtoA")
 GENERATOR_FILE = "generator.safetensors"  # the trained weights, what a resumed run continues from
@@ -89,23 +89,34 @@ def read_generator_metadata(metadata: dict[str, str], source: Path) -> tuple[Rec
     return recipe, {**checked, "size_multiple": str(multiple)}
 
 
+def per_image_normalization(layer: nn.modules.batchnorm._BatchNorm) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``layer`` normalizing each image by its own statistics, with its learned scale and shift:
+    what a BatchNorm layer does in training at batch size 1, for a batch of any size."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return F.instance_norm(x, weight=layer.weight, bias=layer.bias, eps=layer.eps)
+
+    return forward
+
+
 @contextlib.contextmanager
 def generator_mode(model: nn.Module, mode: Mode, seed: int | None = None) -> Iterator[nn.Module]:
-    """``eval``: running BatchNorm statistics, no dropout. ``train``: what pix2pix does at
-    test time, batch statistics and dropout, leaving the running statistics (and their
-    counter) as they were. ``seed``: dropout draws from an RNG forked off the global one
-    and seeded, so the draws repeat and a training run's random stream does not move."""
+    """How BatchNorm and dropout behave at inference (docs/bench.md, generator modes):
+
+    - ``eval``: the stored BatchNorm statistics, no dropout;
+    - ``instance``: each image normalized by its own statistics, as a generator trained at
+      batch size 1 always was, no dropout: deterministic, and the same for any batch;
+    - ``train``: each image's own statistics and dropout, the pix2pix reference's test (it
+      runs one image at a time in train mode).
+
+    The stored statistics are never touched. ``seed``: dropout draws from an RNG forked off
+    the global one and seeded, so the draws repeat and a training run's random stream does
+    not move."""
     was_training = model.training
-    saved = {}
-    if mode == "train":
-        model.train()
-        for layer in model.modules():
-            if isinstance(layer, nn.modules.batchnorm._BatchNorm):
-                counter = layer.num_batches_tracked
-                saved[layer] = (layer.momentum, None if counter is None else counter.clone())
-                layer.momentum = 0.0  # running stats: r <- (1 - 0) * r + 0 * batch = r
-    else:
-        model.eval()
+    model.train(mode == "train")
+    layers = [] if mode == "eval" else [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for layer in layers:
+        layer.forward = per_image_normalization(layer)  # an instance attribute, removed below
     device = next(model.parameters(), torch.empty(0)).device
     forked = contextlib.nullcontext()
     if seed is not None:
@@ -116,10 +127,8 @@ def generator_mode(model: nn.Module, mode: Mode, seed: int | None = None) -> Ite
                 torch.manual_seed(seed)
             yield model
     finally:
-        for layer, (momentum, counter) in saved.items():
-            layer.momentum = momentum
-            if counter is not None:
-                layer.num_batches_tracked.copy_(counter)
+        for layer in layers:
+            del layer.forward
         model.train(was_training)
 
 

@@ -148,7 +148,8 @@ class Trainer:
                                   "steps_per_s": rate, **last, **self.guard.counts()})
                     if self.is_main and (self.step % self.cfg.sample_every == 0 or done):
                         self.save_samples()
-                    if self.step % self.cfg.checkpoint_every == 0 or self.step % self.steps_per_epoch == 0 or done:
+                    epoch_end = self.cfg.checkpoint_each_epoch and self.step % self.steps_per_epoch == 0
+                    if self.step % self.cfg.checkpoint_every == 0 or epoch_end or done:
                         self.save()
                     self.notify("on_step")
                     if self.stop.requested and not done:
