@@ -29,6 +29,10 @@ their mean and spread over seeds.
     .venv/bin/python benchmarks/quality_modes.py --steps 1500 --score-only --out DIR   # runs already trained
     .venv/bin/python benchmarks/quality_modes.py --wall-clock 60          # reference vs default, an hour each
 
+What a user gets (``--translate-check CHECKPOINT``): val 1..``--limit``'s inputs, resized
+to the protocol's 256x256, go through the ``i2i translate`` command at its defaults, and
+its saved images are scored against the targets; one ``quality_translate`` record.
+
 ``--set key=value`` changes the recipe of every run (e.g. ``--set train.ema=null``).
 """
 
@@ -46,7 +50,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from i2i.bench.inception import inception_extractor  # noqa: E402
 from i2i.bench.metrics import QualityMeter  # noqa: E402
@@ -54,8 +60,9 @@ from i2i.bench.quality import evaluate, protocol_dataset  # noqa: E402
 from i2i.bench.records import append_record, environment  # noqa: E402
 from i2i.engine.build import build_dataset, resolve_device  # noqa: E402
 from i2i.engine.checkpoint import latest_checkpoint  # noqa: E402
-from i2i.engine.inference import GENERATOR_FILE, INFERENCE_FILE, MODES, load_generator  # noqa: E402
+from i2i.engine.inference import GENERATOR_FILE, INFERENCE_FILE, MODES, load_generator, resolve_generator_file  # noqa: E402
 from i2i.engine.precise_bn import fixed_batches, recompute_batchnorm  # noqa: E402
+from i2i.visual import to_uint8  # noqa: E402
 
 METRICS = ("fid", "kid", "ssim", "psnr")
 
@@ -141,6 +148,32 @@ def score_checkpoint(checkpoint: Path, data: Path, limit: int, device: torch.dev
     return scores
 
 
+def translate_check(args: argparse.Namespace, device: torch.device) -> None:
+    """Score what ``i2i translate`` writes, at its default mode, for the checkpoint given."""
+    checkpoint = args.translate_check
+    _, recipe, _ = load_generator(resolve_generator_file(checkpoint), device)
+    val = protocol_dataset(recipe, args.data, "val")
+    count = min(args.limit, len(val))
+    with tempfile.TemporaryDirectory(prefix="i2i-translate-check-") as folder:
+        inputs, outputs = Path(folder) / "inputs", Path(folder) / "outputs"
+        inputs.mkdir()
+        for index in range(count):
+            Image.fromarray(to_uint8(val[index]["input"][None])[0]).save(inputs / f"{index:05d}.png")
+        subprocess.run([sys.executable, "-m", "i2i", "translate", "--checkpoint", str(checkpoint), "--input", str(inputs),
+                        "--output", str(outputs), "--device", str(device)], cwd=ROOT, check=True)
+        meter = QualityMeter(inception_extractor(device))
+        for index in range(count):
+            with Image.open(next(outputs.glob(f"{index:05d}.*"))) as image:
+                pixels = torch.from_numpy(np.asarray(image.convert("RGB"), np.float32)).permute(2, 0, 1)[None]
+            meter.update(pixels / 127.5 - 1, val[index]["target"][None])
+        metrics = meter.compute()
+    record = {**environment(device), "kind": "quality_translate", "recipe": recipe.name, "checkpoint": str(checkpoint),
+              "data": str(args.data), "split": "val", "limit": count, "command": "i2i translate (default mode)",
+              "metrics": {m: metrics[m] for m in METRICS}}
+    append_record(args.results, record)
+    print("i2i translate at its defaults: " + "  ".join(f"{m} {metrics[m]:.4g}" for m in METRICS))
+
+
 def summary(per_seed: dict[int, dict]) -> dict:
     """Mean and spread over seeds of every weights/mode/metric the seeds share."""
     first = next(iter(per_seed.values()))
@@ -169,6 +202,8 @@ def main() -> None:
     parser.add_argument("--wall-clock", type=float, metavar="MINUTES",
                         help="quality per hour: train each of --engines side by side this long, then score")
     parser.add_argument("--engines", nargs="+", default=["reference", "fast"], help="with --wall-clock")
+    parser.add_argument("--translate-check", type=Path, metavar="CHECKPOINT",
+                        help="score what `i2i translate` gives for CHECKPOINT at its defaults")
     args = parser.parse_args()
     steps = sorted(args.steps)
     if len(args.seeds) < 2:
@@ -181,6 +216,9 @@ def main() -> None:
     if args.score_only and not args.out:
         parser.error("--score-only needs --out, the folder of the runs")
     device = resolve_device(args.device)
+    if args.translate_check:
+        translate_check(args, device)
+        return
     out = args.out or Path(tempfile.mkdtemp(prefix="i2i-quality-modes-"))
     if args.wall_clock:
         per_hour(args, device, out)

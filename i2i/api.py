@@ -42,7 +42,6 @@ from i2i.engine.build import resolve_device
 from i2i.engine.checkpoint import CheckpointError
 from i2i.engine.inference import (
     DEFAULT_MULTIPLE,
-    MODES,
     generator_mode,
     load_generator,
     tile_size,
@@ -51,6 +50,7 @@ from i2i.engine.inference import (
 from i2i.export import onnxruntime_generator
 from i2i.hub import download_from_hub
 from i2i.model_catalogue import MODELS, ensure_model, is_model_name
+from i2i.modes import DEFAULT_MODE, MODES
 from i2i.recipe import Recipe
 from i2i.visual import quantize
 
@@ -213,7 +213,7 @@ def resolve_source(source: str | Path, direction: str = "AtoB") -> Path:
 def load(
     source: str | Path,
     device: str = "auto",
-    mode: str = "eval",
+    mode: str = DEFAULT_MODE,
     backend: str = "torch",
     *,
     tile: int = 1024,

@@ -17,7 +17,7 @@ from i2i.version import __version__
 from i2i.bench.cli import app as bench_app
 from i2i.data_commands import data_app
 from i2i.errors import I2IError
-from i2i.modes import MODES_HELP
+from i2i.modes import DEFAULT_MODE, MODES_HELP
 from i2i.models_commands import import_weights, models_app
 from i2i.registry import REGISTRIES
 from i2i.sharing_commands import demo, push
@@ -215,7 +215,7 @@ def translate(
     input: Path = typer.Option(..., "--input", help="an image or a folder of images"),
     output: Path = typer.Option(..., "--output", help="folder for the translated images (never one that would overwrite an input)"),
     aligned: bool = typer.Option(False, "--aligned", help="inputs are A|B pairs: take the recipe's input side"),
-    mode: str = typer.Option("eval", "--mode", help=MODES_HELP),
+    mode: str = typer.Option(DEFAULT_MODE, "--mode", help=MODES_HELP),
     device: str = typer.Option("auto", "--device"),
     tile: int = typer.Option(1024, "--tile", help="larger images are translated in overlapping tiles of this size (rounded down to the generator's size multiple)"),
     overlap: int = typer.Option(64, "--overlap", help="pixels shared by neighbouring tiles (blended); below the rounded tile"),
@@ -257,11 +257,12 @@ def export_command(
     size: Optional[int] = typer.Option(None, "--size", help="side of the check image (default: the recipe's crop size)"),
     force: bool = typer.Option(False, "--force", help="replace a previous export at --output (never another file)"),
     direction: str = typer.Option("AtoB", "--direction", help="AtoB: the run's translation (recipe input -> target); BtoA: its other generator, where the method trains one (cyclegan)"),
+    mode: str = typer.Option(DEFAULT_MODE, "--mode", help="eval or instance (train mode's dropout does not export); " + MODES_HELP),
 ) -> None:
-    """Export the eval-mode generator (ONNX or torch.export), checked against PyTorch."""
+    """Export the generator in a deterministic mode (ONNX or torch.export), checked against PyTorch."""
     from i2i.export import TOLERANCE, export_generator
 
-    exported = export_generator(checkpoint, format, output, size, force, direction)
+    exported = export_generator(checkpoint, format, output, size, force, direction, mode)
     console.print(
         f"wrote {exported.path}: max abs difference to PyTorch {exported.max_abs_diff:.1e} (limit {TOLERANCE})",
         highlight=False,

@@ -24,7 +24,7 @@ from typing import Any, Callable
 from PIL import Image, UnidentifiedImageError
 
 from i2i.api import Translator, load
-from i2i.modes import MODES, MODES_HELP
+from i2i.modes import DEFAULT_MODE, MODES, MODES_HELP
 from i2i.data.base import DataError
 from i2i.data.images import read_rgb
 from i2i.engine.build import build_dataset
@@ -100,8 +100,8 @@ def build_page(source: str, device: str, examples_folder: Path, direction: str =
     """The gradio page for ``source`` (anything ``i2i.load`` takes) in ``direction``, not yet
     launched; the val examples are written into ``examples_folder``."""
     gr = _gradio()
-    translators = {"eval": load(source, device=device, mode="eval", direction=direction)}
-    first = translators["eval"]
+    translators = {DEFAULT_MODE: load(source, device=device, mode=DEFAULT_MODE, direction=direction)}
+    first = translators[DEFAULT_MODE]
     recipe = first.recipe
 
     def translator(mode: str) -> Translator:
@@ -124,7 +124,7 @@ def build_page(source: str, device: str, examples_folder: Path, direction: str =
             output_image = gr.Image(type="pil", format="png", label="output", height=IMAGE_HEIGHT, interactive=False,
                                     elem_id="output")
         with gr.Row():
-            mode = gr.Radio(list(MODES), value="eval", label="generator mode",
+            mode = gr.Radio(list(MODES), value=DEFAULT_MODE, label="generator mode",
                             info=MODES_HELP)
             button = gr.Button("Translate", variant="primary")
         timing = gr.Markdown(elem_id="timing")

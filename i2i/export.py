@@ -1,10 +1,11 @@
 """``i2i export``: a trained generator as an ONNX model or a ``torch.export`` program.
 
-What exports is the eval-mode generator: BatchNorm with its running statistics
-and no dropout, a fixed function of each image. The pix2pix reference's
-test-time mode (batch statistics, live dropout) depends on the batch and on
-random draws, so it does not export as such; ``i2i translate --mode train``
-runs it. Batch, height and width stay dynamic (height and width must be
+What exports is the generator in a deterministic mode (``i2i.modes``): ``eval``
+(BatchNorm with its stored statistics, folded nowhere, no dropout) or ``instance``
+(each image normalized by its own statistics: the BatchNorm layers become
+InstanceNormalization with the same scale and shift); the export's metadata says
+which (``mode``). The pix2pix reference's test-time mode (live dropout) draws at
+random, so it does not export; ``i2i translate --mode train`` runs it. Batch, height and width stay dynamic (height and width must be
 multiples of the generator's downsampling, as in training). Each export is
 checked against the PyTorch generator on a random input before it is kept.
 TorchScript is not offered: ``torch.jit`` is deprecated in favour of
@@ -24,12 +25,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from i2i.engine.fast_inference import normalize_each_image
 from i2i.engine.inference import Direction, load_generator, read_generator_metadata, resolve_generator_file
+from i2i.modes import DEFAULT_MODE
 from i2i.recipe import Recipe
 from i2i.errors import I2IError
 from i2i.run_dir import enclosing_run
 
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}
+EXPORTABLE_MODES = ("eval", "instance")  # train mode's dropout draws at random
 TOLERANCE = 1e-3  # max abs difference to PyTorch, in [-1, 1] output units, fp32
 METADATA_FILE = "i2i_metadata.json"
 
@@ -100,17 +104,22 @@ def check_output(output: Path, force: bool) -> None:
 
 def export_generator(
     checkpoint: Path, format: str = "onnx", output: Path | None = None, size: int | None = None, force: bool = False,
-    direction: Direction = "AtoB",
+    direction: Direction = "AtoB", mode: str = DEFAULT_MODE,
 ) -> Exported:
-    """Export the eval-mode generator of ``checkpoint`` (run dir, checkpoint folder or
-    generator .safetensors) and check it against PyTorch on a ``size`` x ``size`` image.
+    """Export the generator of ``checkpoint`` (run dir, checkpoint folder or generator
+    .safetensors) in ``mode`` and check it against PyTorch on a ``size`` x ``size`` image.
     ``direction`` BtoA exports the run's other generator (CycleGAN's ``generator_ba``); the
     export's metadata says which. The export is built in a new hidden folder beside ``output``
     and renamed onto it only when it passes; ``force`` replaces a previous export there."""
     if format not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}; got {format!r}")
+    if mode not in EXPORTABLE_MODES:
+        raise ExportError(f"--mode must be one of {', '.join(EXPORTABLE_MODES)} (train mode's dropout is random); got {mode!r}")
     generator, recipe, metadata = load_generator(checkpoint, "cpu", direction=direction)
     generator.eval()
+    if mode == "instance":
+        normalize_each_image(generator)
+    metadata = {**metadata, "mode": mode}
     size = size or recipe.data.crop_size
     name = "generator" if direction == "AtoB" else f"generator_{direction}"
     output = Path(output or f"{recipe.name}_{name}{FORMATS[format]}")
@@ -142,7 +151,7 @@ def export_generator(
 
 class OnnxRuntimeGenerator(nn.Module):
     """An exported ONNX generator behind the module interface ``i2i translate`` calls
-    (no parameters; train/eval switch nothing: the export is the eval-mode generator)."""
+    (no parameters; train/eval switch nothing: the export's mode is fixed, in its metadata)."""
 
     def __init__(self, path: Path):
         super().__init__()
@@ -169,15 +178,21 @@ class OnnxRuntimeGenerator(nn.Module):
 def onnxruntime_generator(checkpoint: Path, mode: str) -> tuple[OnnxRuntimeGenerator, Recipe, dict[str, str]]:
     """For ``i2i translate --backend onnxruntime``: an .onnx file from ``i2i export`` as is,
     anything else exported first (into a temporary folder)."""
-    if mode != "eval":
-        raise ExportError("--backend onnxruntime runs the exported eval-mode generator; use --mode eval")
+    if mode not in EXPORTABLE_MODES:
+        raise ExportError(f"--backend onnxruntime runs an exported generator, in mode {' or '.join(EXPORTABLE_MODES)}; "
+                          f"not {mode}")
     checkpoint = Path(checkpoint)
     if checkpoint.suffix == ".onnx":
         generator = OnnxRuntimeGenerator(checkpoint)
     else:  # the session holds the model in memory: the exported file is not needed after it is built
         with tempfile.TemporaryDirectory(prefix="i2i-onnx-") as folder:
-            generator = OnnxRuntimeGenerator(export_generator(checkpoint, "onnx", Path(folder) / "generator.onnx").path)
+            exported = export_generator(checkpoint, "onnx", Path(folder) / "generator.onnx", mode=mode)
+            generator = OnnxRuntimeGenerator(exported.path)
     if "recipe" not in generator.metadata:
         raise ExportError(f"{checkpoint} has no recipe in its metadata; export it with `i2i export`")
+    exported_mode = generator.metadata.get("mode", "eval")  # exports from before the modes were all eval
+    if exported_mode != mode:
+        raise ExportError(f"{checkpoint} was exported in {exported_mode} mode, not {mode}: pass --mode {exported_mode}, "
+                          f"or export it again with `i2i export --mode {mode}`")
     recipe, metadata = read_generator_metadata(dict(generator.metadata), checkpoint)
     return generator, recipe, metadata

@@ -29,6 +29,7 @@ from PIL import Image
 from i2i.api import consecutive_batches, load, to_tensor
 from i2i.data.base import DataError, list_images
 from i2i.data.images import read_rgb
+from i2i.modes import DEFAULT_MODE
 from i2i.safe_files import replacing
 from i2i.visual import to_uint8
 
@@ -98,7 +99,7 @@ def translate_paths(
     source: Path,
     output: Path,
     aligned: bool = False,
-    mode: str = "eval",
+    mode: str = DEFAULT_MODE,
     device: str = "auto",
     tile: int = 1024,
     overlap: int = 64,

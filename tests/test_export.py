@@ -25,7 +25,7 @@ def trained_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def onnx_export(trained_run, tmp_path_factory):
-    return export_generator(trained_run, "onnx", tmp_path_factory.mktemp("onnx") / "g.onnx")
+    return export_generator(trained_run, "onnx", tmp_path_factory.mktemp("onnx") / "g.onnx", mode="eval")
 
 
 def test_onnx_export_matches_pytorch_at_another_size_and_batch(trained_run, onnx_export):
@@ -59,8 +59,26 @@ def test_translate_with_onnxruntime_matches_torch(trained_run, onnx_export, tmp_
 
 
 def test_onnxruntime_refuses_train_mode(trained_run):
-    with pytest.raises(I2IError, match="eval-mode"):
+    with pytest.raises(I2IError, match="in mode eval or instance; not train"):
         onnxruntime_generator(trained_run, "train")
+
+
+def test_instance_mode_exports_as_instance_normalization_and_runs_only_in_that_mode(trained_run, onnx_export, tmp_path):
+    from i2i.engine.inference import generator_mode
+
+    exported = export_generator(trained_run, "onnx", tmp_path / "instance.onnx", mode="instance")
+    generator, _, _ = load_generator(trained_run)
+    x = torch.rand(3, 3, 64, 96) * 2 - 1
+    with torch.no_grad(), generator_mode(generator, "instance"):
+        expected = generator(x)
+    onnx = OnnxRuntimeGenerator(exported.path)
+    assert onnx.metadata["mode"] == "instance"
+    torch.testing.assert_close(onnx(x), expected, atol=TOLERANCE, rtol=0)
+    assert onnxruntime_generator(exported.path, "instance")[0].metadata["mode"] == "instance"
+    with pytest.raises(I2IError, match="exported in eval mode, not instance: pass --mode eval"):
+        onnxruntime_generator(onnx_export.path, "instance")
+    with pytest.raises(I2IError, match="--mode must be one of eval, instance"):
+        export_generator(trained_run, "onnx", tmp_path / "train.onnx", mode="train")
 
 
 @pytest.mark.parametrize("backend", ["fast", pytest.param("compiled", marks=pytest.mark.slow)])
