@@ -1,0 +1,41 @@
+"""benchmarks/quality_modes.py end to end on a tiny recipe: the records that decide the defaults."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, tiny_recipe
+
+
+@pytest.mark.slow
+def test_modes_records_per_step_and_the_translate_check(fake_data_root, write_recipe, tmp_path):
+    recipe = tiny_recipe(
+        data={"dataset": {"name": "aligned"}, "num_workers": 0},
+        train={"epochs": 10, "eval_bn_batches": 2, "ema": {"decay": 0.9, "every": 1}, "tensorboard": False,
+               "engine_probe": False},
+    )
+    results, runs = tmp_path / "quality.jsonl", tmp_path / "runs"
+    script = [sys.executable, str(ROOT / "benchmarks" / "quality_modes.py"), "--recipe", str(write_recipe(recipe)),
+              "--data", str(fake_data_root), "--limit", "2", "--device", "cpu", "--results", str(results)]
+    done = subprocess.run([*script, "--steps", "2", "--out", str(runs)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(r["kind"], r["steps_trained"]) for r in records] == [("quality_modes", 2)]
+    for record in records:
+        assert sorted(record["runs"]) == ["0", "1"]
+        summary = record["summary"]
+        assert set(summary) == {"default", "trained", "no_ema"}
+        assert set(summary["default"]) == set(summary["trained"]) == {"eval", "instance", "train"}
+        for modes in summary.values():
+            for metrics in modes.values():
+                assert set(metrics) == {"fid", "kid", "ssim", "psnr"}
+                assert all(value["spread"] >= 0 for value in metrics.values())
+
+    checkpoint = runs / "seed0" / "checkpoints" / "step_00000002"
+    done = subprocess.run([*script, "--translate-check", str(checkpoint)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    check = json.loads(results.read_text().splitlines()[-1])
+    assert check["kind"] == "quality_translate" and check["limit"] == 2 and check["checkpoint"] == str(checkpoint)
+    assert check["metrics"]["fid"] >= 0 and -1 <= check["metrics"]["ssim"] <= 1
