@@ -1,15 +1,16 @@
-"""Is the default output the best the run can give? Both generator modes, two seeds.
+"""Is the default output the best the run can give? Every generator mode, two seeds.
 
 Trains the flagship recipe on ``--data`` (train 1..300 of the maps set) with every seed
 of ``--seeds``, keeps a checkpoint at each of ``--steps``, and scores val 1..``--limit``
-(never the training split) with bench quality's protocol, in eval mode (what
-``i2i translate`` and ``i2i.load`` give by default) and in train mode (the reference's
-test), for three sets of weights of the same checkpoint:
+(never the training split) with bench quality's protocol, in the generator modes of
+``i2i.modes`` (eval: stored statistics; instance: each image's own statistics; train:
+those and dropout, the reference's test), for three sets of weights of the same checkpoint:
 
 - ``default``: the checkpoint's inference weights (``generator_eval.safetensors``: the
-  averaged generator where ``train.ema`` is on, BatchNorm statistics recomputed);
+  averaged generator where ``train.ema`` is on, BatchNorm statistics recomputed), in
+  eval and instance mode;
 - ``trained``: the trained weights with the running statistics they were trained with
-  (``generator.safetensors``, what eval mode gave before inference weights existed);
+  (``generator.safetensors``), in every mode;
 - ``no_ema``: the trained weights with BatchNorm statistics recomputed here as the run
   does (``train.eval_bn_batches``), i.e. the default output had ``train.ema`` been off.
 
@@ -39,6 +40,7 @@ its saved images are scored against the targets; one ``quality_translate`` recor
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import statistics
 import subprocess
@@ -62,9 +64,15 @@ from i2i.engine.build import build_dataset, resolve_device  # noqa: E402
 from i2i.engine.checkpoint import latest_checkpoint  # noqa: E402
 from i2i.engine.inference import GENERATOR_FILE, INFERENCE_FILE, MODES, load_generator, resolve_generator_file  # noqa: E402
 from i2i.engine.precise_bn import fixed_batches, recompute_batchnorm  # noqa: E402
+from i2i.modes import DEFAULT_MODE  # noqa: E402
 from i2i.visual import to_uint8  # noqa: E402
 
 METRICS = ("fid", "kid", "ssim", "psnr")
+# weights -> modes scored. Train mode differs from instance mode by dropout alone: on the
+# trained weights only. Quality per hour scores each run's published output (the trained
+# weights in train mode) and what translate gives by default.
+MODES_SCORES = {"trained": MODES, "default": ("eval", "instance"), "no_ema": ("eval",)}
+PER_HOUR_SCORES = {"trained": tuple(dict.fromkeys(("train", DEFAULT_MODE))), "default": (DEFAULT_MODE,)}
 
 
 def train(recipe: Path, data: Path, seed: int, steps: list[int], device: str, overrides: list[str], out: Path) -> float:
@@ -83,14 +91,15 @@ def train(recipe: Path, data: Path, seed: int, steps: list[int], device: str, ov
 def train_for(recipe: Path, data: Path, seed: int, engines: list[str], minutes: float, device: str,
               overrides: list[str], out: Path) -> dict[str, Path]:
     """One ``i2i run`` per engine, side by side for ``minutes``, then stopped; engine -> its
-    last checkpoint."""
+    last checkpoint. The engines split the cores (OMP_NUM_THREADS), rather than fight over them."""
     sets = [f"data.root={data}", "data.download=false", f"train.seed={seed}", f"train.device={device}",
             "train.log_every=100", "train.sample_every=100000", "train.checkpoint_every=100000",
             "train.checkpoint_each_epoch=false", *overrides]
     arguments = [arg for value in sets for arg in ("--set", value)]
+    threads = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // len(engines)))}
     runs = {engine: subprocess.Popen([sys.executable, "-m", "i2i", "run", str(recipe), *arguments,
                                       "--set", f"train.engine={engine}", "--out", str(out / f"{engine}-seed{seed}"),
-                                      "--quiet", "--no-tensorboard"], cwd=ROOT) for engine in engines}
+                                      "--quiet", "--no-tensorboard"], cwd=ROOT, env=threads) for engine in engines}
     time.sleep(minutes * 60)
     for process in runs.values():
         process.send_signal(signal.SIGINT)  # the run saves a checkpoint at the step it is in, then leaves
@@ -107,7 +116,8 @@ def per_hour(args: argparse.Namespace, device: torch.device, out: Path) -> None:
                                       args.overrides, out)
     extractor = inception_extractor(device)
     runs = {engine: {seed: {"steps": int(checkpoints[seed][engine].name.removeprefix("step_")),
-                            "scores": score_checkpoint(checkpoints[seed][engine], args.data, args.limit, device, extractor)}
+                            "scores": score_checkpoint(checkpoints[seed][engine], args.data, args.limit, device, extractor,
+                                                       PER_HOUR_SCORES)}
                      for seed in args.seeds} for engine in args.engines}
     record = {**environment(device), "kind": "quality_per_hour", "recipe": args.recipe.stem, "data": str(args.data),
               "split": "val", "limit": args.limit, "minutes": args.wall_clock, "seeds": args.seeds,
@@ -116,14 +126,19 @@ def per_hour(args: argparse.Namespace, device: torch.device, out: Path) -> None:
                           for engine, by_seed in runs.items()}}
     append_record(args.results, record)
     for engine, by_seed in runs.items():
-        default = record["summary"][engine]["default"]
-        print(f"{engine}: steps {[run['steps'] for run in by_seed.values()]}, " + "  ".join(
-            f"{mode} FID {values['fid']['mean']:.1f} (spread {values['fid']['spread']:.1f})" for mode, values in default.items()))
+        scores = record["summary"][engine]
+        published, default = scores["trained"]["train"]["fid"], scores.get("default", scores["trained"])[DEFAULT_MODE]["fid"]
+        print(f"{engine}: steps {[run['steps'] for run in by_seed.values()]}, published output (train mode) FID "
+              f"{published['mean']:.1f} (spread {published['spread']:.1f}), translate's default ({DEFAULT_MODE} mode) FID "
+              f"{default['mean']:.1f} (spread {default['spread']:.1f})")
     print(f"appended to {args.results}")
 
 
-def score_checkpoint(checkpoint: Path, data: Path, limit: int, device: torch.device, extractor) -> dict:
-    """weights -> mode -> metrics, for one checkpoint folder (see the module docstring)."""
+def score_checkpoint(checkpoint: Path, data: Path, limit: int, device: torch.device, extractor,
+                     plan: dict[str, tuple[str, ...]] | None = None) -> dict:
+    """weights -> mode -> metrics, for one checkpoint folder (see the module docstring);
+    ``plan`` (weights -> modes) scores only those."""
+    plan = plan or MODES_SCORES
     trained, recipe, _ = load_generator(checkpoint / GENERATOR_FILE, device)
     val = protocol_dataset(recipe, data, "val")
     real = None
@@ -135,11 +150,11 @@ def score_checkpoint(checkpoint: Path, data: Path, limit: int, device: torch.dev
         real = meter.real_features_all()
         return {m: metrics[m] for m in METRICS}
 
-    scores = {"trained": {mode: score(trained, mode) for mode in MODES}}
+    scores = {"trained": {mode: score(trained, mode) for mode in plan["trained"]}}
     if (checkpoint / INFERENCE_FILE).is_file():
         default, _, _ = load_generator(checkpoint / INFERENCE_FILE, device)
-        scores["default"] = {mode: score(default, mode) for mode in MODES}
-        if recipe.train.ema is not None and recipe.train.eval_bn_batches:
+        scores["default"] = {mode: score(default, mode) for mode in plan["default"]}
+        if "no_ema" in plan and recipe.train.ema is not None and recipe.train.eval_bn_batches:
             training_set = build_dataset(recipe.variant(**{"data.root": str(data)}), "train", train=True)
             training_set.prepare()
             batches = fixed_batches(training_set, recipe.train.eval_bn_batches, recipe.train.batch_size, recipe.train.seed)

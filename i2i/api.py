@@ -227,12 +227,15 @@ def load(
     ``direction``: ``AtoB``, the run's own translation (the recipe's input to its target), or
     ``BtoA``, its other generator where the method trains one (CycleGAN; CUT has none).
 
-    ``mode``: ``eval`` (BatchNorm running statistics, no dropout: the same result every
-    time) or ``train`` (batch statistics and dropout, as the pix2pix reference tests).
+    ``mode`` (``i2i.modes``): ``instance`` (the default: each image normalized by its own
+    statistics, as a generator trained at batch size 1 always was; no dropout, so the same
+    result every time, whatever the batch), ``eval`` (BatchNorm's stored statistics, no
+    dropout) or ``train`` (each image's own statistics and dropout, as the pix2pix
+    reference tests).
     ``backend``: ``torch``; ``fast`` (bf16 where the hardware has it, channels-last);
     ``compiled`` (``fast`` through torch.compile, frozen weights); ``onnxruntime`` (the
-    eval-mode export, made on the fly unless ``source`` is an .onnx file, which always
-    runs on onnxruntime). Images larger than ``tile`` (rounded down to the generator's
+    export in ``mode``, made on the fly unless ``source`` is an .onnx file, which always
+    runs on onnxruntime, in the mode it was exported in). Images larger than ``tile`` (rounded down to the generator's
     ``size_multiple``) go through in tiles overlapping by ``overlap`` pixels, blended.
     ``warn`` receives notes such as a damaged newest checkpoint passed over (default:
     ``warnings.warn``).

@@ -164,8 +164,9 @@ class TrainSection(Params):
         "and the checkpoint's inference weights (docs/bench.md, eval weights); null: off"
     )
     eval_bn_batches: int = Field(
-        100, ge=0, description="training batches over which BatchNorm statistics are recomputed for eval mode at "
-        "every checkpoint, into the inference weights (0: eval mode keeps the running statistics)"
+        0, ge=0, description="training batches over which BatchNorm statistics are recomputed for eval mode at "
+        "every checkpoint, into the inference weights (0, the default: eval mode keeps the running statistics; "
+        "on maps, 100 measured no better: docs/bench.md)"
     )
     eval_bn_dropout: bool = Field(True, description="dropout active while the statistics are recomputed, as in training")
 

@@ -7,11 +7,13 @@ extension instead (``x.jpg.png``, ``x.png.png``), and names that would still col
 An output that would replace an input file (the same file, through any path or link)
 is refused too. Each output is written under a new temporary name (``i2i.safe_files``) and renamed into place.
 
-``mode``: ``eval`` uses BatchNorm's running statistics and no dropout, so a
-result depends on its image alone. ``train`` is what the pix2pix reference does
-at test time: batch statistics and active dropout (a different result per run,
-and in a batch or with tiles the statistics come from the whole batch of
-images or tiles; use ``batch_size=1`` and no tiling to match the reference).
+``mode`` (``i2i.modes``): ``instance``, the default, normalizes each image (or
+tile) by its own statistics and drops no units, so a result depends on its image
+alone; ``eval`` uses BatchNorm's stored statistics; ``train`` is what the pix2pix
+reference does at test time: each image's own statistics and active dropout (a
+different result per seed). An image larger than the tile is normalized tile by
+tile in ``instance`` and ``train`` mode; use a tile larger than the image to
+match the reference.
 """
 
 from __future__ import annotations

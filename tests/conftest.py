@@ -44,8 +44,8 @@ def tiny_recipe(**sections) -> dict:
             "load_size": 36,
             "crop_size": TINY_SIZE,
         },
-        # No inference weights (train.eval_bn_batches, on by default): tiny runs keep the checkpoint layout
-        # most tests inspect; tests/test_eval_weights.py tests them.
+        # No inference weights (train.eval_bn_batches, off by default, stated here): tiny runs keep the
+        # checkpoint layout most tests inspect; tests/test_eval_weights.py tests them.
         "train": {"epochs": 1, "epochs_decay": 1, "device": "cpu", "log_every": 1, "sample_every": 1000,
                   "checkpoint_every": 1000, "eval_bn_batches": 0},
     }

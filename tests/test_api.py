@@ -38,7 +38,7 @@ def test_import_i2i_stays_light():
 def test_the_translator_shows_what_it_runs(translator):
     assert translator.recipe.name == "tiny"
     assert (translator.in_channels, translator.out_channels, translator.size_multiple) == (3, 3, 32)
-    assert (translator.mode, str(translator.device), translator.backend) == ("eval", "cpu", "torch")
+    assert (translator.mode, str(translator.device), translator.backend) == ("instance", "cpu", "torch")
     assert "tiny" in repr(translator)
 
 

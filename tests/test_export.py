@@ -52,8 +52,9 @@ def test_translate_with_onnxruntime_matches_torch(trained_run, onnx_export, tmp_
 
     source = tmp_path / "in.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(source)
-    (by_torch,) = translate_paths(trained_run, source, tmp_path / "torch", device="cpu")
-    (by_onnx,) = translate_paths(onnx_export.path, source, tmp_path / "onnx", device="cpu", backend="onnxruntime")
+    (by_torch,) = translate_paths(trained_run, source, tmp_path / "torch", device="cpu", mode="eval")
+    (by_onnx,) = translate_paths(onnx_export.path, source, tmp_path / "onnx", device="cpu", backend="onnxruntime",
+                                 mode="eval")
     difference = np.abs(np.asarray(Image.open(by_torch), int) - np.asarray(Image.open(by_onnx), int))
     assert difference.max() <= 1  # uint8 rounding of outputs that agree within 1e-3
 
