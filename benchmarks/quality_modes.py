@@ -62,9 +62,9 @@ from i2i.bench.quality import evaluate, protocol_dataset  # noqa: E402
 from i2i.bench.records import append_record, environment  # noqa: E402
 from i2i.engine.build import build_dataset, resolve_device  # noqa: E402
 from i2i.engine.checkpoint import latest_checkpoint  # noqa: E402
-from i2i.engine.inference import GENERATOR_FILE, INFERENCE_FILE, MODES, load_generator, resolve_generator_file  # noqa: E402
+from i2i.engine.inference import GENERATOR_FILE, INFERENCE_FILE, load_generator, resolve_generator_file  # noqa: E402
 from i2i.engine.precise_bn import fixed_batches, recompute_batchnorm  # noqa: E402
-from i2i.modes import DEFAULT_MODE  # noqa: E402
+from i2i.modes import DEFAULT_MODE, MODES  # noqa: E402
 from i2i.visual import to_uint8  # noqa: E402
 
 METRICS = ("fid", "kid", "ssim", "psnr")

@@ -1,12 +1,12 @@
 """``i2i export``: a trained generator as an ONNX model or a ``torch.export`` program.
 
 What exports is the generator in a deterministic mode (``i2i.modes``): ``eval``
-(BatchNorm with its stored statistics, folded nowhere, no dropout) or ``instance``
-(each image normalized by its own statistics: the BatchNorm layers become
-InstanceNormalization with the same scale and shift); the export's metadata says
-which (``mode``). The pix2pix reference's test-time mode (live dropout) draws at
-random, so it does not export; ``i2i translate --mode train`` runs it. Batch, height and width stay dynamic (height and width must be
-multiples of the generator's downsampling, as in training). Each export is
+(BatchNorm with its stored statistics, no dropout) or ``instance`` (each image
+normalized by its own statistics: the BatchNorm layers become InstanceNormalization
+with the same scale and shift); the export's metadata says which (``mode``). The
+pix2pix reference's test-time mode (live dropout) draws at random, so it does not
+export; ``i2i translate --mode train`` runs it. Batch, height and width stay dynamic
+(height and width must be multiples of the generator's downsampling, as in training). Each export is
 checked against the PyTorch generator on a random input before it is kept.
 TorchScript is not offered: ``torch.jit`` is deprecated in favour of
 ``torch.export``.

@@ -4,7 +4,8 @@ The protocol (also in benchmarks/README.md): every image of the split (unless a
 limit is given) resized to 256x256 with PIL bicubic, as the datasets do for
 evaluation; one image per forward pass, as the reference test script runs; the
 generator mode (``eval``, ``instance`` or ``train``: dropout and each image's own
-statistics, the reference's way; see ``generator_mode``) recorded; outputs and targets quantized to uint8 before any metric;
+statistics, the reference's way; ``i2i.modes``) recorded; outputs and targets
+quantized to uint8 before any metric;
 FID and KID on InceptionV3 pool features with the standard FID weights; SSIM and
 PSNR against the ground truth, averaged over images.
 
@@ -34,13 +35,13 @@ from i2i.engine.build import build_dataset, resolve_device
 from i2i.engine.inference import (
     DIRECTIONS,
     Direction,
-    MODES,
     Mode,
     generator_mode,
     load_generator,
     resolve_generator_file,
     reverse_generator_file,
 )
+from i2i.modes import MODES
 from i2i.recipe import Recipe
 from i2i.errors import I2IError
 

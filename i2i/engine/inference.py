@@ -32,7 +32,7 @@ from i2i.engine.checkpoint import (
     verify_in_manifest,
 )
 from i2i.engine.limits import MAX_SIDE, check_limits
-from i2i.modes import MODES, Mode  # noqa: F401  (MODES: for the callers of this module)
+from i2i.modes import Mode
 from i2i.recipe import ComponentSpec, Recipe
 from i2i.registry import GENERATORS, METHODS
 
