@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from i2i.bench import EVALUATION_MODE
 from i2i.bench.records import read_records
 from i2i.recipe import Recipe
 from i2i.report import read_log
 
 METRICS = ("fid", "kid", "ssim", "psnr")
+# Evaluations during training logged before records named their mode ran in train mode.
+LOGS_BEFORE_EVAL_MODE = "train"
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,8 @@ def _is_inside(path: Path, folder: Path) -> bool:
 def recorded_evaluations(run_dir: Path, step: int, quality_results: Path | None) -> list[Evaluation]:
     """What the run measured of its generator up to ``step``, oldest first."""
     found = [
-        Evaluation("evaluation during training", record["step"], "val", record["eval_images"], EVALUATION_MODE,
+        Evaluation("evaluation during training", record["step"], "val", record["eval_images"],
+                   record.get("eval_mode", LOGS_BEFORE_EVAL_MODE),
                    {key: record[f"eval_{key}"] for key in METRICS})
         for record in read_log(run_dir)
         if "eval_fid" in record and record["step"] <= step

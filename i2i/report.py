@@ -33,9 +33,9 @@ ENVIRONMENT = "environment.json"
 PLOTS = "plots"
 # Grids shown besides the latest one: spread evenly over the run, so the page stays light.
 HISTORY = 11
-# Bookkeeping fields of a log record (``eval_images``: the size of the evaluation set of
-# train.eval_every); every other number is a loss (G_*, D_*) or a metric.
-BOOKKEEPING = {"step", "epoch", "lr", "steps_per_s", "eval_images"}
+# Bookkeeping fields of a log record (``eval_images``, ``eval_mode``: the size of the evaluation
+# set of train.eval_every and the generator's mode); every other number is a loss (G_*, D_*) or a metric.
+BOOKKEEPING = {"step", "epoch", "lr", "steps_per_s", "eval_images", "eval_mode"}
 
 
 class ReportError(I2IError):

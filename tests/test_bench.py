@@ -16,6 +16,7 @@ from i2i.engine.trainer import Trainer
 from i2i.recipe import Recipe
 from i2i.run import build_trainer
 from i2i.errors import I2IError
+from i2i.modes import DEFAULT_MODE
 
 from conftest import RecordLogs, tiny_recipe
 
@@ -159,6 +160,7 @@ def test_evaluation_during_training_logs_fid_and_keeps_the_best_checkpoint(tmp_p
     trainer.fit()
     evaluations = [r for r in map(json.loads, (tmp_path / "run" / "log.jsonl").read_text().splitlines()) if "eval_fid" in r]
     assert [r["step"] for r in evaluations] == [2] and evaluations[0]["eval_images"] == 2
+    assert evaluations[0]["eval_mode"] == DEFAULT_MODE
     assert [r for r in logs.records if "eval_fid" in r] == evaluations
     manifest = json.loads((tmp_path / "run" / "best" / "manifest.json").read_text())
     assert manifest["best"]["fid"] == evaluations[0]["eval_fid"] and manifest["best"]["step"] == 2

@@ -55,3 +55,45 @@ def test_train_mode_keeps_dropout_seeded_and_instance_mode_is_deterministic():
     same_seed, other_seed = outputs["train"][0], outputs["train"][2]
     assert torch.equal(same_seed, outputs["train"][1]) and not torch.equal(same_seed, other_seed)
     assert (outputs["eval"][0] - outputs["instance"][0]).abs().max() > 0.05, "stored vs own statistics differ"
+
+
+class ConvNormAct(nn.Sequential):
+    """Convolutions, each followed by timm's BatchNormAct2d (BatchNorm with its activation
+    inside), down to a 1x1 map (one value per channel) at a 4x4 input."""
+
+    def __init__(self):
+        from timm.layers import BatchNormAct2d
+
+        super().__init__(nn.Conv2d(3, 4, 3, 2, 1), BatchNormAct2d(4), nn.Conv2d(4, 4, 3, 2, 1), BatchNormAct2d(4))
+
+
+def trained_copy(model: nn.Module, last_norm_stored: bool) -> nn.Module:
+    """``model`` in training mode at batch 1 (the last norm layer in eval mode if asked)."""
+    copy_ = ConvNormAct()
+    copy_.load_state_dict(model.state_dict())
+    copy_.train()
+    copy_[3].train(not last_norm_stored)
+    return copy_
+
+
+@torch.no_grad()
+def test_instance_mode_keeps_a_batchnorm_subclass_whole_and_uses_stored_statistics_at_one_value_per_channel():
+    from i2i.engine.fast_inference import fast_generator
+
+    torch.manual_seed(0)
+    model = ConvNormAct()
+    model.train()
+    for _ in range(3):
+        model(torch.rand(4, 3, 8, 8))
+    model.eval()
+    stored = batchnorm_state(model)
+    x = torch.rand(2, 3, 8, 8) * 2 - 1  # 8 -> 4x4 -> 2x2: each image has its own statistics
+    tiny = torch.rand(2, 3, 4, 4) * 2 - 1  # 4 -> 2x2 -> 1x1: the last norm has one value per channel
+    expected = torch.cat([trained_copy(model, False)(image[None]) for image in x])  # with the activation
+    expected_tiny = torch.cat([trained_copy(model, True)(image[None]) for image in tiny])
+    with generator_mode(model, "instance"):
+        torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(model(tiny), expected_tiny, atol=1e-5, rtol=0)
+    fast = fast_generator(model, "instance", torch.rand(2, 3, 8, 8), precision="fp32")
+    torch.testing.assert_close(fast(x), expected, atol=1e-4, rtol=0)
+    assert all(torch.equal(v, batchnorm_state(model)[k]) for k, v in stored.items()), "stored statistics untouched"

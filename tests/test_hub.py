@@ -242,9 +242,11 @@ def test_card_lists_the_metrics_the_run_recorded_up_to_the_pushed_step(tiny_run,
 
     run = shutil.copytree(tiny_run, tmp_path / "run")
     with open(run / "log.jsonl", "a") as log:
-        for step, fid in ((2, 301.5), (6, 250.0)):  # step 6 is after the pushed checkpoint (4)
+        # step 1: a log from before records named their mode (train mode then); step 6 is after
+        # the pushed checkpoint (4)
+        for step, fid, mode in ((1, 320.0, None), (2, 301.5, "instance"), (6, 250.0, "instance")):
             log.write(json.dumps({"step": step, "epoch": 0, "eval_images": 8, "eval_fid": fid, "eval_kid": 0.25,
-                                  "eval_ssim": 0.125, "eval_psnr": 14.5}) + "\n")
+                                  "eval_ssim": 0.125, "eval_psnr": 14.5, **({"eval_mode": mode} if mode else {})}) + "\n")
     results = tmp_path / "quality.jsonl"
     metrics = {"images": 100, "fid": 280.25, "kid": 0.2, "ssim": 0.2, "psnr": 15.0, "kid_std": 0.01}
     results.write_text("".join(json.dumps(record) + "\n" for record in (
@@ -253,7 +255,8 @@ def test_card_lists_the_metrics_the_run_recorded_up_to_the_pushed_step(tiny_run,
     )))
     found = recorded_evaluations(run, 4, results)
     assert [(e.measured_by, e.step, e.images, e.mode, e.metrics["fid"]) for e in found] == [
-        ("evaluation during training", 2, 8, "train", 301.5),
+        ("evaluation during training", 1, 8, "train", 320.0),
+        ("evaluation during training", 2, 8, "instance", 301.5),
         ("i2i bench quality", 4, 100, "eval", 280.25),
     ]
 

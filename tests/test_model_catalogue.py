@@ -6,6 +6,7 @@ catalogue entry added for the test: a small reference-layout U-Net and a recipe 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import socket
@@ -167,12 +168,19 @@ def test_cli_list_and_download(published, server, tmp_path, one_torch_thread):
 
 
 def test_i2i_load_by_catalogue_name(published, one_torch_thread):
+    """The default mode normalizes each image by its own statistics (the reference's BatchNorm
+    in training mode at batch 1, without dropout); eval mode uses the published running statistics."""
     import i2i
 
     reference, _ = published
-    translator = i2i.load(NAME, device="cpu")
+    per_image = copy.deepcopy(reference)
+    for module in per_image.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.train()
     image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     x = torch.from_numpy(image).permute(2, 0, 1).float().div(127.5).sub(1)[None]
-    with torch.no_grad():
-        expected = reference(x)[0].add(1).mul(127.5).round().clamp(0, 255).permute(1, 2, 0).numpy()
-    assert np.abs(translator(image).astype(int) - expected.astype(int)).max() <= 1
+    for mode, model in (("eval", reference), (None, per_image)):
+        translator = i2i.load(NAME, device="cpu", **({"mode": mode} if mode else {}))
+        with torch.no_grad():
+            expected = model(x)[0].add(1).mul(127.5).round().clamp(0, 255).permute(1, 2, 0).numpy()
+        assert np.abs(translator(image).astype(int) - expected.astype(int)).max() <= 1, mode

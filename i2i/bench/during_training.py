@@ -1,8 +1,8 @@
 """Evaluation during training (``train.eval_every``): FID and SSIM on a val subset.
 
 Every ``eval_every`` epochs, right after the end-of-epoch checkpoint, the first
-``eval_images`` val samples are translated (generator in train mode, as the
-reference tests) and scored; the figures go to log.jsonl as ``eval_*`` and the
+``eval_images`` val samples are translated (generator in the default inference mode,
+``eval_mode`` in the record) and scored; the figures go to log.jsonl as ``eval_*`` and the
 checkpoint with the lowest FID so far is copied to ``<run dir>/best`` with the
 figures in its manifest. The val features are extracted once per run.
 """
@@ -83,6 +83,7 @@ class EvaluationCallback(Callback):
         )
         self.real_features = meter.real_features_all()
         record = {"step": trainer.step, "epoch": epochs_done - 1, "eval_images": metrics["images"],
+                  "eval_mode": EVALUATION_MODE,
                   **{f"eval_{key}": metrics[key] for key in ("fid", "kid", "ssim", "psnr")}}
         trainer.log(record)  # log.jsonl, the console, TensorBoard and the report
         line = f"eval at step {trainer.step}: FID {metrics['fid']:.2f}  SSIM {metrics['ssim']:.4f}  PSNR {metrics['psnr']:.2f}"

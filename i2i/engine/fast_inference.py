@@ -39,7 +39,7 @@ from torch import nn
 from i2i.engine.build import resolve_precision
 from i2i.engine.compiled import CompiledOrEager
 from i2i.engine.cpu_speedups import keep_freed_memory, tensors_seen, undo_training_rewrites, use_matmul_convolutions
-from i2i.engine.inference import Mode
+from i2i.engine.inference import Mode, PerImageNormalization
 
 
 def fold_batchnorm(model: nn.Module) -> int:
@@ -52,7 +52,7 @@ def fold_batchnorm(model: nn.Module) -> int:
         names = list(block._modules)
         for conv_name, norm_name in zip(names, names[1:]):
             conv, norm = block._modules[conv_name], block._modules[norm_name]
-            if type(conv) not in (nn.Conv2d, nn.ConvTranspose2d) or not isinstance(norm, nn.BatchNorm2d):
+            if type(conv) not in (nn.Conv2d, nn.ConvTranspose2d) or type(norm) is not nn.BatchNorm2d:  # a subclass may add more (an activation)
                 continue
             if norm.running_var is None or not norm.affine:
                 continue
@@ -110,19 +110,16 @@ class SubpixelConvTranspose2d(nn.Module):
 
 
 def normalize_each_image(model: nn.Module) -> int:
-    """Modes ``instance`` and ``train``: every BatchNorm2d becomes an InstanceNorm2d with its
-    scale and shift (each image normalized by its own statistics, as ``generator_mode``
-    does); no running statistics are left to read or write. Returns how many were swapped."""
-    swapped = 0
+    """Modes ``instance`` and ``train``: every BatchNorm layer is wrapped to normalize each
+    image by its own statistics (``per_image_forward``, as ``generator_mode`` does); no
+    running statistics are read or written. Returns how many were wrapped."""
+    wrapped = 0
     for parent in list(model.modules()):
         for name, layer in list(parent.named_children()):
-            if isinstance(layer, nn.BatchNorm2d):
-                per_image = nn.InstanceNorm2d(layer.num_features, layer.eps, affine=layer.affine)
-                if layer.affine:
-                    per_image.weight, per_image.bias = layer.weight, layer.bias
-                setattr(parent, name, per_image)
-                swapped += 1
-    return swapped
+            if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                setattr(parent, name, PerImageNormalization(layer))
+                wrapped += 1
+    return wrapped
 
 
 def _seconds(call: Callable[[], object], repeats: int = 5) -> float:

@@ -11,6 +11,7 @@ towards the tile edges, so seams do not show and memory stays bounded.
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Literal
@@ -89,14 +90,35 @@ def read_generator_metadata(metadata: dict[str, str], source: Path) -> tuple[Rec
     return recipe, {**checked, "size_multiple": str(multiple)}
 
 
-def per_image_normalization(layer: nn.modules.batchnorm._BatchNorm) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``layer`` normalizing each image by its own statistics, with its learned scale and shift:
-    what a BatchNorm layer does in training at batch size 1, for a batch of any size."""
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
+def per_image_forward(layer: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """``layer`` normalizing each image of ``x`` by its own statistics, with its learned scale
+    and shift: what a BatchNorm layer does in training at batch size 1, for a batch of any
+    size; the stored statistics are neither read nor written. A subclass (timm's
+    BatchNormAct2d adds an activation) runs its own forward, one image at a time. Where an
+    image has one value per channel its own statistics are undefined (training at batch 1
+    could not run there either): the stored ones serve."""
+    one_value = x[0, 0].numel() == 1
+    if type(layer) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d) and not one_value:
         return F.instance_norm(x, weight=layer.weight, bias=layer.bias, eps=layer.eps)
+    training, tracking = layer.training, layer.track_running_stats
+    layer.training, layer.track_running_stats = not one_value, tracking and one_value
+    try:
+        forward = type(layer).forward
+        return forward(layer, x) if one_value else torch.cat([forward(layer, image[None]) for image in x])
+    finally:
+        layer.training, layer.track_running_stats = training, tracking
 
-    return forward
+
+class PerImageNormalization(nn.Module):
+    """A BatchNorm layer in ``per_image_forward``'s form, for a model copy's modules (plain
+    BatchNorm exports to ONNX as InstanceNormalization)."""
+
+    def __init__(self, layer: nn.modules.batchnorm._BatchNorm):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return per_image_forward(self.layer, x)
 
 
 @contextlib.contextmanager
@@ -116,7 +138,7 @@ def generator_mode(model: nn.Module, mode: Mode, seed: int | None = None) -> Ite
     model.train(mode == "train")
     layers = [] if mode == "eval" else [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for layer in layers:
-        layer.forward = per_image_normalization(layer)  # an instance attribute, removed below
+        layer.forward = functools.partial(per_image_forward, layer)  # an instance attribute, removed below
     device = next(model.parameters(), torch.empty(0)).device
     forked = contextlib.nullcontext()
     if seed is not None:
