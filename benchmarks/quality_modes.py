@@ -34,7 +34,8 @@ What a user gets (``--translate-check CHECKPOINT``): val 1..``--limit``'s inputs
 to the protocol's 256x256, go through the ``i2i translate`` command at its defaults, and
 its saved images are scored against the targets; one ``quality_translate`` record.
 
-``--set key=value`` changes the recipe of every run (e.g. ``--set train.ema=null``).
+``--set key=value`` changes the recipe of every run (e.g. ``--set train.ema=null``);
+``--engine-set fast:key=value`` that of one engine's runs alone (with ``--wall-clock``).
 """
 
 from __future__ import annotations
@@ -89,15 +90,17 @@ def train(recipe: Path, data: Path, seed: int, steps: list[int], device: str, ov
 
 
 def train_for(recipe: Path, data: Path, seed: int, engines: list[str], minutes: float, device: str,
-              overrides: list[str], out: Path) -> dict[str, Path]:
+              overrides: list[str], engine_overrides: dict[str, list[str]], out: Path) -> dict[str, Path]:
     """One ``i2i run`` per engine, side by side for ``minutes``, then stopped; engine -> its
-    last checkpoint. The engines split the cores (OMP_NUM_THREADS), rather than fight over them."""
+    last checkpoint. The engines split the cores (OMP_NUM_THREADS), rather than fight over them.
+    ``engine_overrides``: engine -> settings of its run alone."""
     sets = [f"data.root={data}", "data.download=false", f"train.seed={seed}", f"train.device={device}",
             "train.log_every=100", "train.sample_every=100000", "train.checkpoint_every=100000",
             "train.checkpoint_each_epoch=false", *overrides]
     arguments = [arg for value in sets for arg in ("--set", value)]
     threads = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // len(engines)))}
-    runs = {engine: subprocess.Popen([sys.executable, "-m", "i2i", "run", str(recipe), *arguments,
+    own = {engine: [arg for value in engine_overrides.get(engine, []) for arg in ("--set", value)] for engine in engines}
+    runs = {engine: subprocess.Popen([sys.executable, "-m", "i2i", "run", str(recipe), *arguments, *own[engine],
                                       "--set", f"train.engine={engine}", "--out", str(out / f"{engine}-seed{seed}"),
                                       "--quiet", "--no-tensorboard"], cwd=ROOT, env=threads) for engine in engines}
     time.sleep(minutes * 60)
@@ -109,11 +112,15 @@ def train_for(recipe: Path, data: Path, seed: int, engines: list[str], minutes: 
 
 
 def per_hour(args: argparse.Namespace, device: torch.device, out: Path) -> None:
+    engine_overrides = {}
+    for setting in args.engine_overrides:
+        engine, _, value = setting.partition(":")
+        engine_overrides.setdefault(engine, []).append(value)
     checkpoints = {}
     for seed in args.seeds:
         print(f"training {' and '.join(args.engines)} side by side, seed {seed}, {args.wall_clock} minutes", flush=True)
         checkpoints[seed] = train_for(args.recipe, args.data, seed, args.engines, args.wall_clock, str(device),
-                                      args.overrides, out)
+                                      args.overrides, engine_overrides, out)
     extractor = inception_extractor(device)
     runs = {engine: {seed: {"steps": int(checkpoints[seed][engine].name.removeprefix("step_")),
                             "scores": score_checkpoint(checkpoints[seed][engine], args.data, args.limit, device, extractor,
@@ -121,7 +128,7 @@ def per_hour(args: argparse.Namespace, device: torch.device, out: Path) -> None:
                      for seed in args.seeds} for engine in args.engines}
     record = {**environment(device), "kind": "quality_per_hour", "recipe": args.recipe.stem, "data": str(args.data),
               "split": "val", "limit": args.limit, "minutes": args.wall_clock, "seeds": args.seeds,
-              "overrides": args.overrides, "runs": runs,
+              "overrides": args.overrides, "engine_overrides": engine_overrides, "runs": runs,
               "summary": {engine: summary({seed: run["scores"] for seed, run in by_seed.items()})
                           for engine, by_seed in runs.items()}}
     append_record(args.results, record)
@@ -154,7 +161,7 @@ def score_checkpoint(checkpoint: Path, data: Path, limit: int, device: torch.dev
     if (checkpoint / INFERENCE_FILE).is_file():
         default, _, _ = load_generator(checkpoint / INFERENCE_FILE, device)
         scores["default"] = {mode: score(default, mode) for mode in plan["default"]}
-        if "no_ema" in plan and recipe.train.ema is not None and recipe.train.eval_bn_batches:
+        if plan.get("no_ema") and recipe.train.ema is not None and recipe.train.eval_bn_batches:
             training_set = build_dataset(recipe.variant(**{"data.root": str(data)}), "train", train=True)
             training_set.prepare()
             batches = fixed_batches(training_set, recipe.train.eval_bn_batches, recipe.train.batch_size, recipe.train.seed)
@@ -217,6 +224,9 @@ def main() -> None:
     parser.add_argument("--wall-clock", type=float, metavar="MINUTES",
                         help="quality per hour: train each of --engines side by side this long, then score")
     parser.add_argument("--engines", nargs="+", default=["reference", "fast"], help="with --wall-clock")
+    parser.add_argument("--engine-set", dest="engine_overrides", action="append", default=[], metavar="ENGINE:KEY=VALUE",
+                        help="with --wall-clock: a setting for one engine's runs alone")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="modes scored (default: every one)")
     parser.add_argument("--translate-check", type=Path, metavar="CHECKPOINT",
                         help="score what `i2i translate` gives for CHECKPOINT at its defaults")
     args = parser.parse_args()
@@ -245,18 +255,19 @@ def main() -> None:
             print(f"training seed {seed}, {steps[-1]} steps -> {run}", flush=True)
             seconds[seed] = train(args.recipe, args.data, seed, steps, str(device), args.overrides, run)
     extractor = inception_extractor(device)
+    plan = {weights: tuple(mode for mode in modes if mode in args.modes) for weights, modes in MODES_SCORES.items()}
     for step in steps:
         per_seed = {}
         for seed in args.seeds:
             per_seed[seed] = score_checkpoint(out / f"seed{seed}" / "checkpoints" / f"step_{step:08d}", args.data,
-                                              args.limit, device, extractor)
+                                              args.limit, device, extractor, plan)
             for weights, modes in per_seed[seed].items():
                 for mode, metrics in modes.items():
                     print(f"step {step} seed {seed} {weights} {mode}: " + "  ".join(f"{m} {metrics[m]:.4g}" for m in METRICS),
                           flush=True)
         record = {**environment(device), "kind": "quality_modes", "recipe": args.recipe.stem, "data": str(args.data),
                   "split": "val", "limit": args.limit, "steps_trained": step, "seeds": args.seeds,
-                  "overrides": args.overrides, "training_seconds": seconds or None, "runs": per_seed,
+                  "overrides": args.overrides, "modes": args.modes, "training_seconds": seconds or None, "runs": per_seed,
                   "summary": summary(per_seed)}
         append_record(args.results, record)
         fid = record["summary"]

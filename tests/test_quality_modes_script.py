@@ -50,7 +50,8 @@ def test_quality_per_hour_stops_both_engines_and_scores_their_outputs(fake_data_
     results = tmp_path / "quality.jsonl"
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality_modes.py"), "--recipe",
                            str(write_recipe(recipe)), "--data", str(fake_data_root), "--limit", "2", "--device", "cpu",
-                           "--results", str(results), "--wall-clock", "0.5", "--out", str(tmp_path / "runs")],
+                           "--results", str(results), "--wall-clock", "0.5", "--out", str(tmp_path / "runs"),
+                           "--engine-set", "fast:train.ema={}"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     (record,) = [json.loads(line) for line in results.read_text().splitlines()]
@@ -60,3 +61,6 @@ def test_quality_per_hour_stops_both_engines_and_scores_their_outputs(fake_data_
             assert run["steps"] >= 1, "each engine trained and was stopped with a checkpoint"
             assert set(run["scores"]["trained"]) == {"train", DEFAULT_MODE}  # published output, translate's default
         assert set(record["summary"][engine]["trained"]["train"]) == {"fid", "kid", "ssim", "psnr"}
+    assert record["engine_overrides"] == {"fast": ["train.ema={}"]}
+    averaged = {engine: all("default" in run["scores"] for run in record["runs"][engine].values()) for engine in ("reference", "fast")}
+    assert averaged == {"reference": False, "fast": True}, "the averaged generator only where that engine's setting asked"

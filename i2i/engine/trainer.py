@@ -38,6 +38,7 @@ from i2i.engine.setup import TrainingBatches, build_networks, build_optimizers, 
 from i2i.engine.train_state import TrainState
 from i2i.contracts import StepTools
 from i2i.errors import I2IError
+from i2i.modes import DEFAULT_MODE
 from i2i.recipe import Recipe
 from i2i.safe_files import append_text, write_file
 from i2i.visual import save_grid
@@ -231,12 +232,11 @@ class Trainer:
 
     @torch.no_grad()
     def save_samples(self) -> Path:
-        """A grid: one row per image, input | generated | target. Generated as the reference
-        tests: train mode with seeded dropout, and batch statistics over as many images as a
-        training step sees (one at a time at the reference's batch 1)."""
+        """A grid: one row per image, input | generated | target, generated as ``i2i translate``
+        does by default (``DEFAULT_MODE``, the inference weights)."""
         inputs = self._sample_batch["input"]
-        generator = self.inference_generator(eval_statistics=False) or self.generator
-        with generator_mode(generator, "train", seed=self.cfg.seed):
+        generator = self.inference_generator(eval_statistics=DEFAULT_MODE == "eval") or self.generator
+        with generator_mode(generator, DEFAULT_MODE, seed=self.cfg.seed):
             fake = torch.cat([generator(chunk) for chunk in inputs.split(self.cfg.batch_size)]).float()
         path = self.run_dir / "samples" / f"step_{self.step:08d}.png"
         save_grid([inputs, fake, self._sample_batch["target"]], path)
