@@ -16,7 +16,7 @@ from i2i.engine.trainer import Trainer
 from i2i.recipe import Recipe
 from i2i.run import build_trainer
 from i2i.errors import I2IError
-from i2i.modes import DEFAULT_MODE
+from i2i.modes import DEFAULT_MODE, MODES
 
 from conftest import RecordLogs, tiny_recipe
 
@@ -55,7 +55,7 @@ def test_bench_speed_appends_a_json_line_and_compare_flags_a_slowdown_and_a_drif
         assert config["train_gflop_per_step"] == configs["baseline"]["train_gflop_per_step"] > 0  # the same math
         assert config["train_gflop_per_s"] > 0 and config["train_fraction_of_peak"] > 0
     for name in ("baseline", "tuned"):
-        assert set(configs[name]["inference_images_per_s"]) == {"eval_batch1", "eval_batch2", "train_batch1", "train_batch2"}
+        assert set(configs[name]["inference_images_per_s"]) == {f"{mode}_batch{b}" for mode in MODES for b in (1, 2)}
         assert configs[name]["inference_gflop_per_image"] > 0
         assert set(configs[name]["inference_fraction_of_peak"]) == set(configs[name]["inference_images_per_s"])
         assert configs[name]["peak_memory_mib"] > 0

@@ -41,8 +41,9 @@ from i2i.engine.inference import generator_mode
 from i2i.engine.trainer import Trainer
 from i2i.recipe import Recipe
 from i2i.errors import I2IError
+from i2i.modes import MODES
 
-INFERENCE_MODES = ("eval", "train")
+INFERENCE_MODES = MODES  # instance is what translate runs by default; eval folds BatchNorm, instance cannot
 
 
 def configurations(device: torch.device) -> dict[str, dict[str, Any]]:
