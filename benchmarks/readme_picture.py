@@ -9,36 +9,32 @@ Each row: the input, what the generator made of it at each of ``--steps`` (the r
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-GAP = 2  # pixels between the tiles of a sample grid (i2i.visual.save_grid) and of the picture
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from i2i.visual import GRID_GAP, tile_grid  # noqa: E402
 
 
-def grid_tiles(path: Path) -> list[list[np.ndarray]]:
-    """A sample grid (rows of input | generated | target, square tiles) as rows of tiles."""
+def grid_columns(path: Path) -> list[np.ndarray]:
+    """A sample grid (rows of input | generated | target, square tiles) as its three columns of tiles."""
     grid = np.asarray(Image.open(path).convert("RGB"))
-    side = (grid.shape[1] - 2 * GAP) // 3
-    rows = (grid.shape[0] + GAP) // (side + GAP)
-    return [[grid[r * (side + GAP): r * (side + GAP) + side, c * (side + GAP): c * (side + GAP) + side] for c in range(3)]
-            for r in range(rows)]
+    side = (grid.shape[1] - 2 * GRID_GAP) // 3
+    rows = (grid.shape[0] + GRID_GAP) // (side + GRID_GAP)
+    return [np.stack([grid[r * (side + GRID_GAP): r * (side + GRID_GAP) + side,
+                           c * (side + GRID_GAP): c * (side + GRID_GAP) + side] for r in range(rows)])
+            for c in range(3)]
 
 
 def picture(run: Path, steps: list[int], rows: int) -> Image.Image:
-    grids = {step: grid_tiles(run / "samples" / f"step_{step:08d}.png") for step in steps}
-    first = grids[steps[0]]
-    rows = min(rows, len(first))
-    side = first[0][0].shape[0]
-    columns = len(steps) + 2
-    canvas = np.full((rows * side + (rows - 1) * GAP, columns * side + (columns - 1) * GAP, 3), 255, np.uint8)
-    for row in range(rows):
-        tiles = [first[row][0], *(grids[step][row][1] for step in steps), first[row][2]]
-        for column, tile in enumerate(tiles):
-            top, left = row * (side + GAP), column * (side + GAP)
-            canvas[top: top + side, left: left + side] = tile
-    return Image.fromarray(canvas)
+    grids = {step: grid_columns(run / "samples" / f"step_{step:08d}.png") for step in steps}
+    inputs, _, targets = grids[steps[0]]
+    columns = [inputs, *(grids[step][1] for step in steps), targets]
+    return Image.fromarray(tile_grid([column[:rows] for column in columns]))
 
 
 def main() -> None:

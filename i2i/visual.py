@@ -24,14 +24,22 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return images.permute(0, 2, 3, 1).numpy()
 
 
-def save_grid(columns: list[torch.Tensor], path: Path, gap: int = 2) -> Path:
-    """One row per image; each column a tensor of the same batch (e.g. input | generated | target)."""
-    arrays = [to_uint8(c) for c in columns]
-    n, h, w, _ = arrays[0].shape
-    grid = np.full((n * h + (n - 1) * gap, len(arrays) * w + (len(arrays) - 1) * gap, 3), 255, np.uint8)
-    for col, array in enumerate(arrays):
+GRID_GAP = 2  # white pixels between the tiles of a grid
+
+
+def tile_grid(columns: list[np.ndarray], gap: int = GRID_GAP) -> np.ndarray:
+    """Columns of NHWC uint8 tiles, all the same size -> one HWC uint8 image, one row per tile index."""
+    n, h, w, _ = columns[0].shape
+    grid = np.full((n * h + (n - 1) * gap, len(columns) * w + (len(columns) - 1) * gap, 3), 255, np.uint8)
+    for col, array in enumerate(columns):
         for row in range(n):
             grid[row * (h + gap) : row * (h + gap) + h, col * (w + gap) : col * (w + gap) + w] = array[row]
+    return grid
+
+
+def save_grid(columns: list[torch.Tensor], path: Path, gap: int = GRID_GAP) -> Path:
+    """One row per image; each column a tensor of the same batch (e.g. input | generated | target)."""
+    grid = tile_grid([to_uint8(c) for c in columns], gap)
     path.parent.mkdir(parents=True, exist_ok=True)
     with replacing(path) as handle:
         Image.fromarray(grid).save(handle, format="PNG")
