@@ -20,6 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from i2i.visual import GRID_GAP, tile_grid  # noqa: E402
 
 
+def sample_grid(run: Path, step: int) -> Path:
+    """Where the run saved its sample grid of ``step`` (the trainer's naming)."""
+    return run / "samples" / f"step_{step:08d}.png"
+
+
 def grid_columns(path: Path) -> list[np.ndarray]:
     """A sample grid (rows of input | generated | target, square tiles) as its three columns of tiles."""
     grid = np.asarray(Image.open(path).convert("RGB"))
@@ -31,7 +36,7 @@ def grid_columns(path: Path) -> list[np.ndarray]:
 
 
 def picture(run: Path, steps: list[int], rows: int) -> Image.Image:
-    grids = {step: grid_columns(run / "samples" / f"step_{step:08d}.png") for step in steps}
+    grids = {step: grid_columns(sample_grid(run, step)) for step in steps}
     inputs, _, targets = grids[steps[0]]
     columns = [inputs, *(grids[step][1] for step in steps), targets]
     return Image.fromarray(tile_grid([column[:rows] for column in columns]))
@@ -44,7 +49,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("docs/images/maps_samples.jpg"))
     args = parser.parse_args()
-    missing = [step for step in args.steps if not (args.run / "samples" / f"step_{step:08d}.png").is_file()]
+    missing = [step for step in args.steps if not sample_grid(args.run, step).is_file()]
     if missing:
         parser.error(f"{args.run / 'samples'} has no grid for step(s) {missing}")
     picture(args.run, args.steps, args.rows).save(args.out, quality=90)

@@ -43,8 +43,6 @@ from i2i.recipe import Recipe
 from i2i.errors import I2IError
 from i2i.modes import MODES
 
-INFERENCE_MODES = MODES  # instance is what translate runs by default; eval folds BatchNorm, instance cannot
-
 
 def configurations(device: torch.device) -> dict[str, dict[str, Any]]:
     """The ``train.*`` overrides of each configuration."""
@@ -160,7 +158,7 @@ def inference(
 ) -> dict[str, Any]:
     """Inference figures of ``trainer``'s generator: plain, or through the engine's path."""
     found: dict[str, Any] = {"inference_images_per_s": {}, "inference_notes": []}  # notes: e.g. a compile fell back to eager
-    for mode in INFERENCE_MODES:
+    for mode in MODES:  # instance is what translate runs by default; eval folds BatchNorm, instance cannot
         for batch in sorted({1, infer_batch}):
             batch_images = images[:1].expand(batch, -1, -1, -1).contiguous(memory_format=trainer.memory_format)
             if fast:  # what `i2i translate --backend fast` (or `compiled`) runs
