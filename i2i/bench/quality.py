@@ -155,10 +155,11 @@ def bicubic_baseline(dataset: PairedDataset, limit: int | None = None) -> dict[s
     return meter.compute()
 
 
-def protocol_dataset(recipe: Recipe, data_root: Path, split: str = "val") -> PairedDataset:
-    """The recipe's dataset on ``data_root`` at the protocol's size, without augmentation."""
+def protocol_dataset(recipe: Recipe, data_root: Path, split: str = "val", size: int = IMAGE_SIZE) -> PairedDataset:
+    """The recipe's dataset on ``data_root`` at the protocol's size (``size``: a cheaper screening
+    protocol, such as benchmarks/recipe_study.py's at 128), without augmentation."""
     data = recipe.data.model_copy(
-        update={"root": Path(data_root), "load_size": IMAGE_SIZE, "crop_size": IMAGE_SIZE, "on_device": False}
+        update={"root": Path(data_root), "load_size": size, "crop_size": size, "on_device": False}
     )
     dataset = build_dataset(recipe.model_copy(update={"data": data}), split, train=False)
     dataset.prepare()
