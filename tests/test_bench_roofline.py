@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from i2i.bench.limit import LimitSampler, counted_gflop
-from i2i.bench.roofline import MATMULS, Limits, OpFigures, count_ops, roofline
+from i2i.bench.roofline import MATMULS, Counted, Limits, OpFigures, count_ops, roofline
 from i2i.bench.timing import time_per_iteration
 from i2i.engine.trainer import Trainer
 from i2i.recipe import Recipe
@@ -16,8 +16,8 @@ CPU = torch.device("cpu")
 FP32 = 4
 
 
-def only(ops):
-    (op,) = ops
+def only(counted):
+    (op,) = counted.ops
     return op
 
 
@@ -45,7 +45,7 @@ def test_the_fused_adam_step_is_the_optimizer_and_moves_seven_tensors_per_parame
     layer = nn.Linear(10, 10)
     layer(torch.ones(1, 10)).sum().backward()
     adam = torch.optim.Adam(layer.parameters(), fused=True)
-    ops = {op.name: op for op in count_ops(adam.step, CPU)}
+    ops = {op.name: op for op in count_ops(adam.step, CPU).ops}
     fused = ops["_fused_adam_"]
     assert {op.group for op in ops.values() if op.bytes} == {"optimizer"}  # the rest: the profiler's markers
     # weights, first and second moments read and written, gradients read; steps: 2 scalars read
@@ -57,7 +57,9 @@ def test_a_training_step_counts_the_flop_counters_flops_and_every_group(tmp_path
     real_a, real_b = torch.rand(2, 1, 3, 32, 32) * 2 - 1
     step = lambda: trainer.train_step(real_a, real_b)  # noqa: E731
     step()
-    ops = count_ops(step, CPU)
+    counted = count_ops(step, CPU)
+    ops = counted.ops
+    assert counted.seconds > sum(op.seconds for op in ops) > 0
     assert sum(op.flops for op in ops) == pytest.approx(counted_gflop(step) * 1e9, rel=1e-12)
     groups = {op.group for op in ops}
     assert {MATMULS, "optimizer", "normalization", "activations"} <= groups
@@ -74,10 +76,10 @@ def test_the_roof_is_the_larger_of_compute_and_memory_time_and_the_bound_their_s
     assert limits.roof(in_cache) == (0.0, 2e5 / 40e9)  # 100 kB a call does
     assert limits.roof(in_cache, dram_only=True) == (0.0, 2e5 / 10e9)
     assert limits.roof(bf16)[0] == 0.01  # no bf16 peak measured: the best one
-    found = roofline([compute, in_cache, beyond], limits, seconds=0.1)
+    found = roofline(Counted([compute, in_cache, beyond], seconds=0.1), limits, seconds=0.2)
     assert found["bound_s"] == pytest.approx(0.01 + 2e5 / 40e9 + 0.04)
     assert found["bound_compute_s"] == 0.01 and found["bound_memory_s"] == pytest.approx(2e5 / 40e9 + 0.04)
-    assert found["fraction_of_bound"] == pytest.approx(found["bound_s"] / 0.1)
+    assert found["fraction_of_bound"] == pytest.approx(found["bound_s"] / 0.2)  # of the call timed apart
     assert found["outside_matmul_share"] == pytest.approx(0.8)
     assert found["shares"] == pytest.approx({"optimizer": 0.45, MATMULS: 0.2, "activations": 0.01,
                                              "between operators": 0.34})

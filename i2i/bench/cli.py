@@ -91,9 +91,9 @@ def describe_roofline(record: dict[str, Any]) -> str:
                      f"compute-bound operators + {roof['bound_memory_s']:.3g} s memory-bound; {roof['gflop']:.4g} GFLOP, "
                      f"{roof['gb_moved']:.3g} GB moved by {roof['operators']} operators; {roof['bound_dram_only_s']:.3g} s "
                      f"with every byte beyond the cache), step {roof['seconds']:.3g} s = {roof['fraction_of_bound']:.0%} "
-                     f"of bound; time by group: {shares}")
+                     f"of bound; time under the counter by group: {shares}")
         lines.append("  furthest from their roof (seconds above it):")
-        lines.extend(f"  {op['op']} {op['dtype']} ({op['inputs']}) x{op['calls']} [{op['group']}]: "
+        lines.extend(f"  {op['op']} {op['dtype']} ({op['inputs']}) x{op['calls']}, {op['group']}: "
                      f"{op['seconds'] * 1e3:.1f} ms, roof {op['roof_s'] * 1e3:.1f} ms ({op['limited_by']}; "
                      f"{op['gflop']:.3g} GFLOP, {op['mb_moved']:.3g} MB) = {_percent(op['fraction_of_roof'])}"
                      for op in roof["furthest"])

@@ -12,7 +12,9 @@ per operator and input shapes:
   ``copy_``/``fill_`` is written, not read); views move nothing; a broadcast input counts the
   memory under it. That is a lower bound on the operator's traffic: a kernel that reads its
   input twice, or spills its working set, moves more;
-- seconds: the wall clock around the operator alone (the device synchronized on each side);
+- seconds: the wall clock around the operator alone (the device synchronized on each side),
+  and the counted call's own wall clock, so that the time between operators (Python, autograd,
+  the dispatcher, and the counter's own bookkeeping: an upper estimate) is its share too;
 - its group: convolutions and matmuls (the operators with FLOPs), the optimizer (everything run
   inside an ``Optimizer.step``), normalization, activations, copies and layout, other.
 
@@ -62,6 +64,14 @@ WRITE_ONLY = {"copy_", "fill_", "zero_", "uniform_", "normal_", "bernoulli_", "r
 # Fused optimizers whose schema marks the gradients written: they are only unscaled in place under a grad scaler.
 SCALED_GRADIENTS = {"_fused_adam_", "_fused_adamw_", "_fused_sgd_"}
 FURTHEST = 5  # operators reported furthest from their roof
+
+
+@dataclass
+class Counted:
+    """The operators of one counted call, and its wall-clock seconds under the counter."""
+
+    ops: list["OpFigures"]
+    seconds: float
 
 
 @dataclass
@@ -177,7 +187,7 @@ class OpCounter(TorchDispatchMode):
         return out
 
 
-def count_ops(call: Callable[[], Any], device: torch.device) -> list[OpFigures]:
+def count_ops(call: Callable[[], Any], device: torch.device) -> Counted:
     """The operators of one ``call`` (it runs once), with their FLOPs, bytes and seconds."""
     counter = OpCounter(device)
 
@@ -189,12 +199,16 @@ def count_ops(call: Callable[[], Any], device: torch.device) -> list[OpFigures]:
 
     hooks = register_optimizer_step_pre_hook(enter), register_optimizer_step_post_hook(leave)
     try:
+        synchronize(device)
+        start = time.perf_counter()
         with counter:
             call()
+        synchronize(device)
+        seconds = time.perf_counter() - start
     finally:
         for hook in hooks:
             hook.remove()
-    return list(counter.ops.values())
+    return Counted(list(counter.ops.values()), seconds)
 
 
 @dataclass(frozen=True)
@@ -226,12 +240,11 @@ class Limits:
         return op.flops / (peak * 1e9), op.bytes / (bandwidth * 1e9)
 
 
-def roofline(ops: list[OpFigures], limits: Limits, seconds: float) -> dict[str, Any]:
-    """The bound of the call whose operators are ``ops`` and its fraction at ``seconds`` per call
-    (timed apart, without the counter); the share of those seconds per group of operators (and
-    between operators: Python, autograd, the dispatcher); the operators furthest from their roof,
-    by seconds above it."""
-    rows = []
+def roofline(counted: Counted, limits: Limits, seconds: float) -> dict[str, Any]:
+    """The bound of the ``counted`` call and its fraction at ``seconds`` per call (timed apart,
+    without the counter); the share of the counted call's time per group of operators and
+    between operators; the operators furthest from their roof, by seconds above it."""
+    ops, rows = counted.ops, []
     for op in ops:
         compute, memory = limits.roof(op)
         rows.append((op, max(compute, memory), "compute" if compute >= memory else "memory"))
@@ -240,8 +253,8 @@ def roofline(ops: list[OpFigures], limits: Limits, seconds: float) -> dict[str, 
     for op in ops:
         by_group[op.group] = by_group.get(op.group, 0.0) + op.seconds
     op_seconds = sum(by_group.values())
-    shares = {group: spent / seconds for group, spent in sorted(by_group.items(), key=lambda item: -item[1])}
-    shares["between operators"] = max(0.0, seconds - op_seconds) / seconds
+    shares = {group: spent / counted.seconds for group, spent in sorted(by_group.items(), key=lambda item: -item[1])}
+    shares["between operators"] = max(0.0, counted.seconds - op_seconds) / counted.seconds
     furthest = sorted(rows, key=lambda row: row[1] - row[0].seconds)[:FURTHEST]
     return {
         "bound_s": bound,
@@ -253,8 +266,9 @@ def roofline(ops: list[OpFigures], limits: Limits, seconds: float) -> dict[str, 
         "gflop": sum(op.flops for op in ops) / 1e9,
         "gb_moved": sum(op.bytes for op in ops) / 1e9,
         "operators": sum(op.calls for op in ops),
+        "counted_seconds": counted.seconds,
         "operator_seconds": op_seconds,
-        "outside_matmul_share": 1 - by_group.get(MATMULS, 0.0) / seconds,
+        "outside_matmul_share": 1 - by_group.get(MATMULS, 0.0) / counted.seconds,
         "shares": shares,
         "furthest": [{"op": op.name, "inputs": op.inputs, "dtype": op.dtype, "group": op.group, "calls": op.calls,
                       "seconds": op.seconds, "roof_s": roof, "fraction_of_roof": roof / op.seconds if op.seconds else None,

@@ -37,7 +37,7 @@ import torch
 from i2i.bench import PEAK_SIZES, RESULTS_DIR
 from i2i.bench.limit import LimitSampler, achieved, counted_gflop
 from i2i.bench.records import append_record, environment
-from i2i.bench.roofline import Limits, OpFigures, count_ops, roofline
+from i2i.bench.roofline import Counted, Limits, count_ops, roofline
 from i2i.bench.timing import rate_summary, time_per_iteration
 from i2i.engine.autotune import REFERENCE, static_settings
 from i2i.engine.build import build_dataset, resolve_device
@@ -163,32 +163,32 @@ def generator_gflop(trainer: Trainer, images: torch.Tensor) -> float:
         return counted_gflop(lambda: trainer.generator(images[:1]))
 
 
-def add_roofline_figures(config: dict[str, Any], operators: dict[str, list[OpFigures]], limits: Limits) -> None:
+def add_roofline_figures(config: dict[str, Any], operators: dict[str, Counted], limits: Limits) -> None:
     """The roofline bound of ``config``'s training step and inference calls (``operators``: by
     ``train`` or inference key), and the fraction of it their median rates reach."""
     if "train" in operators:
         config["train_roofline"] = roofline(operators["train"], limits, 1 / config["train_steps_per_s"]["median"])
         config["train_fraction_of_bound"] = config["train_roofline"]["fraction_of_bound"]
-    for key, ops in operators.items():
+    for key, counted in operators.items():
         if key == "train":
             continue
         batch = int(key.rsplit("batch", 1)[1])
-        found = roofline(ops, limits, batch / config["inference_images_per_s"][key]["median"])
+        found = roofline(counted, limits, batch / config["inference_images_per_s"][key]["median"])
         config.setdefault("inference_roofline", {})[key] = found
         config.setdefault("inference_fraction_of_bound", {})[key] = found["fraction_of_bound"]
 
 
 def train_operators(name: str, step: Callable[[], Any], gflop_per_step: float, device: torch.device,
-                    notes: list[str]) -> dict[str, list[OpFigures]]:
+                    notes: list[str]) -> dict[str, Counted]:
     """The operators of one more (warm, untimed) step, where the counter sees all of the step's
     FLOPs; else a note: a CUDA graph replays, or a compiled step runs, without them."""
-    ops = count_ops(step, device)
-    seen = sum(op.flops for op in ops) / 1e9
+    counted = count_ops(step, device)
+    seen = sum(op.flops for op in counted.ops) / 1e9
     if abs(seen - gflop_per_step) > 1e-9 * max(gflop_per_step, 1.0):
         notes.append(f"{name}: no roofline of the training step: its operators show {seen:.4g} of its "
                      f"{gflop_per_step:.4g} GFLOP (a CUDA graph or compiled step hides them)")
         return {}
-    return {"train": ops}
+    return {"train": counted}
 
 
 def add_limit_figures(config: dict[str, Any], gflop_per_image: float, peak_gflop_per_s: float) -> None:
@@ -205,7 +205,7 @@ def add_limit_figures(config: dict[str, Any], gflop_per_image: float, peak_gflop
 
 def inference(
     trainer: Trainer, images: torch.Tensor, infer_batch: int, timing: dict[str, int], fast: bool, compile: bool
-) -> tuple[dict[str, Any], dict[str, list[OpFigures]]]:
+) -> tuple[dict[str, Any], dict[str, Counted]]:
     """Inference figures of ``trainer``'s generator, plain or through the engine's path, and the
     operators of each timed call (of its eager form where it is compiled: the counter cannot see
     inside inductor's kernels, and the eager form runs the same math)."""
