@@ -6,9 +6,12 @@ engine setting buys: configurations timed interleaved in one process, as ratios.
     .venv/bin/python benchmarks/profile_step.py --profile tuned # torch.profiler table of one configuration, its
                                                                 # FLOPs and fraction of the matmul peak
     .venv/bin/python benchmarks/profile_step.py --part infer --compile  # adds compiled inference (slow to build)
+    .venv/bin/python benchmarks/profile_step.py --roofline tuned    # every operator of one configuration's step
+                                                                # against its roof (i2i/bench/roofline.py)
+    .venv/bin/python benchmarks/profile_step.py --roofline tuned --recipe recipes/cut_horse2zebra.yaml
 
-Every configuration is a set of ``train.*`` overrides on recipes/pix2pix_maps.yaml
-(256x256, batch 1, random tensors: data loading is not part of the figures). Each
+Every configuration is a set of ``train.*`` overrides on recipes/pix2pix_maps.yaml (or
+``--recipe``) at 256x256, batch 1, random tensors: data loading is not part of the figures. Each
 round runs every configuration in turn, so a noisy neighbour slows all of them
 alike; the ratio to the baseline is taken per round, then the median over rounds.
 Both wall time and process CPU time are reported: with other work on the machine,
@@ -30,7 +33,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from i2i.bench.limit import counted_gflop, matmul_peak  # noqa: E402
+from i2i.bench.limit import LimitSampler, counted_gflop, matmul_peak  # noqa: E402
+from i2i.bench.roofline import Limits, count_ops, roofline  # noqa: E402
 from i2i.bench.speed import configurations  # noqa: E402
 from i2i.engine.autotune import flipped, probed_settings  # noqa: E402
 from i2i.engine.fast_inference import fast_generator  # noqa: E402
@@ -65,8 +69,11 @@ OPERATOR_GROUPS = {
 }
 
 
-def build(settings: dict, size: int) -> Trainer:
-    recipe = yaml.safe_load((ROOT / "recipes" / "pix2pix_maps.yaml").read_text())
+RECIPE = ROOT / "recipes" / "pix2pix_maps.yaml"
+
+
+def build(settings: dict, size: int, recipe_file: Path = RECIPE) -> Trainer:
+    recipe = yaml.safe_load(recipe_file.read_text())
     recipe["data"] = {"dataset": {"name": "synthetic", "params": {"length": 1, "size": size}}, "load_size": size, "crop_size": size}
     recipe["train"].update(device="cpu", tensorboard=False, **settings)
     return Trainer(Recipe.from_dict(recipe), run_dir=Path(tempfile.gettempdir()) / "i2i-profile-step")
@@ -172,6 +179,43 @@ def print_limit(step) -> None:
           f"{peak['threads']} threads)")
 
 
+def print_roofline(settings: dict, size: int, steps: int, recipe_file: Path) -> None:
+    """Every operator of one configuration's (warm) step against its roof, furthest first, and
+    the step's bound; the limits sampled before and after the timed steps."""
+    trainer = build(settings, size, recipe_file)
+    step = train_call(trainer, size)
+    step()
+    sampler = LimitSampler(torch.device("cpu"), (1024, 2048), repeats=1)
+    sampler()
+    wall, cpu = timed(step, steps)
+    sampler()
+    counted = count_ops(step, torch.device("cpu"))
+    summary = sampler.summary()
+    limits = Limits.of(summary)
+    if limits is None:
+        print("\n".join(summary["notes"]))
+        return
+    found = roofline(counted, limits, wall)
+    rows = []
+    for op in counted.ops:
+        compute, memory = limits.roof(op)
+        rows.append((op.seconds - max(compute, memory), op, max(compute, memory), "compute" if compute >= memory else "memory"))
+    print(f"{'operator':28s} {'dtype':5s} {'calls':>5s} {'ms':>8s} {'roof ms':>8s} {'of roof':>7s} {'GFLOP':>7s} "
+          f"{'MB':>8s} {'by':7s} {'group':20s} inputs")
+    for gap, op, roof, by in sorted(rows, key=lambda row: -row[0])[:40]:
+        print(f"{op.name[:28]:28s} {op.dtype:5s} {op.calls:5d} {op.seconds * 1e3:8.1f} {roof * 1e3:8.1f} "
+              f"{roof / op.seconds:7.0%} {op.flops / 1e9:7.3f} {op.bytes / 1e6:8.2f} {by:7s} {op.group[:20]:20s} {op.inputs[:80]}")
+    shares = ", ".join(f"{group} {share:.0%}" for group, share in found["shares"].items())
+    peaks = ", ".join(f"{name} {rate['median']:.0f}" for name, rate in summary["matmul_gflop_per_s"].items())
+    bandwidth = ", ".join(f"{kind} {rate['median']:.1f}" for kind, rate in summary["bandwidth_gb_per_s"].items())
+    print(f"\nstep {wall:.3f} s wall, {cpu:.3f} s process CPU ({steps} steps); bound {found['bound_s']:.3f} s "
+          f"({found['bound_compute_s']:.3f} compute + {found['bound_memory_s']:.3f} memory; "
+          f"{found['bound_dram_only_s']:.3f} with every byte beyond the cache) = {found['fraction_of_bound']:.0%} of bound; "
+          f"{found['gflop']:.1f} GFLOP, {found['gb_moved']:.2f} GB; matmul GFLOP/s {peaks}; GB/s {bandwidth}; "
+          f"{torch.get_num_threads()} threads")
+    print(f"counted step {counted.seconds:.3f} s by group: {shares}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=("train", "infer", "both"), default="both")
@@ -181,8 +225,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--compile", action="store_true", help="also time fast_generator compiled (eval: with freezing)")
     parser.add_argument("--profile", choices=sorted(TRAIN_CONFIGS), help="print a torch.profiler table of one configuration's step")
+    parser.add_argument("--roofline", choices=sorted(TRAIN_CONFIGS), help="print one configuration's step against its roofline")
+    parser.add_argument("--recipe", type=Path, default=RECIPE, help="with --roofline: the recipe whose step is counted")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.roofline:
+        print_roofline(TRAIN_CONFIGS[args.roofline], args.size, args.iterations, args.recipe)
+        return
     if args.profile:
         profile(TRAIN_CONFIGS[args.profile], args.size)
         return

@@ -60,6 +60,15 @@ def test_bench_speed_appends_a_json_line_and_compare_flags_a_slowdown_and_a_drif
         assert set(configs[name]["inference_fraction_of_peak"]) == set(configs[name]["inference_images_per_s"])
         assert configs[name]["peak_memory_mib"] > 0
     assert record["ratio"]["train_steps_per_s"] > 0 and record["ratio"]["default_over_tuned_train_steps_per_s"] > 0
+    # the limits: once at the start, around each training timing's 2 repeats, after each inference
+    assert record["limits"]["samples"] == 1 + 2 * 3 + 2 and record["limits"]["bandwidth_gb_per_s"]["dram"]["median"] > 0
+    assert "of bound" in result.output and "furthest from their roof" in result.output and "triad beyond" in result.output
+    for config in configs.values():
+        roof = config["train_roofline"]
+        assert roof["gflop"] == pytest.approx(config["train_gflop_per_step"]) and roof["bound_s"] > 0
+        assert config["train_fraction_of_bound"] == roof["bound_s"] / roof["seconds"] and len(roof["furthest"]) == 5
+    for name in ("baseline", "tuned"):
+        assert set(configs[name]["inference_fraction_of_bound"]) == set(configs[name]["inference_images_per_s"])
     tuned = configs["tuned"]
     assert tuned["inference_path"] == "fast_generator compiled" and tuned["inference_notes"] == [], tuned
 

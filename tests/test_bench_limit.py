@@ -55,10 +55,12 @@ def test_achieved_is_the_work_times_the_rate_over_the_peak():
 
 def speed_record(train_fraction: float, infer_fraction: float) -> dict:
     def config(inference: bool) -> dict:
-        found = {"settings": {}, "train_steps_per_s": {"median": 2.0}, "train_fraction_of_peak": train_fraction}
+        found = {"settings": {}, "train_steps_per_s": {"median": 2.0}, "train_fraction_of_peak": train_fraction,
+                 "train_fraction_of_bound": train_fraction}
         if inference:
             found |= {"inference_images_per_s": {"eval_batch1": {"median": 30.0}},
-                      "inference_fraction_of_peak": {"eval_batch1": infer_fraction}}
+                      "inference_fraction_of_peak": {"eval_batch1": infer_fraction},
+                      "inference_fraction_of_bound": {"eval_batch1": infer_fraction}}
         return found
 
     return {"kind": "speed", "recipe": "tiny", "device_name": "cpu", "threads": 2,
@@ -69,19 +71,21 @@ def write_records(folder, *records: dict) -> None:
     (folder / "speed.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
 
 
-def test_compare_flags_a_drop_of_the_fraction_of_peak_at_the_same_rates(tmp_path):
+def test_compare_flags_a_drop_of_the_fractions_of_peak_and_bound_at_the_same_rates(tmp_path):
     write_records(tmp_path, speed_record(0.6, 0.9), speed_record(0.5, 0.6))
     flagged = sorted(c.figure for c in compare_results(tmp_path) if c.is_regression(0.1))
-    assert flagged == ["baseline inference eval_batch1 fraction of peak", "baseline train fraction of peak",
-                       "default train fraction of peak", "tuned inference eval_batch1 fraction of peak",
-                       "tuned train fraction of peak"]
+    assert flagged == sorted(f"{name} {figure} fraction of {limit}" for limit in ("peak", "bound")
+                             for name, figure in [("baseline", "inference eval_batch1"), ("baseline", "train"),
+                                                  ("default", "train"), ("tuned", "inference eval_batch1"),
+                                                  ("tuned", "train")])
 
 
 def test_compare_reads_speed_records_from_before_the_peak(tmp_path):
     older = speed_record(0.6, 0.9)
     for config in older["configs"].values():
-        config.pop("train_fraction_of_peak")
-        config.pop("inference_fraction_of_peak", None)
+        for key in ("train_fraction_of_peak", "inference_fraction_of_peak", "train_fraction_of_bound",
+                    "inference_fraction_of_bound"):
+            config.pop(key, None)
     write_records(tmp_path, older, speed_record(0.1, 0.1))
     compared = {c.figure for c in compare_results(tmp_path)}
     assert "tuned train steps/s" in compared and not any("fraction" in figure for figure in compared)

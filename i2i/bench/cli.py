@@ -23,8 +23,13 @@ def _rate(summary: dict[str, Any]) -> str:
     return f"{summary['median']:.3g} ({summary['min']:.3g}-{summary['max']:.3g})"
 
 
-def _achieved(gflop_per_s: float, fraction: float) -> str:
-    return f"{gflop_per_s:.4g} ({fraction:.0%})"
+def _achieved(gflop_per_s: float, fraction: float, of_bound: float | None) -> str:
+    bound = "" if of_bound is None else f", {of_bound:.0%} of bound"
+    return f"{gflop_per_s:.4g} ({fraction:.0%} of peak{bound})"
+
+
+def _percent(value: float | None) -> str:
+    return "" if value is None else f"{value:.0%}"
 
 
 def speed_table(record: dict[str, Any]) -> Table:
@@ -37,28 +42,62 @@ def speed_table(record: dict[str, Any]) -> Table:
     )
     table.add_row("train steps/s", *(_rate(c["train_steps_per_s"]) for c in (baseline, tuned, default)),
                   f"{ratio['train_steps_per_s']:.2f}", f"{ratio['default_train_steps_per_s']:.2f}")
-    table.add_row("train GFLOP/s (of peak)",
-                  *(_achieved(c["train_gflop_per_s"], c["train_fraction_of_peak"]) for c in (baseline, tuned, default)),
+    table.add_row("train GFLOP/s (of peak, of bound)",
+                  *(_achieved(c["train_gflop_per_s"], c["train_fraction_of_peak"], c.get("train_fraction_of_bound"))
+                    for c in (baseline, tuned, default)), "", "")
+    table.add_row("train: time outside convolutions and matmuls",
+                  *(_percent(c.get("train_roofline", {}).get("outside_matmul_share")) for c in (baseline, tuned, default)),
                   "", "")
     for key in baseline["inference_images_per_s"]:
         table.add_row(f"inference {key.replace('_', ' ')} images/s", _rate(baseline["inference_images_per_s"][key]),
                       _rate(tuned["inference_images_per_s"][key]), "", f"{ratio[f'inference_{key}']:.2f}", "")
-        table.add_row(f"inference {key.replace('_', ' ')} GFLOP/s (of peak)",
-                      *(_achieved(c["inference_gflop_per_s"][key], c["inference_fraction_of_peak"][key])
-                        for c in (baseline, tuned)), "", "", "")
+        table.add_row(f"inference {key.replace('_', ' ')} GFLOP/s (of peak, of bound)",
+                      *(_achieved(c["inference_gflop_per_s"][key], c["inference_fraction_of_peak"][key],
+                                  c.get("inference_fraction_of_bound", {}).get(key)) for c in (baseline, tuned)),
+                      "", "", "")
     memory = [c["peak_memory_mib"] for c in (baseline, tuned)]
     table.add_row("peak memory MiB", *(f"{m:.0f}" if m is not None else "n/a" for m in memory), "", "", "")
     return table
 
 
 def describe_limit(record: dict[str, Any]) -> str:
-    peak = record["matmul_peak"]
+    peak, limits = record["matmul_peak"], record["limits"]
     rates = ", ".join(f"{key.replace('_', ' ')}: {_rate(rate)}" for key, rate in peak["gflop_per_s"].items())
+    sampled = "; ".join(f"matmul {name} at {rate['size']}: {_rate(rate)} GFLOP/s (spread {rate['spread']:.0%})"
+                        for name, rate in limits["matmul_gflop_per_s"].items())
+    bandwidth = "; ".join(f"triad {'beyond' if kind == 'dram' else 'within'} the {limits['last_level_cache_mib']:.0f} MiB "
+                          f"last-level cache (3 x {rate['buffer_mib']:.0f} MiB): {_rate(rate)} GB/s (spread {rate['spread']:.0%})"
+                          for kind, rate in limits["bandwidth_gb_per_s"].items())
     baseline = record["configs"]["baseline"]
-    return (f"matmul peak {peak['best_gflop_per_s']:.4g} GFLOP/s ({peak['best'].replace('_', ' ')}, "
-            f"{peak['threads']} threads; GFLOP/s per dtype and size {rates})\n"
-            f"work: training step {baseline['train_gflop_per_step']:.4g} GFLOP, "
-            f"generator forward {baseline['inference_gflop_per_image']:.4g} GFLOP per image")
+    lines = [f"matmul peak at the start {peak['best_gflop_per_s']:.4g} GFLOP/s ({peak['best'].replace('_', ' ')}, "
+             f"{peak['threads']} threads; GFLOP/s per dtype and size {rates})",
+             f"limits sampled {limits['samples']} times, before, between and after the timed repeats (median (min-max)): "
+             f"{sampled}; {bandwidth or 'no bandwidth'}",
+             f"work: training step {baseline['train_gflop_per_step']:.4g} GFLOP, "
+             f"generator forward {baseline['inference_gflop_per_image']:.4g} GFLOP per image"]
+    return "\n".join(lines + record["limit_notes"])
+
+
+def describe_roofline(record: dict[str, Any]) -> str:
+    """Per configuration: the step's bound and what it is made of, where the time goes, and the
+    operators furthest from their roof."""
+    lines = []
+    for name, config in record["configs"].items():
+        roof = config.get("train_roofline")
+        if roof is None:
+            continue
+        shares = ", ".join(f"{group} {share:.0%}" for group, share in roof["shares"].items())
+        lines.append(f"{name} training step: bound {roof['bound_s']:.3g} s ({roof['bound_compute_s']:.3g} s "
+                     f"compute-bound operators + {roof['bound_memory_s']:.3g} s memory-bound; {roof['gflop']:.4g} GFLOP, "
+                     f"{roof['gb_moved']:.3g} GB moved by {roof['operators']} operators; {roof['bound_dram_only_s']:.3g} s "
+                     f"with every byte beyond the cache), step {roof['seconds']:.3g} s = {roof['fraction_of_bound']:.0%} "
+                     f"of bound; time under the counter by group: {shares}")
+        lines.append("  furthest from their roof (seconds above it):")
+        lines.extend(f"  {op['op']} {op['dtype']} ({op['inputs']}) x{op['calls']}, {op['group']}: "
+                     f"{op['seconds'] * 1e3:.1f} ms, roof {op['roof_s'] * 1e3:.1f} ms ({op['limited_by']}; "
+                     f"{op['gflop']:.3g} GFLOP, {op['mb_moved']:.3g} MB) = {_percent(op['fraction_of_roof'])}"
+                     for op in roof["furthest"])
+    return "\n".join(lines)
 
 
 def describe_settings(record: dict[str, Any]) -> str:
@@ -94,6 +133,7 @@ def speed(
                          compile_inference=compile_inference, peak_sizes=tuple(peak_sizes))
     console.print(speed_table(record))
     console.print(describe_limit(record), highlight=False)
+    console.print(describe_roofline(record), highlight=False)
     console.print(describe_settings(record), highlight=False)
     console.print(f"appended to {results}", highlight=False)
 

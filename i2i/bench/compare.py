@@ -6,8 +6,8 @@ with the same recipe and configuration: for speed the image and batch sizes,
 overrides, batch source and the settings each configuration asked for; for quality
 the checkpoint's recipe and steps, the data, split, image count and generator mode.
 A figure that got worse by more than ``threshold`` (relative) is a regression; for
-speed the figures are the median rates and their fractions of the matmul peak timed in
-the same run. In
+speed the figures are the median rates, their fractions of the matmul peak timed in
+the same run and of the roofline bound. In
 one speed record, ``default`` (what ``i2i run`` chooses) and ``tuned`` (the engine's
 static choice) training more than ``threshold`` apart, either way, is a drift.
 """
@@ -75,6 +75,10 @@ def figures(record: dict[str, Any]) -> dict[str, tuple[float, bool]]:
                 found[f"{name} train fraction of peak"] = (config["train_fraction_of_peak"], True)
             for key, fraction in config.get("inference_fraction_of_peak", {}).items():
                 found[f"{name} inference {key} fraction of peak"] = (fraction, True)
+            if "train_fraction_of_bound" in config:  # records before issue 32 have no roofline
+                found[f"{name} train fraction of bound"] = (config["train_fraction_of_bound"], True)
+            for key, fraction in config.get("inference_fraction_of_bound", {}).items():
+                found[f"{name} inference {key} fraction of bound"] = (fraction, True)
     else:
         for key, value in record["metrics"].items():
             if key in ("fid", "kid", "ssim", "psnr") and value is not None:

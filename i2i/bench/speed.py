@@ -14,11 +14,15 @@ inference path (``fast_generator``, compiled with freezing unless
 ``warmup`` untimed iterations, with the device synchronized before every clock read;
 the median and the range are kept.
 
-The record also holds how close each median rate comes to the machine's limit: the
-matmul peak timed first in the same run (``limit.matmul_peak``), and the FLOPs of each
+The record also holds how close each median rate comes to the machine's limits, measured
+in the same run and again before, between and after the timed repeats (``limit.LimitSampler``:
+the matmul peak and the memory bandwidth, with their spread): the FLOPs of each
 configuration's training step and of the generator's forward, counted by
-``torch.utils.flop_counter`` on one untimed call: achieved GFLOP/s and their fraction
-of the best peak.
+``torch.utils.flop_counter`` on one untimed call, as achieved GFLOP/s and their fraction of
+the best peak; and the roofline bound of each timed call (``roofline.py``: per operator, the
+larger of its FLOPs over the peak and its bytes over the bandwidth), counted on one more
+untimed call after the timing, as the fraction of that bound the median rate reaches, the
+operators furthest from their roof and the share of the time outside convolutions and matmuls.
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ from typing import Any, Callable
 import torch
 
 from i2i.bench import PEAK_SIZES, RESULTS_DIR
-from i2i.bench.limit import achieved, counted_gflop, matmul_peak
+from i2i.bench.limit import LimitSampler, achieved, counted_gflop
 from i2i.bench.records import append_record, environment
+from i2i.bench.roofline import Counted, Limits, count_ops, roofline
 from i2i.bench.timing import rate_summary, time_per_iteration
 from i2i.engine.autotune import REFERENCE, static_settings
 from i2i.engine.build import build_dataset, resolve_device
@@ -60,8 +65,21 @@ class PeakMemory:
     def __init__(self, device: torch.device):
         self.device = device
         self.kind = "cuda_peak_allocated" if device.type == "cuda" else "process_peak_rss"
+        self.held: float | None = None  # the peak before the last call run ``outside`` the count
 
     def reset(self) -> None:
+        self.held = None
+        self._reset_peak()
+
+    def outside(self, call: Callable[[], Any]) -> None:
+        """Run ``call`` (the limit probes: buffers of hundreds of MiB) without counting its memory:
+        the peak so far is kept, and the counter starts again after the call."""
+        held = self.read_mib()
+        call()
+        self.held = held
+        self._reset_peak()
+
+    def _reset_peak(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             return
@@ -71,6 +89,10 @@ class PeakMemory:
             pass
 
     def read_mib(self) -> float | None:
+        peaks = [peak for peak in (self.held, self._peak_mib()) if peak is not None]
+        return max(peaks) if peaks else None
+
+    def _peak_mib(self) -> float | None:
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / 2**20
         try:
@@ -141,6 +163,34 @@ def generator_gflop(trainer: Trainer, images: torch.Tensor) -> float:
         return counted_gflop(lambda: trainer.generator(images[:1]))
 
 
+def add_roofline_figures(config: dict[str, Any], operators: dict[str, Counted], limits: Limits) -> None:
+    """The roofline bound of ``config``'s training step and inference calls (``operators``: by
+    ``train`` or inference key), and the fraction of it their median rates reach."""
+    if "train" in operators:
+        config["train_roofline"] = roofline(operators["train"], limits, 1 / config["train_steps_per_s"]["median"])
+        config["train_fraction_of_bound"] = config["train_roofline"]["fraction_of_bound"]
+    for key, counted in operators.items():
+        if key == "train":
+            continue
+        batch = int(key.rsplit("batch", 1)[1])
+        found = roofline(counted, limits, batch / config["inference_images_per_s"][key]["median"])
+        config.setdefault("inference_roofline", {})[key] = found
+        config.setdefault("inference_fraction_of_bound", {})[key] = found["fraction_of_bound"]
+
+
+def train_operators(name: str, step: Callable[[], Any], gflop_per_step: float, device: torch.device,
+                    notes: list[str]) -> dict[str, Counted]:
+    """The operators of one more (warm, untimed) step, where the counter sees all of the step's
+    FLOPs; else a note: a CUDA graph replays, or a compiled step runs, without them."""
+    counted = count_ops(step, device)
+    seen = sum(op.flops for op in counted.ops) / 1e9
+    if abs(seen - gflop_per_step) > 1e-9 * max(gflop_per_step, 1.0):
+        notes.append(f"{name}: no roofline of the training step: its operators show {seen:.4g} of its "
+                     f"{gflop_per_step:.4g} GFLOP (a CUDA graph or compiled step hides them)")
+        return {}
+    return {"train": counted}
+
+
 def add_limit_figures(config: dict[str, Any], gflop_per_image: float, peak_gflop_per_s: float) -> None:
     """The GFLOP/s and fraction of the matmul peak of ``config``'s median rates."""
     train = achieved(config["train_gflop_per_step"], config["train_steps_per_s"]["median"], peak_gflop_per_s)
@@ -155,23 +205,32 @@ def add_limit_figures(config: dict[str, Any], gflop_per_image: float, peak_gflop
 
 def inference(
     trainer: Trainer, images: torch.Tensor, infer_batch: int, timing: dict[str, int], fast: bool, compile: bool
-) -> dict[str, Any]:
-    """Inference figures of ``trainer``'s generator: plain, or through the engine's path."""
+) -> tuple[dict[str, Any], dict[str, Counted]]:
+    """Inference figures of ``trainer``'s generator, plain or through the engine's path, and the
+    operators of each timed call (of its eager form where it is compiled: the counter cannot see
+    inside inductor's kernels, and the eager form runs the same math)."""
     found: dict[str, Any] = {"inference_images_per_s": {}, "inference_notes": []}  # notes: e.g. a compile fell back to eager
+    operators = {}
+    precision = trainer.engine.settings["precision"]
     for mode in MODES:  # instance is what translate runs by default; eval folds BatchNorm, instance cannot
         for batch in sorted({1, infer_batch}):
             batch_images = images[:1].expand(batch, -1, -1, -1).contiguous(memory_format=trainer.memory_format)
+            key = f"{mode}_batch{batch}"
             if fast:  # what `i2i translate --backend fast` (or `compiled`) runs
-                forward = fast_generator(trainer.generator, mode, batch_images, trainer.engine.settings["precision"],
+                forward = fast_generator(trainer.generator, mode, batch_images, precision,
                                          compile=compile, log_line=found["inference_notes"].append)
                 seconds = time_per_iteration({mode: lambda: forward(batch_images)}, device=trainer.device, **timing)[mode]
+                eager = fast_generator(trainer.generator, mode, batch_images, precision, log_line=lambda line: None) \
+                    if compile else forward
+                operators[key] = count_ops(lambda: eager(batch_images), trainer.device)
             else:
                 with generator_mode(trainer.generator, mode):
                     seconds = time_per_iteration({mode: lambda: plain_forward(trainer, batch_images)},
                                                  device=trainer.device, **timing)[mode]
-            found["inference_images_per_s"][f"{mode}_batch{batch}"] = rate_summary(seconds, batch)
+                    operators[key] = count_ops(lambda: plain_forward(trainer, batch_images), trainer.device)
+            found["inference_images_per_s"][key] = rate_summary(seconds, batch)
     found["inference_path"] = ("fast_generator" + (" compiled" if compile else "")) if fast else "generator"
-    return found
+    return found, operators
 
 
 def release(device: torch.device) -> None:
@@ -209,7 +268,8 @@ def bench_speed(
     compile_inference: bool = True,
     peak_sizes: tuple[int, ...] = PEAK_SIZES,
 ) -> dict[str, Any]:
-    """Time the matmul peak, then baseline, tuned and default on ``recipe_path``; append the record to ``results``."""
+    """Time the machine's limits, then baseline, tuned and default on ``recipe_path`` (the limits
+    again around their training repeats and after each inference); append the record to ``results``."""
     if min(steps, repeats, infer_batch) < 1 or warmup < 0:
         raise I2IError("--steps, --repeats and --infer-batch must be at least 1, --warmup at least 0")
     overrides = list(overrides or [])
@@ -220,8 +280,13 @@ def bench_speed(
     memory = PeakMemory(torch_device)
     notify = on_config or (lambda name: None)
 
-    notify("matmul peak")
-    peak = matmul_peak(torch_device, tuple(peak_sizes), repeats)
+    notify("matmul peak and memory bandwidth")
+    sampler = LimitSampler(torch_device, tuple(peak_sizes), repeats)
+    sampler()
+    notes: list[str] = []
+
+    def sample_limits() -> None:
+        memory.outside(sampler)
 
     # baseline alone and first: the fast CPU settings change the allocator for the whole process
     notify("baseline")
@@ -233,9 +298,12 @@ def bench_speed(
 
     gflop_per_step = counted_gflop(baseline_step)  # an untimed step of its own
     gflop_per_image = generator_gflop(trainer, real_a)
-    train = time_per_iteration({"baseline": baseline_step}, device=torch_device, **timing)
-    configs = {"baseline": {**describe(trainer, settings["baseline"], train["baseline"], gflop_per_step),
-                            **inference(trainer, real_a, infer_batch, timing, fast=False, compile=False),
+    train = time_per_iteration({"baseline": baseline_step}, device=torch_device, between=sample_limits, **timing)
+    operators = {"baseline": train_operators("baseline", baseline_step, gflop_per_step, torch_device, notes)}
+    found, operators_of_inference = inference(trainer, real_a, infer_batch, timing, fast=False, compile=False)
+    sample_limits()
+    operators["baseline"].update(operators_of_inference)
+    configs = {"baseline": {**describe(trainer, settings["baseline"], train["baseline"], gflop_per_step), **found,
                             "peak_memory_mib": memory.read_mib(), "peak_memory_kind": memory.kind}}
     del trainer, real_a, real_b
     release(torch_device)
@@ -245,20 +313,31 @@ def bench_speed(
     built = {name: build(recipe, settings[name], real_data) for name in ("tuned", "default")}
     steps_of = {name: lambda t=t, a=a, b=b: t.train_step(a, b) for name, (t, a, b) in built.items()}
     gflop_of = {name: counted_gflop(step) for name, step in steps_of.items()}
-    train = time_per_iteration(steps_of, device=torch_device, **timing)
+    train = time_per_iteration(steps_of, device=torch_device, between=sample_limits, **timing)
     for name, (trainer, real_a, _) in built.items():
         configs[name] = describe(trainer, settings[name], train[name], gflop_of[name])
+        operators[name] = train_operators(name, steps_of[name], gflop_of[name], torch_device, notes)
     configs["tuned"]["peak_memory_mib"] = memory.read_mib()
     configs["tuned"]["peak_memory_kind"] = memory.kind + " (tuned and default trainers together)"
     trainer, real_a, _ = built.pop("tuned")
     del built
     release(torch_device)
     notify("tuned inference")
-    configs["tuned"].update(inference(trainer, real_a, infer_batch, timing, fast=True, compile=compile_inference))
+    found, operators_of_inference = inference(trainer, real_a, infer_batch, timing, fast=True, compile=compile_inference)
+    sample_limits()
+    configs["tuned"].update(found)
+    operators["tuned"].update(operators_of_inference)
     del trainer, real_a
     release(torch_device)
-    for config in configs.values():
-        add_limit_figures(config, gflop_per_image, peak["best_gflop_per_s"])
+    limits = sampler.summary()
+    peak_gflop_per_s = max(rate["median"] for rate in limits["matmul_gflop_per_s"].values())
+    roofs = Limits.of(limits)
+    if roofs is None:
+        notes.append("no roofline bound: the memory bandwidth beyond the cache was not measured")
+    for name, config in configs.items():
+        add_limit_figures(config, gflop_per_image, peak_gflop_per_s)
+        if roofs is not None:
+            add_roofline_figures(config, operators[name], roofs)
 
     record = {
         **environment(torch_device),
@@ -273,7 +352,9 @@ def bench_speed(
         "steps": steps,
         "warmup": warmup,
         "repeats": repeats,
-        "matmul_peak": peak,
+        "matmul_peak": sampler.peak,
+        "limits": limits,
+        "limit_notes": limits["notes"] + notes,
         "configs": configs,
         "ratio": ratios(configs),
     }

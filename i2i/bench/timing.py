@@ -15,22 +15,28 @@ def synchronize(device: torch.device) -> None:
 
 
 def time_per_iteration(
-    runs: dict[str, Callable[[], Any]], iterations: int, warmup: int, repeats: int, device: torch.device
+    runs: dict[str, Callable[[], Any]], iterations: int, warmup: int, repeats: int, device: torch.device,
+    between: Callable[[], Any] | None = None,
 ) -> dict[str, list[float]]:
     """Seconds per call of each of ``runs``, one figure per repeat of ``iterations`` calls;
-    the runs alternate within each repeat."""
+    the runs alternate within each repeat. ``between`` (untimed) runs before the first
+    repeat, between repeats and after the last."""
     for run in runs.values():
         for _ in range(warmup):
             run()
     synchronize(device)
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
+        if between is not None:
+            between()
         for name, run in runs.items():
             start = time.perf_counter()
             for _ in range(iterations):
                 run()
             synchronize(device)
             times[name].append((time.perf_counter() - start) / iterations)
+    if between is not None:
+        between()
     return times
 
 
