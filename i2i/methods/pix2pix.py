@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from i2i.contracts import Method, Params
-from i2i.methods.base import build_discriminator, build_generator, build_losses, detached
+from i2i.methods.base import add_gradient_penalty, build_discriminator, build_generator, build_losses, detached
 from i2i.registry import METHODS
 
 
@@ -47,11 +47,7 @@ class Pix2Pix(Method):
             real_pair = torch.cat([real_a, real_b], 1)
             d_real, d_fake = self.gan_loss.discriminator_loss(D(real_pair), D(fake_pair))
             loss_d = 0.5 * (d_real + d_fake) * self.gan_weight
-            # The penalty differentiates D twice: the plain module (compiled graphs have no double
-            # backward; DDP needs no wrapper, the D loss's backward reduces all of D's gradients).
-            penalty = self.gan_loss.gradient_penalty(discriminator, real_pair, fake_pair, t.rank, t.world_size)
-            if penalty is not None:
-                loss_d = loss_d + penalty
+            loss_d = add_gradient_penalty(loss_d, self.gan_loss, t, "discriminator", real_pair, fake_pair)
         t.scaler.scale(loss_d).backward()
         t.scaler.step(t.opt_d)
 
