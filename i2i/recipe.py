@@ -196,6 +196,16 @@ class Recipe(Params):
         None, description="distributions allowed to provide components; [] = built-ins only; unset = any installed"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _method_is_pix2pix_unless_named(cls, data: Any) -> Any:
+        """A ``method`` without a name is pix2pix, as a recipe without one is: ``--set
+        method.params.feature_matching=10`` works on any pix2pix recipe."""
+        method = data.get("method") if isinstance(data, dict) else None
+        if isinstance(method, dict) and "name" not in method:
+            data = {**data, "method": {"name": "pix2pix", **method}}
+        return data
+
     @property
     def run_dir(self) -> Path:
         return self.output_dir or Path("runs") / self.name

@@ -135,6 +135,7 @@ class Trainer:
                     real_a, real_b = (batch[k].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
                                       for k in ("input", "target"))
                     self.guard.begin_step()
+                    self.method.set_progress(self.step, self.total_steps)
                     losses = self.train_step(real_a, real_b)
                     self.step += 1
                     if self.guard.end_step(self.step, losses):
