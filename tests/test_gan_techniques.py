@@ -196,14 +196,14 @@ def test_diff_augment_keeps_shapes_moves_pairs_together_and_passes_gradients(pol
 
 
 def test_diff_augment_draws_from_torchs_rng_per_sample():
-    pair = torch.randn(8, 6, 16, 16)
+    pair = torch.randn(1, 6, 16, 16).repeat(8, 1, 1, 1)  # one sample eight times
     policy = ["color", "translation", "cutout"]
     torch.manual_seed(3)
     first = augment([pair], policy)[0]
     torch.manual_seed(3)
-    assert torch.equal(augment([pair], policy)[0], first)
-    assert not torch.equal(augment([pair], policy)[0], first)
-    assert not torch.equal(first[0], first[1]) or not torch.equal(pair[0], pair[1])
+    assert torch.equal(augment([pair], policy)[0], first), "seeded: the same draws"
+    assert not torch.equal(augment([pair], policy)[0], first), "the RNG moved on"
+    assert all(not torch.equal(first[0], other) for other in first[1:]), "each sample its own draw"
 
 
 def test_translation_shifts_whole_pixels_by_at_most_an_eighth_with_zeros():
@@ -235,7 +235,6 @@ def test_cutout_zeroes_one_square_of_half_the_side_at_most():
         assert 1 <= len(rows) <= 8 and 1 <= len(cols) <= 8
         assert len(rows) == rows.max() - rows.min() + 1 and len(cols) == cols.max() - cols.min() + 1
         assert (sample == 0).sum() == len(rows) * len(cols), "a rectangle"
-        assert (sample == 0).sum() < 64 or sample[rows.min():, cols.min():][:8, :8].eq(0).all()
 
 
 # -- the pix2pix params ------------------------------------------------------------------------
