@@ -51,10 +51,21 @@ class Generator(nn.Module, ABC):
 
 class Discriminator(nn.Module, ABC):
     """Built as ``cls(params, in_channels=)``, where the input is (condition, image) stacked on
-    channels; ``forward`` returns logits N x 1 x H' x W', or a list of them (one per scale)."""
+    channels; ``forward`` returns logits N x 1 x H' x W', or a list of them (one per scale).
+    ``forward_features`` is optional: without it the discriminator cannot train with feature
+    matching (pix2pix's ``method.params.feature_matching``)."""
 
     @abstractmethod
     def forward(self, pair: torch.Tensor) -> Logits: ...
+
+    def forward_features(self, pair: torch.Tensor) -> list[list[torch.Tensor]]:
+        """Per scale (finest first), the output of each of its layers, ending with that scale's
+        logits as ``forward`` returns them."""
+        raise NotImplementedError(f"{type(self).__name__} gives no intermediate features")
+
+    @classmethod
+    def gives_features(cls) -> bool:
+        return cls.forward_features is not Discriminator.forward_features
 
 
 class ReconstructionLoss(nn.Module, ABC):
@@ -174,6 +185,11 @@ class Method(ABC):
 
     def bind(self, tools: StepTools) -> None:
         self.tools = tools
+
+    def set_progress(self, step: int, total_steps: int) -> None:
+        """Called before each training step with its index (from 0) and the run's length in
+        steps, for what changes over a run (a loss weight's schedule). Write what the step reads
+        into a tensor in place: a captured CUDA graph replays the step's kernels, not its Python."""
 
     @abstractmethod
     def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -25,6 +25,8 @@ class GANParams(Params):
     real_label: float = 1.0
     fake_label: float = 0.0
     gp_weight: float = Field(10.0, ge=0.0, description="gradient-penalty weight (wgan-gp only)")
+    r1_gamma: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="R1: gamma / 2 x E|grad D(real)|^2, "
+                            "zero-centred on the real data, any mode (Mescheder et al. 2018; 0: off)")
 
 
 @LOSSES.register("gan", params=GANParams)
@@ -68,13 +70,33 @@ class GANLoss(AdversarialLoss):
     def gradient_penalty(
         self, discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor, rank: int = 0, world_size: int = 1
     ) -> torch.Tensor | None:
-        """WGAN-GP's penalty on (|grad D(x_hat)| - 1)^2 at random interpolates; None for other modes.
+        """WGAN-GP's penalty (wgan-gp mode) plus R1 (``r1_gamma`` > 0); None where neither is on."""
+        penalties = []
+        if self.params.mode == "wgan-gp" and self.params.gp_weight > 0:
+            penalties.append(self._wgan_gp(discriminator, real, fake, rank, world_size))
+        if self.params.r1_gamma > 0:
+            penalties.append(self._r1(discriminator, real))
+        return sum(penalties) if penalties else None
+
+    def _r1(self, discriminator: nn.Module, real: torch.Tensor) -> torch.Tensor:
+        """gamma / 2 x the batch mean of |grad_x D(x)|^2 on the real input, D(x) being each
+        sample's mean logit (averaged over scales), so gamma does not depend on the size of the
+        logit map. In float32 whatever the autocast: squared half-precision gradients underflow."""
+        with torch.autocast(real.device.type, enabled=False):
+            x = real.detach().float().requires_grad_(True)
+            scales = _scales(discriminator(x))
+            score = sum(s.float().flatten(1).mean(1).sum() for s in scales) / len(scales)
+            (grad,) = torch.autograd.grad(score, x, create_graph=True)
+            return self.params.r1_gamma / 2 * grad.pow(2).flatten(1).sum(1).mean()
+
+    def _wgan_gp(
+        self, discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor, rank: int, world_size: int
+    ) -> torch.Tensor:
+        """The penalty on (|grad D(x_hat)| - 1)^2 at random interpolates.
 
         Every rank draws the whole global batch's interpolation weights and keeps its own samples'
         (the sampler deals samples out round-robin), so N processes at batch b draw per sample what
         one process at batch N x b draws."""
-        if self.params.mode != "wgan-gp" or self.params.gp_weight == 0:
-            return None
         alpha = torch.rand(real.shape[0] * world_size, 1, 1, 1, device=real.device, dtype=real.dtype)[rank::world_size]
         mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
         scales = _scales(discriminator(mixed))

@@ -118,6 +118,8 @@ class TrainSection(Params):
     epochs: int = Field(100, ge=0, description="epochs at the initial learning rate")
     epochs_decay: int = Field(100, ge=0, description="epochs of linear decay to zero afterwards")
     lr: float = Field(2e-4, gt=0, le=1, description="Adam's learning rate (at most 1)")
+    d_lr_ratio: float = Field(1.0, gt=0, allow_inf_nan=False, description="the discriminator's learning rate as a "
+                              "multiple of lr, through the whole schedule (two time-scales, TTUR: Heusel et al. 2017)")
     betas: tuple[Beta, Beta] = (0.5, 0.999)
     batch_size: int = Field(1, ge=1)
     seed: int = Field(0, ge=0, lt=2**63, description="seeds the weights, the data order and the augmentation")
@@ -174,6 +176,8 @@ class TrainSection(Params):
     def _has_length(self) -> TrainSection:
         if self.epochs + self.epochs_decay == 0 and self.max_steps is None:
             raise ValueError("epochs + epochs_decay is 0 and max_steps is unset: nothing to train")
+        if self.lr * self.d_lr_ratio > 1:
+            raise ValueError(f"lr x d_lr_ratio = {self.lr * self.d_lr_ratio:g}: the discriminator's learning rate is at most 1")
         return self
 
 
@@ -191,6 +195,16 @@ class Recipe(Params):
     plugins: list[str] | None = Field(
         None, description="distributions allowed to provide components; [] = built-ins only; unset = any installed"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_is_pix2pix_unless_named(cls, data: Any) -> Any:
+        """A ``method`` without a name is pix2pix, as a recipe without one is: ``--set
+        method.params.feature_matching=10`` works on any pix2pix recipe."""
+        method = data.get("method") if isinstance(data, dict) else None
+        if isinstance(method, dict) and "name" not in method:
+            data = {**data, "method": {"name": "pix2pix", **method}}
+        return data
 
     @property
     def run_dir(self) -> Path:

@@ -2,8 +2,8 @@
 
 Each component is built from its registration's ``example`` params and checked against its
 kind's contract (``i2i.contracts``): generators (shape, dtype, range, ``size_multiple``,
-gradients to every parameter), discriminators (logit maps, gradients), losses (finite
-scalars with gradients; adversarial ones: every method), datasets (sample keys, shapes,
+gradients to every parameter), discriminators (logit maps, gradients, features where
+given), losses (finite scalars with gradients; adversarial ones: every method), datasets (sample keys, shapes,
 channels and range, seeded samples; file datasets read a tiny folder that
 ``write_example_data`` fills), training methods (two steps of tiny networks move every
 network, finite detached losses, the resume state survives torch.save). A plugin's test module needs two lines (pytest required)::
@@ -111,6 +111,19 @@ def discriminator_gradients(entry: Entry, tmp_path: Path) -> None:
     sum((m * torch.randn_like(m)).sum() for m in _logit_maps(discriminator(pair))).backward()
     _assert_grads_reach_every_parameter(discriminator, entry)
     assert pair.grad is not None and pair.grad.abs().sum() > 0, "no gradient reaches the input (the generator learns through it)"
+
+
+def discriminator_features(entry: Entry, tmp_path: Path) -> None:
+    """Where a discriminator gives features: per scale, tensors of the batch ending with the logits."""
+    discriminator = _build(entry, in_channels=6)
+    if not discriminator.gives_features():
+        return
+    pair = torch.randn(2, 6, SIDE, SIDE)
+    logits, features = _logit_maps(discriminator(pair)), discriminator.forward_features(pair)
+    assert isinstance(features, list) and len(features) == len(logits), "forward_features: one list per scale"
+    for scale, scale_logits in zip(features, logits):
+        assert len(scale) >= 2 and all(f.shape[0] == 2 for f in scale), "forward_features: layers, then the logits"
+        assert torch.allclose(scale[-1], scale_logits), "forward_features's last item is not forward's logits"
 
 
 # -- losses ---------------------------------------------------------------------
@@ -282,7 +295,7 @@ def checks(kind: str, entry: Entry) -> list[Check]:
     if kind == "generators":
         return [output_shape_dtype_range, size_multiple_is_honoured, generator_gradients]
     if kind == "discriminators":
-        return [logit_maps, discriminator_gradients]
+        return [logit_maps, discriminator_gradients, discriminator_features]
     if kind == "losses" and issubclass(entry.obj, AdversarialLoss):
         return [adversarial_generator_loss, adversarial_discriminator_loss, adversarial_gradient_penalty]
     if kind == "losses":

@@ -67,16 +67,17 @@ def build_optimizers(
     recipe: Recipe, method: Method, networks: dict[str, nn.Module], device: torch.device, amp_dtype: torch.dtype
 ) -> tuple[torch.optim.Adam, torch.optim.Adam, torch.amp.GradScaler]:
     """One Adam over the method's generator side, one over its discriminator side (as the
-    reference chains CycleGAN's two generators into one optimizer)."""
+    reference chains CycleGAN's two generators into one optimizer), at ``train.lr`` and
+    ``train.lr x train.d_lr_ratio``."""
     cfg = recipe.train
     implementation = {"fused": True} if cfg.fused_adam else {"foreach": True}
     if cfg.cuda_graph:  # a captured step reads the learning rate from a tensor, updated in place
         implementation["capturable"] = True
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     optimizers = [
-        torch.optim.Adam(side_parameters(networks, side), lr=torch.tensor(cfg.lr, device=device) if cfg.cuda_graph else cfg.lr,
+        torch.optim.Adam(side_parameters(networks, side), lr=torch.tensor(lr, device=device) if cfg.cuda_graph else lr,
                          betas=cfg.betas, **implementation)
-        for side in (method.generator_side, method.discriminator_side)
+        for side, lr in ((method.generator_side, cfg.lr), (method.discriminator_side, cfg.lr * cfg.d_lr_ratio))
     ]
     return *optimizers, scaler
 

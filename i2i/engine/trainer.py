@@ -135,6 +135,7 @@ class Trainer:
                     real_a, real_b = (batch[k].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
                                       for k in ("input", "target"))
                     self.guard.begin_step()
+                    self.method.set_progress(self.step, self.total_steps)
                     losses = self.train_step(real_a, real_b)
                     self.step += 1
                     if self.guard.end_step(self.step, losses):
@@ -163,7 +164,7 @@ class Trainer:
     def set_epoch(self, epoch: int, offset: int = 0) -> None:
         """The learning rate, augmentation seed and sample order of ``epoch``, ``offset`` steps in."""
         lr = self.cfg.lr * linear_decay(epoch, self.cfg.epochs, self.cfg.epochs_decay)
-        for optimizer in (self.opt_g, self.opt_d):
+        for optimizer, lr in ((self.opt_g, lr), (self.opt_d, lr * self.cfg.d_lr_ratio)):
             for group in optimizer.param_groups:
                 if isinstance(group["lr"], torch.Tensor):
                     group["lr"].fill_(lr)  # in place: a captured step reads this tensor

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
-from i2i.contracts import AdversarialLoss, ReconstructionLoss
+from i2i.contracts import AdversarialLoss, ReconstructionLoss, StepTools
 from i2i.recipe import ComponentSpec, Recipe
 from i2i.registry import DISCRIMINATORS, GENERATORS, LOSSES
 
@@ -34,6 +35,17 @@ def refuse_reconstruction_losses(recipe: Recipe, method: str, own_terms: str) ->
         for i, spec in enumerate(recipe.losses)
         if issubclass(LOSSES.get(spec.name, recipe.plugins).obj, ReconstructionLoss)
     ]
+
+
+def add_gradient_penalty(
+    loss_d: torch.Tensor, gan_loss: AdversarialLoss, tools: StepTools, name: str, real: torch.Tensor, fake: torch.Tensor
+) -> torch.Tensor:
+    """``loss_d`` plus the adversarial loss's gradient penalty on discriminator ``name`` (WGAN-GP,
+    R1), if it has one. The penalty differentiates D twice: the plain module (compiled graphs
+    have no double backward; DDP needs no wrapper, the D loss's backward reduces all of D's
+    gradients)."""
+    penalty = gan_loss.gradient_penalty(tools.networks[name], real, fake, tools.rank, tools.world_size)
+    return loss_d if penalty is None else loss_d + penalty
 
 
 def detached(terms: dict[str, Any]) -> dict[str, Any]:

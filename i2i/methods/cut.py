@@ -23,7 +23,7 @@ from torch import nn
 from i2i.contracts import Method, Params
 from i2i.errors import I2IError
 from i2i.methods.base import (
-    build_discriminator, build_generator, build_losses, detached, refuse_reconstruction_losses,
+    add_gradient_penalty, build_discriminator, build_generator, build_losses, detached, refuse_reconstruction_losses,
 )
 from i2i.registry import METHODS
 
@@ -170,6 +170,7 @@ class CUT(Method):
         with t.autocast():
             d_real, d_fake = self.gan_loss.discriminator_loss(D(real_b), D(fake_b.detach()))
             loss_d = 0.5 * (d_real + d_fake) * self.gan_weight
+            loss_d = add_gradient_penalty(loss_d, self.gan_loss, t, "discriminator", real_b, fake_b.detach())
         t.scaler.scale(loss_d).backward()
         t.scaler.step(t.opt_d)
 

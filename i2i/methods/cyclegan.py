@@ -22,7 +22,7 @@ from torch import nn
 from i2i.contracts import Method, Params
 from i2i.errors import I2IError
 from i2i.methods.base import (
-    build_discriminator, build_generator, build_losses, detached, refuse_reconstruction_losses,
+    add_gradient_penalty, build_discriminator, build_generator, build_losses, detached, refuse_reconstruction_losses,
 )
 from i2i.registry import METHODS
 
@@ -133,9 +133,13 @@ class CycleGAN(Method):
             network.requires_grad_(True)
         t.opt_d.zero_grad(set_to_none=True)
         with t.autocast():
-            d_real_b, d_fake_b = self.discriminator_terms("discriminator", real_b, self.pools["fake_b"].query(fake_b))
-            d_real_a, d_fake_a = self.discriminator_terms("discriminator_a", real_a, self.pools["fake_a"].query(fake_a))
+            seen_b = self.pools["fake_b"].query(fake_b)
+            d_real_b, d_fake_b = self.discriminator_terms("discriminator", real_b, seen_b)
+            seen_a = self.pools["fake_a"].query(fake_a)
+            d_real_a, d_fake_a = self.discriminator_terms("discriminator_a", real_a, seen_a)
             loss_d = 0.5 * (d_real_b + d_fake_b) + 0.5 * (d_real_a + d_fake_a)
+            loss_d = add_gradient_penalty(loss_d, self.gan_loss, t, "discriminator", real_b, seen_b)
+            loss_d = add_gradient_penalty(loss_d, self.gan_loss, t, "discriminator_a", real_a, seen_a)
         t.scaler.scale(loss_d).backward()
         t.scaler.step(t.opt_d)
         t.scaler.update()

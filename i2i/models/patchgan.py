@@ -54,6 +54,16 @@ class PatchGANDiscriminator(Discriminator):
     def forward(self, x):
         return self.model(x)
 
+    def forward_features(self, x):
+        """The output of each LeakyReLU (the first conv's and each block's, as pix2pixHD's
+        intermediate features), then the logits."""
+        features = []
+        for layer in self.model:
+            x = layer(x)
+            if isinstance(layer, nn.LeakyReLU):
+                features.append(x)
+        return [features + [x]]
+
 
 class PixelGANParams(Params):
     ndf: int = Field(64, ge=1)
@@ -103,3 +113,11 @@ class MultiscaleDiscriminator(Discriminator):
                 x = self.downsample(x)
             logits.append(discriminator(x))
         return logits
+
+    def forward_features(self, x):
+        features = []
+        for i, discriminator in enumerate(self.scales):
+            if i:
+                x = self.downsample(x)
+            features += discriminator.forward_features(x)
+        return features
