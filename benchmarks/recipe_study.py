@@ -120,12 +120,17 @@ def train(candidate: Candidate, data: Path, seed: int, args: argparse.Namespace,
                              "--quiet"], cwd=ROOT, env=env)
 
 
-def score(weights: Path, data: Path, size: int, limit: int, device: torch.device, extractor) -> dict[str, float]:
+def score(weights: Path, data: Path, size: int, limit: int, device: torch.device, extractor,
+          targets: dict) -> dict[str, float]:
     """What ``i2i translate`` gives by default for ``weights`` (a checkpoint folder: its inference
-    weights), scored as ``i2i bench quality --mode instance``."""
+    weights), scored as ``i2i bench quality --mode instance``. ``targets`` keeps the val targets'
+    features per (data, direction, size) from one candidate to the next."""
     generator, recipe, _ = load_generator(resolve_generator_file(weights), device)
     val = protocol_dataset(recipe, data, "val", size)
-    metrics = evaluate(generator, val, QualityMeter(extractor), DEFAULT_MODE, device, limit, recipe.train.seed)
+    key = (recipe.data.dataset.name, recipe.data.direction, size)
+    meter = QualityMeter(extractor)
+    metrics = evaluate(generator, val, meter, DEFAULT_MODE, device, limit, recipe.train.seed, targets.get(key))
+    targets[key] = meter.real_features_all()
     return {metric: metrics[metric] for metric in METRICS}
 
 
@@ -167,7 +172,7 @@ def study(args: argparse.Namespace) -> None:
     size = SCREEN_SIZE if args.screen else IMAGE_SIZE
     runs = {(name, seed): out / f"{name}-seed{seed}" for name in args.candidates for seed in args.seeds}
     seconds = {} if args.score_only else train_all(runs, args)
-    extractor = inception_extractor(device)
+    extractor, targets = inception_extractor(device), {}
     # With --with-ema every run also keeps an average of its generator, which leaves training as it
     # was: the trained weights are the candidate's output, the average that of candidate+ema.
     variants = {"": None, "+ema": INFERENCE_FILE} if args.with_ema else {"": INFERENCE_FILE}
@@ -177,7 +182,7 @@ def study(args: argparse.Namespace) -> None:
             for seed in args.seeds:
                 checkpoint = latest_checkpoint(runs[name, seed])
                 weights = checkpoint / (weights_file or GENERATOR_FILE)
-                metrics = score(weights, args.data, size, args.limit, device, extractor)
+                metrics = score(weights, args.data, size, args.limit, device, extractor, targets)
                 per_seed[seed] = {"steps": int(checkpoint.name.removeprefix("step_")),
                                   "seconds": seconds.get((name, seed)), "weights": weights.name, "metrics": metrics}
                 print(f"   {name}{suffix} seed {seed}: steps {per_seed[seed]['steps']}  "

@@ -34,6 +34,7 @@ import yaml
 from i2i.engine.checkpoint import MANIFEST
 from i2i.engine.run_log import LOG
 from i2i.errors import I2IError
+from i2i.recipe import Recipe, RecipeError
 
 LOCK_NAME = ".i2i-run.lock"
 # What an i2i run writes first (recipe.yaml), and what makes it worth keeping.
@@ -279,6 +280,10 @@ def check_resume_changes(
         raise RunDirError(f"cannot read {saved} to compare the resumed recipe with it: {error}") from None
     if not isinstance(old, dict):
         raise RunDirError(f"{saved} is not a recipe; cannot compare the resumed recipe with it")
+    try:  # keys an older i2i did not write take today's defaults, which are no change
+        old, recipe = (Recipe.from_dict(r, str(saved)).model_dump(mode="json") for r in (old, recipe))
+    except RecipeError:
+        pass  # a recipe today's i2i refuses is compared as written
     changes = recipe_changes(old, recipe)
     if not changes:
         return []

@@ -205,3 +205,16 @@ def test_truncate_log_drops_the_steps_to_be_redone_and_a_half_written_line(tmp_p
     assert kept == [records[0], records[1], records[3], records[4]]
     assert truncate_log(tmp_path, 4) == 0
     assert truncate_log(tmp_path / "nothing", 4) == 0
+
+
+def test_a_key_an_older_i2i_did_not_write_is_no_change_at_its_default(tmp_path):
+    from conftest import tiny_recipe
+    from i2i.recipe import Recipe
+
+    current = Recipe.from_dict(tiny_recipe()).model_dump(mode="json")
+    older = json.loads(json.dumps(current))
+    del older["train"]["d_lr_ratio"]  # written before the option existed
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(older))
+    assert check_resume_changes(tmp_path, current) == []
+    with pytest.raises(RunDirError, match=r"train.d_lr_ratio 1.0 -> 2.0"):
+        check_resume_changes(tmp_path, {**current, "train": {**current["train"], "d_lr_ratio": 2.0}})
