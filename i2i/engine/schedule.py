@@ -39,19 +39,34 @@ def linear_decay(epoch: int, epochs: int, epochs_decay: int) -> float:
 
 @dataclass(frozen=True)
 class Schedule:
-    """The run's length in steps, for a dataset of ``samples`` pairs dealt over ``world_size`` ranks."""
+    """The run's length in steps, for a dataset of ``samples`` pairs dealt over ``world_size`` ranks,
+    and its learning rate per epoch: ``epochs`` at the initial rate, then ``epochs_decay`` of linear
+    decay (the recipe's, or those fitted to a time budget)."""
 
     steps_per_epoch: int
     total_steps: int
+    epochs: int
+    epochs_decay: int
 
     @classmethod
-    def of(cls, cfg: TrainSection, samples: int, world_size: int) -> Schedule:
+    def of(cls, cfg: TrainSection, samples: int, world_size: int, epochs: tuple[int, int] | None = None) -> Schedule:
+        """``epochs``: (epochs, epochs_decay) in place of the recipe's."""
+        at_rate, decay = epochs or (cfg.epochs, cfg.epochs_decay)
         steps_per_epoch = math.ceil(math.ceil(samples / world_size) / cfg.batch_size)
-        epochs = cfg.epochs + cfg.epochs_decay
-        total = steps_per_epoch * epochs
+        total = steps_per_epoch * (at_rate + decay)
         if cfg.max_steps is not None:
-            total = min(total, cfg.max_steps) if epochs else cfg.max_steps
-        return cls(steps_per_epoch, total)
+            total = min(total, cfg.max_steps) if at_rate + decay else cfg.max_steps
+        return cls(steps_per_epoch, total, at_rate, decay)
+
+    def lr_factor(self, epoch: int) -> float:
+        return linear_decay(epoch, self.epochs, self.epochs_decay)
+
+    def fitted(self, steps: int, step: int) -> tuple[int, int]:
+        """(epochs, epochs_decay) in the proportion of this schedule's, together about ``steps``
+        steps long, and reaching at least past the epoch of ``step`` (the one under way)."""
+        total = max(1, math.floor(steps / self.steps_per_epoch + 0.5), step // self.steps_per_epoch + 1)
+        decay = math.floor(total * self.epochs_decay / (self.epochs + self.epochs_decay) + 0.5)
+        return total - decay, decay
 
     def step_from(self, step: int, saved: Schedule, saved_world_size: int, world_size: int) -> int:
         """A step saved under another number of processes, as a step of this run: the same

@@ -15,6 +15,7 @@ import contextlib
 import json
 import signal
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,6 +23,7 @@ import torch
 
 from i2i.version import __version__
 from i2i.engine.autotune import EngineChoice, choose_engine
+from i2i.engine.budget import TimeBudget, describe
 from i2i.engine.build import build_dataset, build_generator, build_method, resolve_device, resolve_precision
 from i2i.engine.callbacks import Callback
 from i2i.engine.checkpoint import latest_good_checkpoint, load_weights, read_weights, save_checkpoint
@@ -33,7 +35,7 @@ from i2i.engine.inference import INFERENCE_FILE, INFERENCE_WEIGHTS, generator_mo
 from i2i.engine.meter import LossMeter
 from i2i.engine.precise_bn import fixed_batches, recompute_batchnorm
 from i2i.engine.run_log import truncate_log
-from i2i.engine.schedule import EpochSampler, Schedule, linear_decay
+from i2i.engine.schedule import EpochSampler, Schedule
 from i2i.engine.setup import TrainingBatches, build_networks, build_optimizers, wrap_for_step
 from i2i.engine.train_state import TrainState
 from i2i.contracts import StepTools
@@ -48,6 +50,7 @@ class Trainer:
     def __init__(self, recipe: Recipe, run_dir: Path | None = None, rank: int | None = None, world_size: int | None = None):
         if rank is None or world_size is None:
             rank, world_size = rank_and_world_size()  # (0, 1) unless started by torchrun
+        self.created = time.perf_counter()  # the startup train.time_budget leaves out runs from here
         self.recipe, self.cfg = recipe, recipe.train
         self.run_dir = Path(run_dir or recipe.run_dir)
         self.rank, self.world_size, self.is_main = rank, world_size, rank == 0
@@ -59,7 +62,7 @@ class Trainer:
         self.dataset = build_dataset(recipe, "train", train=True)
         self.dataset.prepare()  # decode-once cache and on_bad_image, before the sampler counts samples
         self.in_channels, self.out_channels = self.dataset.in_channels, self.dataset.out_channels
-        self.schedule = Schedule.of(self.cfg, len(self.dataset), world_size)
+        self.use_schedule(None)
         self.engine = self.choose_engine()
         engine_recipe = recipe.variant(**{f"train.{key}": value for key, value in self.engine.settings.items()})
         self.amp_dtype = resolve_precision(self.engine.settings["precision"], self.device)
@@ -97,6 +100,13 @@ class Trainer:
         self.average = average and ParameterAverage(self.generator, average.decay, average.start_step, average.every)
         self.sampler = EpochSampler(len(self.dataset), self.cfg.seed, rank, world_size)
         self.batches = TrainingBatches(recipe, self.dataset, self.sampler, self.device)
+        self.budget = self.cfg.time_budget and TimeBudget(self.cfg.time_budget, self.device, world_size)
+        self.fitted: tuple[int, int] | None = None  # (epochs, epochs_decay) fitted to the time budget
+        self.budget_spent = False
+
+    def use_schedule(self, epochs: tuple[int, int] | None) -> None:
+        """The recipe's schedule, or (``epochs``) the one fitted to the time budget."""
+        self.schedule = Schedule.of(self.cfg, len(self.dataset), self.world_size, epochs)
         self.steps_per_epoch, self.total_steps = self.schedule.steps_per_epoch, self.schedule.total_steps
 
     def choose_engine(self) -> EngineChoice:
@@ -128,7 +138,8 @@ class Trainer:
             meter, last = LossMeter(self.device, self.step), {}
             for network in self.networks.values():
                 network.train()
-            while self.step < self.total_steps:
+            self.start_budget()
+            while self.step < self.total_steps and not self.budget_spent:
                 epoch, offset = divmod(self.step, self.steps_per_epoch)
                 self.set_epoch(epoch, offset)
                 for batch in self.batches.epoch():
@@ -141,7 +152,10 @@ class Trainer:
                         meter.add(losses)
                     if self.average:
                         self.average.update(self.step)
-                    done = self.step >= self.total_steps
+                    if self.budget:
+                        self.budget_spent = self.budget.spent()
+                        self.fit_schedule()
+                    done = self.step >= self.total_steps or self.budget_spent
                     if self.step % self.cfg.log_every == 0 or done:
                         self.check_finite()  # the only host sync: losses are read every log_every steps
                         last, rate = meter.read(list(losses), self.step)
@@ -157,20 +171,78 @@ class Trainer:
                         self.stop_on_signal()
                     if done:
                         break
+            if self.budget_spent:
+                self.report_budget_stop()
             self.notify("on_end")
             return last
 
     def set_epoch(self, epoch: int, offset: int = 0) -> None:
         """The learning rate, augmentation seed and sample order of ``epoch``, ``offset`` steps in."""
-        lr = self.cfg.lr * linear_decay(epoch, self.cfg.epochs, self.cfg.epochs_decay)
+        self.set_lr(epoch)
+        self.dataset.set_epoch(epoch)
+        self.sampler.set_epoch(epoch, offset * self.cfg.batch_size)
+
+    def set_lr(self, epoch: int) -> None:
+        lr = self.cfg.lr * self.schedule.lr_factor(epoch)
         for optimizer in (self.opt_g, self.opt_d):
             for group in optimizer.param_groups:
                 if isinstance(group["lr"], torch.Tensor):
                     group["lr"].fill_(lr)  # in place: a captured step reads this tensor
                 else:
                     group["lr"] = lr
-        self.dataset.set_epoch(epoch)
-        self.sampler.set_epoch(epoch, offset * self.cfg.batch_size)
+
+    # ------------------------------------------------------- time budget
+    def start_budget(self) -> None:
+        """Start train.time_budget's clock (now, as the loop starts), and say what it leaves out."""
+        if not self.budget:
+            return
+        self.budget.start(self.step)
+        fit = "" if self.cfg.budget_schedule == "keep" else (
+            f"; the schedule fitted before the resume is kept: {self.describe_fit()}" if self.fitted else
+            "; the lr schedule is fitted to it once the steps/s are measured")
+        self.log_line(f"train.time_budget {describe(self.budget.seconds)} starts at step {self.step}, "
+                      f"{self.budget.started - self.created:.1f} s after setup began (setup not counted){fit}")
+
+    def fit_schedule(self) -> None:
+        """train.budget_schedule fit: at the step that ends the timed steps, rank 0 estimates the
+        steps the budget allows and every rank takes the schedule fitted to them, its current
+        epoch's learning rate included."""
+        if self.cfg.budget_schedule != "fit" or self.fitted or self.budget_spent:
+            return
+        rate = self.budget.measured_rate(self.step)
+        if rate is None:
+            return
+        estimate = self.budget.estimated_steps(self.step, rate)
+        if self.cfg.max_steps is not None:
+            estimate = min(estimate, self.cfg.max_steps)
+        fitted = self.schedule.fitted(estimate, self.step)
+        if self.world_size > 1:
+            rate, estimate, fitted = broadcast_from_main((rate, estimate, fitted))
+        self.fitted = fitted
+        self.use_schedule(fitted)
+        self.set_lr(self.step // self.steps_per_epoch)
+        self.log_line(f"train.budget_schedule fit: {rate:.3g} steps/s at step {self.step}, so about {estimate} steps "
+                      f"in the budget: {self.describe_fit()}")
+        self.log({"step": self.step, "time_budget": {"steps_per_s": rate, "estimated_steps": estimate,
+                  "epochs": fitted[0], "epochs_decay": fitted[1], "total_steps": self.total_steps}})
+
+    def describe_fit(self) -> str:
+        return (f"epochs {self.schedule.epochs} + epochs_decay {self.schedule.epochs_decay} (recipe: "
+                f"{self.cfg.epochs} + {self.cfg.epochs_decay}), {self.total_steps} steps at {self.steps_per_epoch} per epoch")
+
+    def report_budget_stop(self) -> None:
+        """Say why the run stopped, in the console and in log.jsonl (the checkpoint is saved)."""
+        loop, startup = self.budget.spent_after, self.budget.started - self.created
+        saving = self.budget.elapsed() - loop
+        steps = self.step - self.budget.first_step
+        short = (f"; the budget was shorter than the first step ({loop:.3g} s), which still ran and was saved"
+                 if steps == 1 else "")
+        self.log_line(f"train.time_budget {describe(self.budget.seconds)} spent: stopped at step {self.step} of "
+                      f"{self.total_steps}, {steps} step(s) and {loop:.1f} s into the training loop (then {saving:.1f} s "
+                      f"for the last samples and checkpoint; setup before the loop: {startup:.1f} s, not counted){short}; "
+                      f"checkpoint saved in {self.run_dir / 'checkpoints'}")
+        self.log({"step": self.step, "time_budget": {"stopped": True, "budget_s": self.budget.seconds, "loop_s": loop,
+                                                     "saving_s": saving, "setup_s": startup, "steps": steps}})
 
     def start_run_dir(self) -> None:
         if self.is_main:
@@ -282,8 +354,8 @@ class Trainer:
             barrier()  # the other ranks go on once rank 0's checkpoint is complete
             return None
         self.saved_step = self.step
-        state = TrainState.capture(self.step, self.world_size, self.guard.skipped_steps,
-                                   self.opt_g, self.opt_d, self.scaler, self.device, self.method.state_dict())
+        state = TrainState.capture(self.step, self.world_size, self.guard.skipped_steps, self.opt_g, self.opt_d,
+                                   self.scaler, self.device, self.method.state_dict(), self.fitted)
         inference = self.inference_generator()
         path = save_checkpoint(
             self.run_dir / "checkpoints",
@@ -316,6 +388,9 @@ class Trainer:
         state.restore(path / "state.pt", self.opt_g, self.opt_d, self.scaler, self.device, self.method)
         self.step = self.step_for_world_size(state.step, state.world_size)
         self.guard.skipped_steps = state.skipped_steps
+        if state.fitted_schedule and self.cfg.budget_schedule == "fit":
+            self.fitted = state.fitted_schedule
+            self.use_schedule(self.fitted)
         self.log_line(f"resumed from {path} at step {self.step}")
         return True
 
