@@ -150,3 +150,18 @@ def test_with_two_processes_rank_0_decides_the_stop_and_the_fit(tmp_path):
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
     assert ranks[0] == ranks[1] and ranks[0]["step"] > 4 and ranks[0]["fitted"]
     assert latest_checkpoint(tmp_path / "run").name == f"step_{ranks[0]['step']:08d}"
+
+
+@pytest.mark.parametrize("method", ["cyclegan", "cut"])
+def test_unpaired_methods_stop_by_budget_on_a_fitted_schedule(method, fake_data_root, tmp_path, monkeypatch):
+    from test_unpaired import unpaired_recipe
+
+    monkeypatch.setattr(budget, "WARMUP_STEPS", 2)
+    monkeypatch.setattr(budget, "MEASURED_STEPS", 2)
+    monkeypatch.setattr(budget.TimeBudget, "estimated_steps", lambda self, step, rate: 1000)  # past the budget
+    recipe = unpaired_recipe(method, fake_data_root, epochs=500, epochs_decay=500, time_budget=1.5,
+                             budget_schedule="fit", checkpoint_each_epoch=False)
+    trainer = Trainer(Recipe.from_dict(recipe), run_dir=tmp_path)
+    trainer.fit()
+    assert trainer.budget_spent and trainer.fitted == (125, 125) and 4 < trainer.step < trainer.total_steps == 1000
+    assert latest_checkpoint(tmp_path).name == f"step_{trainer.step:08d}"
