@@ -71,6 +71,12 @@ class PerImage:
             self.grams[name] = sides[name[0]] @ sides[name[1]].T
         return self.grams[name]
 
+    def kernel(self, name: str) -> torch.Tensor:
+        """KID's polynomial kernel (x . y / dims + 1)^3 on the rr, rf or ff pairs, computed once."""
+        if f"k{name}" not in self.grams:
+            self.grams[f"k{name}"] = (self.gram(name) / self.real.shape[1] + 1) ** 3
+        return self.grams[f"k{name}"]
+
     def metrics(self, real_weights: torch.Tensor, fake_weights: torch.Tensor) -> dict[str, float]:
         """Every metric with image i counted ``weights[i]`` times (all ones: the record's own figures)."""
         found = {"fid": weighted_fid(self, real_weights, fake_weights), "kid": weighted_kid(self, real_weights, fake_weights)}
@@ -102,8 +108,7 @@ def weighted_fid(values: PerImage, w_r: torch.Tensor, w_f: torch.Tensor) -> floa
 def weighted_kid(values: PerImage, w_r: torch.Tensor, w_f: torch.Tensor) -> float:
     """The unbiased MMD^2 of torchmetrics' KID (polynomial kernel of degree 3) over the whole
     weighted sets: pairs of distinct draws, a drawn image paired with its own copy included."""
-    dims = values.real.shape[1]
-    kernel = {name: (values.gram(name) / dims + 1) ** 3 for name in ("rr", "rf", "ff")}
+    kernel = {name: values.kernel(name) for name in ("rr", "rf", "ff")}
     n_r, n_f = float(w_r.sum()), float(w_f.sum())
     xx = (float(w_r @ kernel["rr"] @ w_r) - float(w_r @ kernel["rr"].diagonal())) / (n_r * (n_r - 1))
     yy = (float(w_f @ kernel["ff"] @ w_f) - float(w_f @ kernel["ff"].diagonal())) / (n_f * (n_f - 1))
@@ -166,7 +171,7 @@ def side_difference(a: list[PerImage], b: list[PerImage], w_r: torch.Tensor, w_f
     means = []
     for side in (a, b):
         figures = [record.metrics(w_r, w_f) for record in side]
-        means.append({metric: statistics.mean(f[metric] for f in figures) for metric in figures[0]})
+        means.append({metric: sum(f[metric] for f in figures) / len(figures) for metric in figures[0]})
     return {metric: means[1][metric] - means[0][metric] for metric in means[0]}
 
 
