@@ -175,8 +175,9 @@ class TrainSection(Params):
         "at a step boundary with a checkpoint; with max_steps, whichever comes first (docs/bench.md)"
     )
     budget_schedule: Literal["keep", "fit"] = Field(
-        "keep", description="with train.time_budget, keep: the lr schedule as written; fit: epochs and epochs_decay "
-        "scaled in proportion to the steps the budget allows, estimated from the steps/s measured early in the loop"
+        "keep", description="with train.time_budget, keep: the lr schedule as written; fit: the whole schedule "
+        "(epochs, then epochs_decay) scaled into the steps the budget allows, estimated from the steps/s measured "
+        "after 20 warm-up steps of the loop"
     )
     log_every: int = Field(50, ge=1, description="steps between loss reads and log lines")
     sample_every: int = Field(500, ge=1, description="steps between sample grids")

@@ -95,8 +95,7 @@ def test_fit_decays_the_lr_within_the_budget(tmp_path, capsys):
     trainer.fit()
     records = log_records(tmp_path)
     (fit,) = [r["time_budget"] for r in records if "estimated_steps" in r.get("time_budget", {})]
-    assert fit["epochs"] + fit["epochs_decay"] == -(-fit["total_steps"] // 8) and fit["epochs_decay"] > fit["epochs"]
-    assert trainer.fitted == (fit["epochs"], fit["epochs_decay"])
+    assert trainer.fitted == fit["fitted_steps"] == max(fit["estimated_steps"], 41) < 8 * 4000
     assert "train.budget_schedule fit:" in capsys.readouterr().out
     lrs = [r["lr"] for r in records if "lr" in r]
     assert lrs[0] == 2e-4 and lrs[-1] < 2e-4 * 0.75, "the rate decays before the budget is spent"
@@ -108,7 +107,7 @@ def test_resume_after_a_budget_stop_keeps_the_fitted_schedule_and_continues_exac
     fixed estimate); the rest is the real loop."""
     monkeypatch.setattr(budget, "WARMUP_STEPS", 2)
     monkeypatch.setattr(budget, "MEASURED_STEPS", 2)
-    monkeypatch.setattr(budget.TimeBudget, "estimated_steps", lambda self, step, rate: 24)  # 3 epochs of 8
+    monkeypatch.setattr(budget.TimeBudget, "estimated_steps", lambda self, step, rate: 24)  # 3 epochs of the data
 
     def train(run_dir, stop_at=None, resume=False) -> Trainer:
         recipe = long_recipe(epochs=10, epochs_decay=30, time_budget="1h", budget_schedule="fit")
@@ -118,14 +117,14 @@ def test_resume_after_a_budget_stop_keeps_the_fitted_schedule_and_continues_exac
         return trainer
 
     straight = train(tmp_path / "straight")
-    assert straight.fitted == (1, 2) and straight.step == 24  # ends by the fitted schedule
+    assert straight.fitted == straight.step == 24  # ends by the fitted schedule
     first = train(tmp_path / "split", stop_at=10)
-    assert first.step == 10 and first.budget_spent
+    # 40 schedule epochs in 24 steps: after step 10, epoch 16, the 7th of decay (of 30)
+    assert first.step == 10 and first.budget_spent and first.opt_g.param_groups[0]["lr"] == pytest.approx(2e-4 * 24 / 31)
     resumed = train(tmp_path / "split", resume=True)
-    assert resumed.fitted == (1, 2) and resumed.step == 24
+    assert resumed.fitted == resumed.step == 24
     assert_same_weights(straight.generator, resumed.generator)
     assert_same_weights(straight.discriminator, resumed.discriminator)
-    assert resumed.opt_g.param_groups[0]["lr"] == straight.opt_g.param_groups[0]["lr"] == pytest.approx(2e-4 / 3)
 
 
 def ranks_stop_together(rank: int, folder) -> None:
@@ -163,5 +162,5 @@ def test_unpaired_methods_stop_by_budget_on_a_fitted_schedule(method, fake_data_
                              budget_schedule="fit", checkpoint_each_epoch=False)
     trainer = Trainer(Recipe.from_dict(recipe), run_dir=tmp_path)
     trainer.fit()
-    assert trainer.budget_spent and trainer.fitted == (125, 125) and 4 < trainer.step < trainer.total_steps == 1000
+    assert trainer.budget_spent and trainer.fitted == trainer.total_steps == 1000 and 4 < trainer.step < 1000
     assert latest_checkpoint(tmp_path).name == f"step_{trainer.step:08d}"

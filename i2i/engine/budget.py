@@ -9,8 +9,8 @@ several processes its answer reaches every rank at the same step (``main_says``,
 
 ``train.budget_schedule: fit``: after ``WARMUP_STEPS`` untimed steps (compiling, tuning,
 caches filling), ``MEASURED_STEPS`` are timed; the steps done plus those the rest of the
-budget allows at that rate are the run's estimated length, to which the schedule's epochs
-are fitted (``Schedule.fitted``).
+budget allows at that rate are the run's estimated length, into which the whole lr schedule
+is scaled (``Schedule.of``'s ``fitted_steps``).
 """
 
 from __future__ import annotations

@@ -40,33 +40,33 @@ def linear_decay(epoch: int, epochs: int, epochs_decay: int) -> float:
 @dataclass(frozen=True)
 class Schedule:
     """The run's length in steps, for a dataset of ``samples`` pairs dealt over ``world_size`` ranks,
-    and its learning rate per epoch: ``epochs`` at the initial rate, then ``epochs_decay`` of linear
-    decay (the recipe's, or those fitted to a time budget)."""
+    and its learning rate: ``epochs`` at the initial rate, then ``epochs_decay`` of linear decay,
+    each epoch of the data's length, or, fitted to a time budget, the whole schedule compressed
+    (or stretched) into ``fitted_steps``."""
 
     steps_per_epoch: int
     total_steps: int
     epochs: int
     epochs_decay: int
+    fitted_steps: int | None = None
 
     @classmethod
-    def of(cls, cfg: TrainSection, samples: int, world_size: int, epochs: tuple[int, int] | None = None) -> Schedule:
-        """``epochs``: (epochs, epochs_decay) in place of the recipe's."""
-        at_rate, decay = epochs or (cfg.epochs, cfg.epochs_decay)
+    def of(cls, cfg: TrainSection, samples: int, world_size: int, fitted_steps: int | None = None) -> Schedule:
         steps_per_epoch = math.ceil(math.ceil(samples / world_size) / cfg.batch_size)
-        total = steps_per_epoch * (at_rate + decay)
+        epochs = cfg.epochs + cfg.epochs_decay
+        total = fitted_steps or steps_per_epoch * epochs
         if cfg.max_steps is not None:
-            total = min(total, cfg.max_steps) if at_rate + decay else cfg.max_steps
-        return cls(steps_per_epoch, total, at_rate, decay)
+            total = min(total, cfg.max_steps) if epochs else cfg.max_steps
+        return cls(steps_per_epoch, total, cfg.epochs, cfg.epochs_decay, fitted_steps)
 
-    def lr_factor(self, epoch: int) -> float:
-        return linear_decay(epoch, self.epochs, self.epochs_decay)
-
-    def fitted(self, steps: int, step: int) -> tuple[int, int]:
-        """(epochs, epochs_decay) in the proportion of this schedule's, together about ``steps``
-        steps long, and reaching at least past the epoch of ``step`` (the one under way)."""
-        total = max(1, math.floor(steps / self.steps_per_epoch + 0.5), step // self.steps_per_epoch + 1)
-        decay = math.floor(total * self.epochs_decay / (self.epochs + self.epochs_decay) + 0.5)
-        return total - decay, decay
+    def lr_factor(self, step: int) -> float:
+        """The learning rate's factor at ``step`` (from 0): per epoch of the data, or, fitted, per
+        (epochs + epochs_decay)-th of the fitted steps (in integers: the same factor on every rank
+        and after a resume)."""
+        if self.fitted_steps:
+            return linear_decay(step * (self.epochs + self.epochs_decay) // self.fitted_steps, self.epochs,
+                                self.epochs_decay)
+        return linear_decay(step // self.steps_per_epoch, self.epochs, self.epochs_decay)
 
     def step_from(self, step: int, saved: Schedule, saved_world_size: int, world_size: int) -> int:
         """A step saved under another number of processes, as a step of this run: the same

@@ -24,12 +24,12 @@ class TrainState:
     rng_cpu: torch.Tensor
     rng_cuda: list[torch.Tensor]
     method: dict[str, Any]
-    fitted_schedule: tuple[int, int] | None = None  # (epochs, epochs_decay) of train.budget_schedule fit
+    fitted_steps: int | None = None  # the steps train.budget_schedule fit fitted the lr schedule into
 
     @classmethod
     def capture(
         cls, step: int, world_size: int, skipped_steps: int, opt_g, opt_d, scaler, device: torch.device,
-        method: dict[str, Any], fitted_schedule: tuple[int, int] | None = None,
+        method: dict[str, Any], fitted_steps: int | None = None,
     ) -> TrainState:
         return cls(
             step=step,
@@ -41,7 +41,7 @@ class TrainState:
             rng_cpu=torch.get_rng_state(),
             rng_cuda=torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
             method=method,
-            fitted_schedule=fitted_schedule,
+            fitted_steps=fitted_steps,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -57,7 +57,7 @@ class TrainState:
                 world_size=int(state.get("world_size", 1)),  # checkpoints from before DDP have none
                 skipped_steps=int(state.get("skipped_steps", 0)),
                 method=dict(state.get("method", {})),  # checkpoints from before methods: pix2pix's, empty
-                fitted_schedule=tuple(state["fitted_schedule"]) if state.get("fitted_schedule") else None,
+                fitted_steps=state.get("fitted_steps"),  # None: the recipe's schedule
                 **{key: state[key] for key in ("opt_g", "opt_d", "scaler", "rng_cpu", "rng_cuda")},
             )
         except (KeyError, TypeError, ValueError) as error:

@@ -5,8 +5,9 @@ on real and generated pairs (loss halved), update G on fooling D plus the
 weighted reconstruction losses. ``fit`` is the loop around it: data order,
 learning rate, logging, samples, checkpoints. Setup lives in ``setup.py``, the
 saved training state in ``train_state.py``, data order and schedule in
-``schedule.py``. (Over 300 lines: the methods here are the side outputs and
-save/resume of one run, and ``probe_step`` needs a ``Trainer``.)
+``schedule.py``, the time budget's clock in ``budget.py``. (Over 300 lines: the
+methods here are the side outputs, save/resume and time budget of one run, all on the
+trainer's state, and ``probe_step`` needs a ``Trainer``.)
 """
 
 from __future__ import annotations
@@ -101,12 +102,13 @@ class Trainer:
         self.sampler = EpochSampler(len(self.dataset), self.cfg.seed, rank, world_size)
         self.batches = TrainingBatches(recipe, self.dataset, self.sampler, self.device)
         self.budget = self.cfg.time_budget and TimeBudget(self.cfg.time_budget, self.device, world_size)
-        self.fitted: tuple[int, int] | None = None  # (epochs, epochs_decay) fitted to the time budget
+        self.fitted: int | None = None  # the steps the lr schedule is fitted to (train.budget_schedule fit)
         self.budget_spent = False
+        self.lr: float | None = None  # as last set: the optimizers' own may be a device tensor (capturable)
 
-    def use_schedule(self, epochs: tuple[int, int] | None) -> None:
-        """The recipe's schedule, or (``epochs``) the one fitted to the time budget."""
-        self.schedule = Schedule.of(self.cfg, len(self.dataset), self.world_size, epochs)
+    def use_schedule(self, fitted_steps: int | None) -> None:
+        """The recipe's schedule, or the one fitted into ``fitted_steps``."""
+        self.schedule = Schedule.of(self.cfg, len(self.dataset), self.world_size, fitted_steps)
         self.steps_per_epoch, self.total_steps = self.schedule.steps_per_epoch, self.schedule.total_steps
 
     def choose_engine(self) -> EngineChoice:
@@ -155,6 +157,8 @@ class Trainer:
                     if self.budget:
                         self.budget_spent = self.budget.spent()
                         self.fit_schedule()
+                    if self.fitted:  # a fitted schedule's rate moves within epochs
+                        self.set_lr(self.step)
                     done = self.step >= self.total_steps or self.budget_spent
                     if self.step % self.cfg.log_every == 0 or done:
                         self.check_finite()  # the only host sync: losses are read every log_every steps
@@ -178,12 +182,16 @@ class Trainer:
 
     def set_epoch(self, epoch: int, offset: int = 0) -> None:
         """The learning rate, augmentation seed and sample order of ``epoch``, ``offset`` steps in."""
-        self.set_lr(epoch)
+        self.set_lr(epoch * self.steps_per_epoch + offset)
         self.dataset.set_epoch(epoch)
         self.sampler.set_epoch(epoch, offset * self.cfg.batch_size)
 
-    def set_lr(self, epoch: int) -> None:
-        lr = self.cfg.lr * self.schedule.lr_factor(epoch)
+    def set_lr(self, step: int) -> None:
+        """The learning rate of the step after ``step`` steps."""
+        lr = self.cfg.lr * self.schedule.lr_factor(step)
+        if lr == self.lr:
+            return
+        self.lr = lr
         for optimizer in (self.opt_g, self.opt_d):
             for group in optimizer.param_groups:
                 if isinstance(group["lr"], torch.Tensor):
@@ -205,8 +213,7 @@ class Trainer:
 
     def fit_schedule(self) -> None:
         """train.budget_schedule fit: at the step that ends the timed steps, rank 0 estimates the
-        steps the budget allows and every rank takes the schedule fitted to them, its current
-        epoch's learning rate included."""
+        steps the budget allows and every rank takes the schedule fitted into them."""
         if self.cfg.budget_schedule != "fit" or self.fitted or self.budget_spent:
             return
         rate = self.budget.measured_rate(self.step)
@@ -215,20 +222,21 @@ class Trainer:
         estimate = self.budget.estimated_steps(self.step, rate)
         if self.cfg.max_steps is not None:
             estimate = min(estimate, self.cfg.max_steps)
-        fitted = self.schedule.fitted(estimate, self.step)
         if self.world_size > 1:
-            rate, estimate, fitted = broadcast_from_main((rate, estimate, fitted))
-        self.fitted = fitted
-        self.use_schedule(fitted)
-        self.set_lr(self.step // self.steps_per_epoch)
+            rate, estimate = broadcast_from_main((rate, estimate))
+        self.fitted = max(estimate, self.step + 1)
+        self.use_schedule(self.fitted)
         self.log_line(f"train.budget_schedule fit: {rate:.3g} steps/s at step {self.step}, so about {estimate} steps "
                       f"in the budget: {self.describe_fit()}")
         self.log({"step": self.step, "time_budget": {"steps_per_s": rate, "estimated_steps": estimate,
-                  "epochs": fitted[0], "epochs_decay": fitted[1], "total_steps": self.total_steps}})
+                                                     "fitted_steps": self.fitted, "epochs": self.cfg.epochs,
+                                                     "epochs_decay": self.cfg.epochs_decay}})
 
     def describe_fit(self) -> str:
-        return (f"epochs {self.schedule.epochs} + epochs_decay {self.schedule.epochs_decay} (recipe: "
-                f"{self.cfg.epochs} + {self.cfg.epochs_decay}), {self.total_steps} steps at {self.steps_per_epoch} per epoch")
+        epochs = self.cfg.epochs + self.cfg.epochs_decay
+        return (f"the schedule's {self.cfg.epochs} epochs at lr {self.cfg.lr:g} and {self.cfg.epochs_decay} of decay "
+                f"fitted into {self.fitted} steps ({self.fitted / epochs:.3g} steps each, against "
+                f"{self.steps_per_epoch} in an epoch of the data)")
 
     def report_budget_stop(self) -> None:
         """Say why the run stopped, in the console and in log.jsonl (the checkpoint is saved)."""
@@ -386,10 +394,11 @@ class Trainer:
             broadcast_weights(*self.networks.values())
             state = broadcast_from_main(state)
         state.restore(path / "state.pt", self.opt_g, self.opt_d, self.scaler, self.device, self.method)
+        self.lr = None  # the optimizers now hold the checkpoint's
         self.step = self.step_for_world_size(state.step, state.world_size)
         self.guard.skipped_steps = state.skipped_steps
-        if state.fitted_schedule and self.cfg.budget_schedule == "fit":
-            self.fitted = state.fitted_schedule
+        if state.fitted_steps and self.cfg.budget_schedule == "fit":
+            self.fitted = self.step_for_world_size(state.fitted_steps, state.world_size)
             self.use_schedule(self.fitted)
         self.log_line(f"resumed from {path} at step {self.step}")
         return True
