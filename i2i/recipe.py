@@ -9,12 +9,14 @@ kept as that object), so a typo anywhere is reported with its YAML path
 from __future__ import annotations
 
 import difflib
+import math
+import re
 import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
 from safetensors import SafetensorError, safe_open
 
@@ -114,6 +116,28 @@ class AverageSection(Params):
     every: int = Field(10, ge=1, description="steps between updates, each folding in the decay of that many steps")
 
 
+DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
+DURATION_HELP = "expected a duration such as 15m, 2h, 90s or 1h30m, or a number of seconds"
+
+
+def parse_duration(value: Any) -> float:
+    """``15m``, ``2h``, ``90s``, ``1h30m`` or a number of seconds -> seconds (finite, more than 0)."""
+    if isinstance(value, str):
+        match = DURATION.fullmatch(value.replace(" ", ""))
+        if match and any(match.groups()):
+            value = sum(float(part or 0) * unit for part, unit in zip(match.groups(), (3600, 60, 1)))
+        else:
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(DURATION_HELP) from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(DURATION_HELP)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError("a time budget must be a finite duration of more than 0 seconds")
+    return float(value)
+
+
 class TrainSection(Params):
     epochs: int = Field(100, ge=0, description="epochs at the initial learning rate")
     epochs_decay: int = Field(100, ge=0, description="epochs of linear decay to zero afterwards")
@@ -147,6 +171,16 @@ class TrainSection(Params):
     )
     sync_batchnorm: bool = Field(False, description="with several processes: BatchNorm statistics over the global batch")
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (short runs)")
+    time_budget: Annotated[float, BeforeValidator(parse_duration)] | None = Field(
+        None, description="stop after this much training time (15m, 2h, 90s, 1h30m or seconds), counted from the "
+        "start of the training loop (setup and the engine probe excluded; this invocation's time on a resume), "
+        "at a step boundary with a checkpoint; with max_steps, whichever comes first (docs/bench.md)"
+    )
+    budget_schedule: Literal["keep", "fit"] = Field(
+        "keep", description="with train.time_budget, keep: the lr schedule as written; fit: the whole schedule "
+        "(epochs, then epochs_decay) scaled into the steps the budget allows, estimated from the steps/s measured "
+        "after 20 warm-up steps of the loop"
+    )
     log_every: int = Field(50, ge=1, description="steps between loss reads and log lines")
     sample_every: int = Field(500, ge=1, description="steps between sample grids")
     checkpoint_every: int = Field(1000, ge=1, description="steps between checkpoints")
@@ -178,6 +212,10 @@ class TrainSection(Params):
             raise ValueError("epochs + epochs_decay is 0 and max_steps is unset: nothing to train")
         if self.lr * self.d_lr_ratio > 1:
             raise ValueError(f"lr x d_lr_ratio = {self.lr * self.d_lr_ratio:g}: the discriminator's learning rate is at most 1")
+        if self.budget_schedule == "fit" and self.time_budget is None:
+            raise ValueError("budget_schedule fit needs a train.time_budget to fit the schedule to")
+        if self.budget_schedule == "fit" and self.epochs + self.epochs_decay == 0:
+            raise ValueError("budget_schedule fit scales epochs and epochs_decay, and both are 0")
         return self
 
 

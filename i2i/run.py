@@ -27,6 +27,7 @@ from i2i.bench.during_training import EvaluationCallback
 from i2i.data.download import ensure_data
 from i2i.engine.callbacks import Callback
 from i2i.engine.checkpoint import latest_checkpoint
+from i2i.engine.budget import describe
 from i2i.engine.build import resolve_device
 from i2i.engine.distributed import barrier, local_rank, process_count_problem, rank_and_world_size
 from i2i.engine.limits import check_limits, parameter_count
@@ -86,6 +87,10 @@ class ConsoleCallback(Callback):
         if not self.interactive:
             return
         epoch, done_in_epoch = divmod(trainer.step - 1, trainer.steps_per_epoch)
+        if self.progress.tasks[self.total_task].total != trainer.total_steps:  # a schedule fitted to the time budget
+            self.epochs = -(-trainer.total_steps // trainer.steps_per_epoch)
+            self.progress.update(self.total_task, total=trainer.total_steps)
+            self.epoch = -1
         if epoch != self.epoch:
             self.epoch = epoch
             left = min(trainer.steps_per_epoch, trainer.total_steps - epoch * trainer.steps_per_epoch)
@@ -121,15 +126,25 @@ def start_summary(trainer: Trainer, tensorboard: bool) -> str:
         f"  data          {recipe.data.dataset.name} in {recipe.data.root}: {len(trainer.dataset)} training pairs, "
         f"{trainer.in_channels}->{trainer.out_channels} channels, {recipe.data.direction}, "
         f"crop {recipe.data.crop_size}, batch {recipe.train.batch_size}\n"
-        f"  schedule      {trainer.total_steps} steps ({trainer.steps_per_epoch} per epoch), lr {recipe.train.lr:g}\n"
+        f"  schedule      {trainer.total_steps} steps ({trainer.steps_per_epoch} per epoch), lr {recipe.train.lr:g}"
+        f"{budget_note(recipe)}\n"
         f"  run dir       {trainer.run_dir}  (tensorboard {'on' if tensorboard else 'off'})"
     )
+
+
+def budget_note(recipe: Recipe) -> str:
+    train = recipe.train
+    if train.time_budget is None:
+        return ""
+    fit = ", the schedule fitted to it" if train.budget_schedule == "fit" else ""
+    return f", time budget {describe(train.time_budget)}{fit}"
 
 
 def end_summary(trainer: Trainer, losses: dict[str, float], seconds: float, tensorboard: bool) -> str:
     run_dir = trainer.run_dir
     lines = [
-        f"[bold green]done[/bold green]: {trainer.step} steps in {format_duration(seconds)}  {format_losses(losses)}",
+        f"[bold green]done[/bold green]: {trainer.step} steps in {format_duration(seconds)}"
+        f"{' (time budget spent)' if trainer.budget_spent else ''}  {format_losses(losses)}",
         f"  report        {run_dir / REPORT}",
         f"  samples       {run_dir / 'samples'}",
         f"  checkpoints   {run_dir / 'checkpoints'}",

@@ -47,7 +47,7 @@ VIRTUAL_FILE_SYSTEMS = (Path("/proc"), Path("/sys"))
 # Recipe keys a resumed run may change without --allow-changes: how long to train and how
 # often to log, sample, save and evaluate, never what is trained or how.
 FREE_TO_CHANGE = (
-    "train.epochs", "train.epochs_decay", "train.max_steps",
+    "train.epochs", "train.epochs_decay", "train.max_steps", "train.time_budget", "train.budget_schedule",
     "train.log_every", "train.sample_every", "train.checkpoint_every", "train.checkpoint_each_epoch", "train.keep_checkpoints",
     "train.eval_every", "train.eval_images", "train.tensorboard",
     "data.num_workers", "description", "output_dir",

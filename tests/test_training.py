@@ -102,7 +102,8 @@ def test_real_maps_smoke(tmp_path):
                "discriminator": {"name": "patchgan", "params": {"ndf": 8}}},
     ))
     trainer = Trainer(recipe, run_dir=tmp_path)
-    assert len(trainer.dataset) == 300
+    # Every pair of train/ (a count the set's version decides), each one image file.
+    assert len(trainer.dataset) == len([p for p in (MAPS / "train").iterdir() if p.suffix.lower() in (".jpg", ".png")]) > 0
     item = trainer.dataset[0]
     assert item["input"].shape == (3, 64, 64) and -1 <= item["input"].min() and item["input"].max() <= 1
     trainer.fit()

@@ -151,6 +151,8 @@ def quality(
                                        help="images between progress lines when stdout is not a terminal"),
     direction: str = typer.Option("AtoB", "--direction", help="AtoB: the run's translation (recipe input -> target); "
                                   "BtoA: its other generator (cyclegan), the targets translated and compared with the inputs"),
+    per_image: bool = typer.Option(True, "--per-image/--no-per-image", help="also write each image's features and "
+                                   "scores beside the results file (quality_images/, for compare's bootstrap)"),
 ) -> None:
     """FID, KID, SSIM and PSNR of a trained generator on a split, on the pinned protocol (one record per mode).
     A set without pairs (unaligned: testA, testB) gets FID and KID only; SSIM and PSNR need the true pair."""
@@ -161,7 +163,7 @@ def quality(
     modes = MODES if mode == "all" else (mode,)
     with quality_progress(progress_every) as on_image:
         records = bench_quality_modes(checkpoint, data, limit, modes, device, split, results, on_image=on_image,
-                                      direction=direction)
+                                      direction=direction, per_image=per_image)
     first = records[0]
     against = f" against {first['metrics']['real_images']} real ones (no pairs)" if "real_images" in first["metrics"] else ""
     console.print(f"{first['recipe']} {direction} step {first['steps_trained']} ({first['weights']}): "
@@ -206,23 +208,58 @@ def quality_progress(every: int) -> Iterator[Callable[[str, int, int], None]]:
 def compare(
     threshold: float = typer.Option(0.1, "--threshold", help="relative worsening that counts as a regression"),
     results: Path = typer.Option(RESULTS_DIR, "--results", help="folder with speed.jsonl and quality.jsonl"),
+    side_a: list[str] = typer.Option([], "--a", help="side A: the quality records matching FIELD=PATTERN (repeat the "
+                                     "option; e.g. --a recipe=pix2pix_maps --a mode=instance), newest per training seed"),
+    side_b: list[str] = typer.Option([], "--b", help="side B, judged against side A (same filters)"),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="resamples of the bootstrap over images, where the "
+                                  "records have per-image values (0: no bootstrap)"),
 ) -> None:
-    """Flag figures that got worse than the previous result of the same setup; exit 1 if any did."""
-    from i2i.bench.compare import compare_results
+    """Flag figures that got worse than the previous result of the same setup; exit 1 if any did.
+    Quality figures are also judged against their noise (better / worse / within noise); with --a
+    and --b, two sides are compared instead (docs/bench.md)."""
+    from i2i.bench.compare import compare_results, compare_sides
 
-    changes = compare_results(results)
+    if side_a or side_b:
+        if not (side_a and side_b):
+            raise typer.BadParameter("give both sides, --a and --b", param_hint="--a/--b")
+        print_sides(compare_sides(results, side_a, side_b, bootstrap))
+        return
+    changes = compare_results(results, bootstrap)
     if not changes:
         console.print(f"nothing to compare: no setup in {results} has two results yet")
         return
-    table = Table("setup", "figure", "previous", "latest", "change", "")
+    table = Table("setup", "figure", "previous", "latest", "change", "", "against noise")
     regressions = 0
     for change in changes:
         regressed = change.is_regression(threshold)
         regressions += regressed
+        noise = f"{change.verdict}: {change.noise.noise}" if change.noise else ""
         table.add_row(change.setup, change.figure, f"{change.previous:.4g}", f"{change.latest:.4g}",
-                      f"{change.relative:+.1%}", f"[red]{change.flag}[/red]" if regressed else "ok")
+                      f"{change.relative:+.1%}", f"[red]{change.flag}[/red]" if regressed else "ok", noise)
     console.print(table)
     if regressions:
         console.print(f"[red]{regressions} figure(s) flagged: worse than before, or default and tuned apart, "
                       f"by more than {threshold:.0%}[/red]")
         raise typer.Exit(1)
+
+
+def _seeds(values: list[float]) -> str:
+    mean = sum(values) / len(values)
+    spread = f", spread {max(values) - min(values):.4g}" if len(values) > 1 else ""
+    return f"{mean:.4g} ({len(values)} seed{'s' if len(values) > 1 else ''}{spread})"
+
+
+def print_sides(comparison) -> None:
+    """B against A, a row per metric: each side's mean over seeds, the difference, each check, the verdict."""
+    for name, records in (("A", comparison.a), ("B", comparison.b)):
+        runs = ", ".join(f"seed {r.get('seed', 0)} step {r.get('steps_trained')}" for r in records)
+        console.print(f"{name}: {records[0].get('recipe')}, {records[0].get('mode')} mode ({runs})", highlight=False)
+    table = Table("metric", "A", "B", "B - A", "seeds", "images", "verdict (B against A)")
+    for figure in comparison.figures:
+        checks = {check.name: f"{'beyond' if check.beyond else 'within'} {check.noise}" for check in figure.checks}
+        difference = sum(figure.b) / len(figure.b) - sum(figure.a) / len(figure.a)
+        table.add_row(figure.metric.upper(), _seeds(figure.a), _seeds(figure.b), f"{difference:+.4g}",
+                      checks.get("seeds", ""), checks.get("images", ""), figure.verdict)
+    console.print(table)
+    for note in comparison.notes:
+        console.print(note, highlight=False)

@@ -118,6 +118,14 @@ class QualityMeter:
     def real_features_all(self) -> torch.Tensor | None:
         return torch.cat(self.real_features) if self.real_features else None
 
+    def per_image(self) -> dict[str, torch.Tensor]:
+        """The values ``compute()`` reduces, one row per image: the generated images' pool
+        features (``fake``), the real ones' (``real``) and, where pairs were given, SSIM and PSNR."""
+        found = {"fake": torch.cat(self.fake_features), "real": self.real_features_all()}
+        if self.ssim:
+            found.update(ssim=torch.cat(self.ssim), psnr=torch.cat(self.psnr))
+        return found
+
     def compute(self) -> dict[str, float]:
         """``images``, FID, KID and, where pairs were given, SSIM and PSNR; unpaired sets also
         give ``real_images`` (their sizes may differ)."""

@@ -18,10 +18,13 @@ run's other generator (CycleGAN's ``generator_ba``): the targets translated, aga
 
 from __future__ import annotations
 
+import hashlib
+import io
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,6 +47,7 @@ from i2i.engine.inference import (
 from i2i.modes import MODES
 from i2i.recipe import Recipe
 from i2i.errors import I2IError
+from i2i.safe_files import write_file
 
 IMAGE_SIZE = 256
 TRAINING_SPLIT_WARNING = (
@@ -60,6 +64,36 @@ PROTOCOL = {
     "psnr": f"data range 255, mean over images of per-image dB, capped at {PSNR_CAP_DB:g}",
     "kid": f"polynomial kernel degree 3, {KID_SUBSETS} subsets of min({KID_SUBSET_SIZE}, N), seed 0",
 }
+
+
+# Beside a results file: each record's per-image values (``per_image`` in the record, paths relative
+# to the results file's folder), for ``i2i bench compare``'s bootstrap over images.
+PER_IMAGE_DIR = "quality_images"
+
+
+def write_per_image(results: Path, meter: QualityMeter, stem: str) -> dict[str, str]:
+    """The meter's per-image values as two .npz files in ``PER_IMAGE_DIR`` beside ``results``:
+    the real images' features, named by their content so that records of the same images share
+    one file (and ``compare`` knows them for the same images), and this record's own values."""
+    values = {key: value.numpy() for key, value in meter.per_image().items()}
+    real, fake = values.pop("real"), values.pop("fake")
+    files = {"real": (f"real-{_digest(real)}.npz", {"features": real}),
+             "fake": (f"{stem}-{_digest(fake, *values.values())}.npz", {"features": fake, **values})}
+    folder = results.parent / PER_IMAGE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, arrays in files.values():
+        if not (folder / name).is_file():
+            buffer = io.BytesIO()
+            np.savez_compressed(buffer, **arrays)
+            write_file(folder / name, buffer.getvalue())
+    return {role: f"{PER_IMAGE_DIR}/{name}" for role, (name, _) in files.items()}
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
 
 
 @torch.no_grad()
@@ -177,13 +211,14 @@ def bench_quality(
     extractor: nn.Module | None = None,
     on_image: Callable[[int, int], None] | None = None,
     direction: Direction = "AtoB",
+    per_image: bool = True,
 ) -> dict[str, Any]:
     """Score a trained generator in one mode on ``split`` of ``data_root``; append the record to ``results``."""
     if mode not in MODES:
         raise I2IError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
     progress = None if on_image is None else lambda _mode, done, count: on_image(done, count)
     (record,) = bench_quality_modes(checkpoint, data_root, limit, (mode,), device, split, results, extractor, progress,
-                                    direction)
+                                    direction, per_image)
     return record
 
 
@@ -198,10 +233,12 @@ def bench_quality_modes(
     extractor: nn.Module | None = None,
     on_image: Callable[[str, int, int], None] | None = None,
     direction: Direction = "AtoB",
+    per_image: bool = True,
 ) -> list[dict[str, Any]]:
     """Score a trained generator on ``split`` of ``data_root`` in each of ``modes`` (the targets'
-    features extracted once); one record per mode, each appended to ``results``.
-    ``on_image(mode, done, count)`` follows the progress."""
+    features extracted once); one record per mode, each appended to ``results`` with its per-image
+    values beside it (``per_image``: ``write_per_image``). ``on_image(mode, done, count)`` follows
+    the progress."""
     unknown = [mode for mode in modes if mode not in MODES]
     if unknown or not modes:
         raise I2IError(f"modes must be some of {', '.join(MODES)}, got {list(modes)}")
@@ -238,6 +275,7 @@ def bench_quality_modes(
             "checkpoint": str(checkpoint),
             "weights": weights.name,
             "steps_trained": int(metadata.get("step", -1)),
+            "seed": recipe.train.seed,
             "data": str(data_root),
             "split": split,
             "limit": limit,
@@ -251,6 +289,8 @@ def bench_quality_modes(
             **({"bicubic_baseline": baseline} if baseline else {}),
         }
         if results is not None:
+            if per_image:
+                record["per_image"] = write_per_image(results, meter, f"{recipe.name}-{mode}")
             append_record(results, record)
         records.append(record)
     return records

@@ -143,6 +143,19 @@ def broadcast_from_main(value: Any) -> Any:
     return holder[0]
 
 
+def host_group() -> Any:
+    """A group over every process whose collectives run on the host (gloo): for a small decision
+    taken at each step, which over NCCL would wait for the device's queue of work."""
+    return None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+
+
+def main_says(flag: bool, group: Any) -> bool:
+    """Rank 0's ``flag`` on every process (a collective of ``group``, from ``host_group``)."""
+    holder = torch.tensor([int(flag)])
+    dist.broadcast(holder, src=0, group=group)
+    return bool(holder.item())
+
+
 def broadcast_weights(*modules: nn.Module) -> None:
     """Rank 0's parameters and buffers into every process's copy of ``modules``, in place."""
     for module in modules:

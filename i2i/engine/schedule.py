@@ -39,19 +39,34 @@ def linear_decay(epoch: int, epochs: int, epochs_decay: int) -> float:
 
 @dataclass(frozen=True)
 class Schedule:
-    """The run's length in steps, for a dataset of ``samples`` pairs dealt over ``world_size`` ranks."""
+    """The run's length in steps, for a dataset of ``samples`` pairs dealt over ``world_size`` ranks,
+    and its learning rate: ``epochs`` at the initial rate, then ``epochs_decay`` of linear decay,
+    each epoch of the data's length, or, fitted to a time budget, the whole schedule compressed
+    (or stretched) into ``fitted_steps``."""
 
     steps_per_epoch: int
     total_steps: int
+    epochs: int
+    epochs_decay: int
+    fitted_steps: int | None = None
 
     @classmethod
-    def of(cls, cfg: TrainSection, samples: int, world_size: int) -> Schedule:
+    def of(cls, cfg: TrainSection, samples: int, world_size: int, fitted_steps: int | None = None) -> Schedule:
         steps_per_epoch = math.ceil(math.ceil(samples / world_size) / cfg.batch_size)
         epochs = cfg.epochs + cfg.epochs_decay
-        total = steps_per_epoch * epochs
+        total = fitted_steps or steps_per_epoch * epochs
         if cfg.max_steps is not None:
             total = min(total, cfg.max_steps) if epochs else cfg.max_steps
-        return cls(steps_per_epoch, total)
+        return cls(steps_per_epoch, total, cfg.epochs, cfg.epochs_decay, fitted_steps)
+
+    def lr_factor(self, step: int) -> float:
+        """The learning rate's factor at ``step`` (from 0): per epoch of the data, or, fitted, per
+        (epochs + epochs_decay)-th of the fitted steps (in integers: the same factor on every rank
+        and after a resume)."""
+        if self.fitted_steps:
+            return linear_decay(step * (self.epochs + self.epochs_decay) // self.fitted_steps, self.epochs,
+                                self.epochs_decay)
+        return linear_decay(step // self.steps_per_epoch, self.epochs, self.epochs_decay)
 
     def step_from(self, step: int, saved: Schedule, saved_world_size: int, world_size: int) -> int:
         """A step saved under another number of processes, as a step of this run: the same

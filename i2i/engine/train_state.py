@@ -1,6 +1,6 @@
 """What a checkpoint holds beside the weights, so that a resumed run continues bit for bit:
-the step, the optimizers, the gradient scaler, the random number generators and the
-method's own state (CycleGAN's image pools)."""
+the step, the optimizers, the gradient scaler, the random number generators, the
+method's own state (CycleGAN's image pools) and the schedule fitted to a time budget."""
 
 from __future__ import annotations
 
@@ -24,11 +24,12 @@ class TrainState:
     rng_cpu: torch.Tensor
     rng_cuda: list[torch.Tensor]
     method: dict[str, Any]
+    fitted_steps: int | None = None  # the steps train.budget_schedule fit fitted the lr schedule into
 
     @classmethod
     def capture(
         cls, step: int, world_size: int, skipped_steps: int, opt_g, opt_d, scaler, device: torch.device,
-        method: dict[str, Any],
+        method: dict[str, Any], fitted_steps: int | None = None,
     ) -> TrainState:
         return cls(
             step=step,
@@ -40,6 +41,7 @@ class TrainState:
             rng_cpu=torch.get_rng_state(),
             rng_cuda=torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
             method=method,
+            fitted_steps=fitted_steps,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -55,6 +57,7 @@ class TrainState:
                 world_size=int(state.get("world_size", 1)),  # checkpoints from before DDP have none
                 skipped_steps=int(state.get("skipped_steps", 0)),
                 method=dict(state.get("method", {})),  # checkpoints from before methods: pix2pix's, empty
+                fitted_steps=state.get("fitted_steps"),  # None: the recipe's schedule
                 **{key: state[key] for key in ("opt_g", "opt_d", "scaler", "rng_cpu", "rng_cuda")},
             )
         except (KeyError, TypeError, ValueError) as error:

@@ -5,8 +5,9 @@ on real and generated pairs (loss halved), update G on fooling D plus the
 weighted reconstruction losses. ``fit`` is the loop around it: data order,
 learning rate, logging, samples, checkpoints. Setup lives in ``setup.py``, the
 saved training state in ``train_state.py``, data order and schedule in
-``schedule.py``. (Over 300 lines: the methods here are the side outputs and
-save/resume of one run, and ``probe_step`` needs a ``Trainer``.)
+``schedule.py``, the time budget's clock in ``budget.py``. (Over 300 lines: the
+methods here are the side outputs, save/resume and time budget of one run, all on the
+trainer's state, and ``probe_step`` needs a ``Trainer``.)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import json
 import signal
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,6 +24,7 @@ import torch
 
 from i2i.version import __version__
 from i2i.engine.autotune import EngineChoice, choose_engine
+from i2i.engine.budget import TimeBudget, describe
 from i2i.engine.build import build_dataset, build_generator, build_method, resolve_device, resolve_precision
 from i2i.engine.callbacks import Callback
 from i2i.engine.checkpoint import latest_good_checkpoint, load_weights, read_weights, save_checkpoint
@@ -33,7 +36,7 @@ from i2i.engine.inference import INFERENCE_FILE, INFERENCE_WEIGHTS, generator_mo
 from i2i.engine.meter import LossMeter
 from i2i.engine.precise_bn import fixed_batches, recompute_batchnorm
 from i2i.engine.run_log import truncate_log
-from i2i.engine.schedule import EpochSampler, Schedule, linear_decay
+from i2i.engine.schedule import EpochSampler, Schedule
 from i2i.engine.setup import TrainingBatches, build_networks, build_optimizers, wrap_for_step
 from i2i.engine.train_state import TrainState
 from i2i.contracts import StepTools
@@ -48,6 +51,7 @@ class Trainer:
     def __init__(self, recipe: Recipe, run_dir: Path | None = None, rank: int | None = None, world_size: int | None = None):
         if rank is None or world_size is None:
             rank, world_size = rank_and_world_size()  # (0, 1) unless started by torchrun
+        self.created = time.perf_counter()  # the startup train.time_budget leaves out runs from here
         self.recipe, self.cfg = recipe, recipe.train
         self.run_dir = Path(run_dir or recipe.run_dir)
         self.rank, self.world_size, self.is_main = rank, world_size, rank == 0
@@ -59,7 +63,7 @@ class Trainer:
         self.dataset = build_dataset(recipe, "train", train=True)
         self.dataset.prepare()  # decode-once cache and on_bad_image, before the sampler counts samples
         self.in_channels, self.out_channels = self.dataset.in_channels, self.dataset.out_channels
-        self.schedule = Schedule.of(self.cfg, len(self.dataset), world_size)
+        self.use_schedule(None)
         self.engine = self.choose_engine()
         engine_recipe = recipe.variant(**{f"train.{key}": value for key, value in self.engine.settings.items()})
         self.amp_dtype = resolve_precision(self.engine.settings["precision"], self.device)
@@ -97,6 +101,14 @@ class Trainer:
         self.average = average and ParameterAverage(self.generator, average.decay, average.start_step, average.every)
         self.sampler = EpochSampler(len(self.dataset), self.cfg.seed, rank, world_size)
         self.batches = TrainingBatches(recipe, self.dataset, self.sampler, self.device)
+        self.budget = self.cfg.time_budget and TimeBudget(self.cfg.time_budget, self.device, world_size)
+        self.fitted: int | None = None  # the steps the lr schedule is fitted to (train.budget_schedule fit)
+        self.budget_spent = False
+        self.lr: float | None = None  # as last set: the optimizers' own may be a device tensor (capturable)
+
+    def use_schedule(self, fitted_steps: int | None) -> None:
+        """The recipe's schedule, or the one fitted into ``fitted_steps``."""
+        self.schedule = Schedule.of(self.cfg, len(self.dataset), self.world_size, fitted_steps)
         self.steps_per_epoch, self.total_steps = self.schedule.steps_per_epoch, self.schedule.total_steps
 
     def choose_engine(self) -> EngineChoice:
@@ -128,7 +140,8 @@ class Trainer:
             meter, last = LossMeter(self.device, self.step), {}
             for network in self.networks.values():
                 network.train()
-            while self.step < self.total_steps:
+            self.start_budget()
+            while self.step < self.total_steps and not self.budget_spent:
                 epoch, offset = divmod(self.step, self.steps_per_epoch)
                 self.set_epoch(epoch, offset)
                 for batch in self.batches.epoch():
@@ -142,7 +155,12 @@ class Trainer:
                         meter.add(losses)
                     if self.average:
                         self.average.update(self.step)
-                    done = self.step >= self.total_steps
+                    if self.budget:
+                        self.budget_spent = self.budget.spent()
+                        self.fit_schedule()
+                    if self.fitted:  # a fitted schedule's rate moves within epochs
+                        self.set_lr(self.step)
+                    done = self.step >= self.total_steps or self.budget_spent
                     if self.step % self.cfg.log_every == 0 or done:
                         self.check_finite()  # the only host sync: losses are read every log_every steps
                         last, rate = meter.read(list(losses), self.step)
@@ -158,20 +176,82 @@ class Trainer:
                         self.stop_on_signal()
                     if done:
                         break
+            if self.budget_spent:
+                self.report_budget_stop()
             self.notify("on_end")
             return last
 
     def set_epoch(self, epoch: int, offset: int = 0) -> None:
         """The learning rate, augmentation seed and sample order of ``epoch``, ``offset`` steps in."""
-        lr = self.cfg.lr * linear_decay(epoch, self.cfg.epochs, self.cfg.epochs_decay)
+        self.set_lr(epoch * self.steps_per_epoch + offset)
+        self.dataset.set_epoch(epoch)
+        self.sampler.set_epoch(epoch, offset * self.cfg.batch_size)
+
+    def set_lr(self, step: int) -> None:
+        """The learning rates (G's, and D's at ``train.d_lr_ratio`` times it) of the step after ``step`` steps."""
+        lr = self.cfg.lr * self.schedule.lr_factor(step)
+        if lr == self.lr:
+            return
+        self.lr = lr
         for optimizer, lr in ((self.opt_g, lr), (self.opt_d, lr * self.cfg.d_lr_ratio)):
             for group in optimizer.param_groups:
                 if isinstance(group["lr"], torch.Tensor):
                     group["lr"].fill_(lr)  # in place: a captured step reads this tensor
                 else:
                     group["lr"] = lr
-        self.dataset.set_epoch(epoch)
-        self.sampler.set_epoch(epoch, offset * self.cfg.batch_size)
+
+    # ------------------------------------------------------- time budget
+    def start_budget(self) -> None:
+        """Start train.time_budget's clock (now, as the loop starts), and say what it leaves out."""
+        if not self.budget:
+            return
+        self.budget.start(self.step)
+        fit = "" if self.cfg.budget_schedule == "keep" else (
+            f"; the schedule fitted before the resume is kept: {self.describe_fit()}" if self.fitted else
+            "; the lr schedule is fitted to it once the steps/s are measured")
+        self.log_line(f"train.time_budget {describe(self.budget.seconds)} starts at step {self.step}, "
+                      f"{self.budget.started - self.created:.1f} s after setup began (setup not counted){fit}")
+
+    def fit_schedule(self) -> None:
+        """train.budget_schedule fit: at the step that ends the timed steps, rank 0 estimates the
+        steps the budget allows and every rank takes the schedule fitted into them."""
+        if self.cfg.budget_schedule != "fit" or self.fitted or self.budget_spent:
+            return
+        rate = self.budget.measured_rate(self.step)
+        if rate is None:
+            return
+        estimate = self.budget.estimated_steps(self.step, rate)
+        if self.cfg.max_steps is not None:
+            estimate = min(estimate, self.cfg.max_steps)
+        if self.world_size > 1:
+            rate, estimate = broadcast_from_main((rate, estimate))
+        self.fitted = max(estimate, self.step + 1)
+        self.use_schedule(self.fitted)
+        self.log_line(f"train.budget_schedule fit: {rate:.3g} steps/s at step {self.step}, so about {estimate} steps "
+                      f"in the budget: {self.describe_fit()}")
+        self.log({"step": self.step, "time_budget": {"steps_per_s": rate, "estimated_steps": estimate,
+                                                     "fitted_steps": self.fitted, "epochs": self.cfg.epochs,
+                                                     "epochs_decay": self.cfg.epochs_decay}})
+
+    def describe_fit(self) -> str:
+        epochs = self.cfg.epochs + self.cfg.epochs_decay
+        return (f"the schedule's {self.cfg.epochs} epochs at lr {self.cfg.lr:g} and {self.cfg.epochs_decay} of decay "
+                f"fitted into {self.fitted} steps ({self.fitted / epochs:.3g} steps each, against "
+                f"{self.steps_per_epoch} in an epoch of the data)")
+
+    def report_budget_stop(self) -> None:
+        """Say why the run stopped, in the console and in log.jsonl (the checkpoint is saved)."""
+        loop, startup = self.budget.spent_after, self.budget.started - self.created
+        saving = self.budget.elapsed() - loop
+        steps = self.step - self.budget.first_step
+        short = (f"; the budget was shorter than the first step ({loop:.3g} s), which still ran and was saved"
+                 if steps == 1 else "")
+        self.log_line(f"train.time_budget {describe(self.budget.seconds)} spent: stopped at step {self.step} of "
+                      f"{self.total_steps}, {steps} step(s) and {loop:.1f} s into the training loop (then {saving:.1f} s "
+                      f"for the last samples and checkpoint; setup before the loop: {startup:.1f} s, not counted){short}; "
+                      f"checkpoint saved in {self.run_dir / 'checkpoints'}")
+        self.log({"step": self.step, "time_budget": {"stopped": True, "budget_s": self.budget.seconds, "loop_s": loop,
+                                                     "saving_s": saving, "setup_s": startup, "steps": steps}})
 
     def start_run_dir(self) -> None:
         if self.is_main:
@@ -283,8 +363,8 @@ class Trainer:
             barrier()  # the other ranks go on once rank 0's checkpoint is complete
             return None
         self.saved_step = self.step
-        state = TrainState.capture(self.step, self.world_size, self.guard.skipped_steps,
-                                   self.opt_g, self.opt_d, self.scaler, self.device, self.method.state_dict())
+        state = TrainState.capture(self.step, self.world_size, self.guard.skipped_steps, self.opt_g, self.opt_d,
+                                   self.scaler, self.device, self.method.state_dict(), self.fitted)
         inference = self.inference_generator()
         path = save_checkpoint(
             self.run_dir / "checkpoints",
@@ -315,8 +395,12 @@ class Trainer:
             broadcast_weights(*self.networks.values())
             state = broadcast_from_main(state)
         state.restore(path / "state.pt", self.opt_g, self.opt_d, self.scaler, self.device, self.method)
+        self.lr = None  # the optimizers now hold the checkpoint's
         self.step = self.step_for_world_size(state.step, state.world_size)
         self.guard.skipped_steps = state.skipped_steps
+        if state.fitted_steps and self.cfg.budget_schedule == "fit":
+            self.fitted = self.step_for_world_size(state.fitted_steps, state.world_size)
+            self.use_schedule(self.fitted)
         self.log_line(f"resumed from {path} at step {self.step}")
         return True
 
