@@ -94,7 +94,11 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory written by 
     """Rebuild a run directory's report.html (samples, curves, metrics, recipe, environment)."""
     from i2i.report import build_report
 
-    console.print(f"wrote {build_report(run_dir)}", highlight=False)
+    console.print(f"wrote {build_report(run_dir, _warn)}", highlight=False)
+
+
+def _warn(message: str) -> None:
+    err_console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False)
 
 
 @app.command()

@@ -17,6 +17,8 @@ from i2i.registry import METHODS
 
 @METHODS.register("pix2pix", params=Params)
 class Pix2Pix(Method):
+    needs_pairs = True  # the discriminator judges (input, target) against (input, generated)
+
     def build_networks(self, in_channels: int, out_channels: int) -> dict[str, nn.Module]:
         model = self.recipe.model
         self.input_channels = {"generator": in_channels, "discriminator": in_channels + out_channels}
