@@ -58,7 +58,7 @@ class QualityMetrics(BaseModel):
 
 class QualityRecord(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
-    kind: Literal["quality"]
+    kind: Literal["quality"] = "quality"
     checkpoint: str
     steps_trained: int
     split: str
@@ -95,7 +95,7 @@ def recorded_evaluations(
                                     {key: getattr(logged, f"eval_{key}") for key in METRICS}))
     records = read_records(quality_results, skipped) if quality_results else []
     for number, record in enumerate(records, 1):
-        if record.get("kind") != "quality":
+        if record.get("kind", "quality") != "quality":  # speed records, in a file given by mistake
             continue
         try:
             quality = QualityRecord.model_validate(record)
@@ -160,13 +160,13 @@ def model_card(
 library_name: i2i
 pipeline_tag: image-to-image
 tags:
-- pix2pix
+- {recipe.method.name}
 - image-to-image
 ---
 
 # {repo_id}
 
-{description}A pix2pix-family image-to-image generator trained with i2i {i2i_version}: recipe `{recipe.name}`,
+{description}An image-to-image generator trained with i2i {i2i_version} ({recipe.method.name}): recipe `{recipe.name}`,
 generator `{recipe.model.generator.name}`, discriminator `{recipe.model.discriminator.name}`,
 dataset `{recipe.data.dataset.name}` ({recipe.data.direction}), {step} training steps.
 

@@ -146,7 +146,7 @@ def environment(trainer: Trainer) -> dict[str, str]:
         "host": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
         "generator": f"{recipe.model.generator.name} ({parameters(trainer.generator)} parameters)",
         "discriminator": f"{recipe.model.discriminator.name} ({parameters(trainer.discriminator)} parameters)",
-        "training pairs": str(len(trainer.dataset)),
+        "training samples": str(len(trainer.dataset)) + ("" if trainer.dataset.pairs else " (unpaired)"),
         "planned steps": str(trainer.total_steps),
     }
 

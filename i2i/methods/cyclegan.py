@@ -151,5 +151,13 @@ class CycleGAN(Method):
         return {f"pool_{name}": [image.cpu() for image in pool.images] for name, pool in self.pools.items()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        side = self.recipe.data.crop_size
         for name, pool in self.pools.items():
-            pool.images = [image.to(self.tools.device) for image in state.get(f"pool_{name}", [])]
+            images = state.get(f"pool_{name}", [])
+            if any(tuple(image.shape[-2:]) != (side, side) for image in images):
+                # Resumed with another data.crop_size (--allow-changes): the old images cannot join a new batch.
+                if self.tools.rank == 0:
+                    print(f"cyclegan: the image pool {name} holds {images[0].shape[-1]} px images, not data.crop_size "
+                          f"{side}: it starts empty and refills with the next {pool.size} generated images", flush=True)
+                images = []
+            pool.images = [image.to(self.tools.device) for image in images][: pool.size]
