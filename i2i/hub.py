@@ -77,9 +77,9 @@ def check_repo_id(repo_id: str) -> None:
     huggingface_hub's HFValidationError) before the Hub is asked."""
     if not _REPO_ID.fullmatch(repo_id) or "--" in repo_id or ".." in repo_id or repo_id.endswith(".git"):
         shown = repo_id if len(repo_id) <= 100 else f"{repo_id[:80]}..."
-        raise HubError(f"{shown!r} is not a Hub repository id: expected owner/name, each 1 to 96 letters, digits "
-                       f"and . _ -, starting and ending with a letter or digit, without -- or .. (hf://owner/name"
-                       f"[@revision] to load one)")
+        raise HubError(f"{shown!r} is not a Hub repository id: expected hf://owner/name[@revision] to load (owner/name "
+                       f"for --repo), each part 1 to 96 letters, digits and . _ -, starting and ending with a letter "
+                       f"or digit, without -- or ..")
 
 
 def _refuse_names_leaving_the_cache(hub, repo_id: str, filename: str, revision: str | None, where: str) -> None:
