@@ -36,7 +36,7 @@ def unpaired_recipe(method: str, **params) -> dict:
 # -- method and train params nothing sensible trains with ----------------------------------
 ABSURD = {
     "an infinite cycle weight": (unpaired_recipe("cyclegan", lambda_a=float("inf")), "method.params.lambda_a"),
-    "a NaN cycle weight": (unpaired_recipe("cyclegan", lambda_b=float("nan")), "method.params.lambda_b"),
+    "a cycle weight of 1e300": (unpaired_recipe("cyclegan", lambda_b=1e300), "method.params.lambda_b"),
     "lambda_identity 1e308": (unpaired_recipe("cyclegan", lambda_identity=1e308), "method.params.lambda_identity"),
     "nce_t inf": (unpaired_recipe("cut", nce_t=float("inf")), "method.params.nce_t"),
     "nce_t 1e-300": (unpaired_recipe("cut", nce_t=1e-300), "method.params.nce_t"),
@@ -49,7 +49,7 @@ ABSURD = {
     "ema.start_step past max_steps": (tiny_recipe(train={"max_steps": 4, "ema": {"start_step": 4}}), "never start"),
     "epochs 10^21": (tiny_recipe(train={"epochs": 10**21}), "train.epochs"),
     "a loss weight 1e308": (tiny_recipe(losses=[{"name": "gan"}, {"name": "l1", "weight": 1e308}]), "losses.1.weight"),
-    "a NaN network param": (tiny_recipe(model={"generator": {"name": "unet", "params": {"init_std": float("nan")}}}),
+    "an infinite network param": (tiny_recipe(model={"generator": {"name": "unet", "params": {"init_std": float("inf")}}}),
                             "model.generator.params.init_std"),
 }
 
