@@ -1,4 +1,4 @@
-"""i2i: pluggable paired image-to-image translation (pix2pix family).
+"""i2i: pluggable image-to-image translation, paired (pix2pix) and unpaired (CycleGAN, CUT).
 
 ``i2i.load(source)`` gives a ``Translator`` for a trained generator (``i2i.api``) and
 ``i2i.train(recipe)`` trains one (``i2i.run``); they are imported on first use, so

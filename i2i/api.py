@@ -42,6 +42,7 @@ from i2i.engine.build import resolve_device
 from i2i.engine.checkpoint import CheckpointError
 from i2i.engine.inference import (
     DEFAULT_MULTIPLE,
+    finite,
     generator_mode,
     load_generator,
     tile_size,
@@ -115,7 +116,11 @@ class Translator:
         """NxCxHxW in [-1, 1] -> NxC'xHxW float32 in [-1, 1] on this translator's device, as one
         batch (or its tiles, ``batch_size`` at a time)."""
         with generator_mode(self.generator, self.mode):
-            return translate_batch(self._run, x.to(self.device), self.size_multiple, self.tile, self.overlap, self.batch_size)
+            y = translate_batch(self._run, x.to(self.device), self.size_multiple, self.tile, self.overlap, self.batch_size)
+        if not finite(y):  # finite weights can still overflow (huge values): NaN pixels would be written as black
+            raise CheckpointError(f"the generator of recipe {self.recipe.name!r} gives NaN or infinite values for this "
+                                  f"image: its weights overflow, and it cannot translate anything")
+        return y
 
     def _as_tensor(self, item: Any) -> torch.Tensor:
         if isinstance(item, torch.Tensor):
@@ -259,7 +264,7 @@ def load(
         if direction != "AtoB" and path.suffix != ".onnx":
             raise DataError("--backend onnxruntime exports the A -> B generator; export the other with "
                             "`i2i export --direction BtoA` and translate with that .onnx file")
-        generator, recipe, metadata = onnxruntime_generator(path, mode)
+        generator, recipe, metadata = onnxruntime_generator(path, mode, **({"warn": warn} if warn else {}))
         return Translator(generator, generator, recipe, metadata, mode, torch_device, "onnxruntime", tile, overlap, batch_size)
     generator, recipe, metadata = load_generator(path, torch_device, direction=direction, **({"warn": warn} if warn else {}))
     run: Callable[[torch.Tensor], torch.Tensor] = generator

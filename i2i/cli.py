@@ -23,7 +23,7 @@ from i2i.registry import REGISTRIES
 from i2i.sharing_commands import demo, push
 
 app = typer.Typer(
-    help="Paired image-to-image translation (pix2pix family): train, evaluate, translate.",
+    help="Image-to-image translation, paired (pix2pix) and unpaired (CycleGAN, CUT): train, evaluate, translate.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -94,7 +94,11 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory written by 
     """Rebuild a run directory's report.html (samples, curves, metrics, recipe, environment)."""
     from i2i.report import build_report
 
-    console.print(f"wrote {build_report(run_dir)}", highlight=False)
+    console.print(f"wrote {build_report(run_dir, _warn)}", highlight=False)
+
+
+def _warn(message: str) -> None:
+    err_console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False)
 
 
 @app.command()
@@ -220,7 +224,7 @@ def translate(
     tile: int = typer.Option(1024, "--tile", help="larger images are translated in overlapping tiles of this size (rounded down to the generator's size multiple)"),
     overlap: int = typer.Option(64, "--overlap", help="pixels shared by neighbouring tiles (blended); below the rounded tile"),
     batch_size: int = typer.Option(1, "--batch-size", help="images (of one size) or tiles per forward pass"),
-    backend: str = typer.Option("torch", "--backend", help="torch; fast (bf16 where the hardware has it, channels_last; same result to bf16 rounding); compiled (fast, through torch.compile with frozen weights: a minute or more to compile, then the fastest on CPU); onnxruntime (the eval-mode export, made on the fly unless --checkpoint is an .onnx file)"),
+    backend: str = typer.Option("torch", "--backend", help="torch; fast (bf16 where the hardware has it, channels_last; same result to bf16 rounding); compiled (fast, through torch.compile with frozen weights: a minute or more to compile, then the fastest on CPU); onnxruntime (the export in --mode eval or instance, made on the fly unless --checkpoint is an .onnx file, which runs in the mode it was exported in)"),
     on_bad_image: str = typer.Option("error", "--on-bad-image", help="error: stop at an image that cannot be read; skip: report it and go on"),
     direction: str = typer.Option("AtoB", "--direction", help="AtoB: the run's translation (recipe input -> target); BtoA: its other generator, where the method trains one (cyclegan)"),
 ) -> None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -23,9 +23,16 @@ Logits = torch.Tensor | list[torch.Tensor]
 
 
 class Params(BaseModel):
-    """Parameters a recipe may set; a key the model does not know is an error that names it."""
+    """Parameters a recipe may set; a key the model does not know is an error that names it, and
+    a float field takes finite values only (``.inf`` and ``.nan`` are errors that name it)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# A loss term's weight: 100 times the largest published one (pix2pix's L1 at 100) is the most a
+# recipe may ask; 1e308 would overflow the loss, and even 1e20 Adam's squared gradients, in float32.
+MAX_LOSS_WEIGHT = 1e4
+LossWeight = Annotated[float, Field(ge=0, le=MAX_LOSS_WEIGHT)]
 
 
 class Generator(nn.Module, ABC):
@@ -106,6 +113,9 @@ class PairedDataset(Dataset, ABC):
 
     in_channels: int = 3
     out_channels: int = 3
+    # Whether a training sample's input and target show the same scene: a method that needs
+    # pairs (pix2pix) refuses a set without them at recipe validation.
+    pairs: bool = True
 
     @abstractmethod
     def __len__(self) -> int: ...
@@ -167,6 +177,9 @@ class Method(ABC):
     directions: dict[str, str] = {"AtoB": "generator"}
     # False where the step draws host-side random numbers, which a captured CUDA graph would freeze.
     graphable: bool = True
+    # What the method needs of its data: pairs (each input with its own target, ``PairedDataset.pairs``)
+    # or any two sets of images.
+    needs_pairs: bool = False
 
     def __init__(self, params: Params, recipe: Any):
         self.params = params

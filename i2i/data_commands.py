@@ -22,7 +22,7 @@ def list_sets(root: Path = typer.Option(Path("data"), "--root", help="where down
 
     table = Table("name", "splits (images)", "what", f"in {root}")
     for entry in CATALOGUE.values():
-        splits = ", ".join(f"{split} {count or '?'}" for split, count in entry.splits.items())
+        splits = ", ".join(f"{split} {count or '1+'}" for split, count in entry.splits.items())
         table.add_row(entry.name, splits, entry.description, "yes" if (root / entry.name).is_dir() else "no")
     console.print(table)
     console.print(f"from {REFERENCE_URL} and {CYCLEGAN_URL} (cyclegan/NAME)", highlight=False)

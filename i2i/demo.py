@@ -1,7 +1,7 @@
 """``i2i demo``: a web page to try a trained generator (gradio, the extra ``i2i[demo]``).
 
 The page takes a dropped image (or one of the recipe's val inputs, offered as examples
-when its data is on this machine), translates it in eval or train mode through
+when its data is on this machine), translates it in the generator mode picked (instance by default, eval or train) through
 ``i2i.load``'s translator (padding and tiling as ``i2i translate``) and shows input and
 output side by side with the time it took. It listens on 127.0.0.1 unless told
 otherwise, makes no share link, sends no analytics and loads no outside fonts.

@@ -17,16 +17,19 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from i2i.engine.fast_inference import normalize_each_image
-from i2i.engine.inference import Direction, load_generator, read_generator_metadata, resolve_generator_file
+from i2i.engine.inference import Direction, finite, load_generator, read_generator_metadata, resolve_generator_file
+from i2i.engine.limits import MAX_SIDE
 from i2i.modes import DEFAULT_MODE
 from i2i.recipe import Recipe
 from i2i.errors import I2IError
@@ -36,6 +39,7 @@ FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}
 EXPORTABLE_MODES = ("eval", "instance")  # train mode's dropout draws at random
 TOLERANCE = 1e-3  # max abs difference to PyTorch, in [-1, 1] output units, fp32
 METADATA_FILE = "i2i_metadata.json"
+CHECK_SIZE, CHECK_OUTPUT = "check_size", "check_output"  # metadata: the check input's side, the output's summary
 
 
 class ExportError(I2IError):
@@ -125,8 +129,16 @@ def export_generator(
     output = Path(output or f"{recipe.name}_{name}{FORMATS[format]}")
     check_output(output, force)
     output.parent.mkdir(parents=True, exist_ok=True)
-    # batch 2: torch.export specialises a dimension that is 1 in the example
-    example = torch.rand(2, int(metadata["in_channels"]), size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    example = check_input(int(metadata["in_channels"]), size)
+    with torch.no_grad():
+        expected = generator(example)
+    if not finite(expected):
+        raise ExportError(f"{resolve_generator_file(checkpoint)}: the generator gives NaN or infinite values for the "
+                          f"check input: its weights overflow, and it cannot translate anything; nothing exported")
+    # What the check compared, so that a loader can run it again and see the graph is the one claimed.
+    metadata = {**metadata, CHECK_SIZE: str(size),
+                CHECK_OUTPUT: json.dumps({"mode": mode, "direction": direction, "summary": output_summary(expected)})}
+    expected = expected.numpy()
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as staging:
         staged = Path(staging) / output.name
         try:
@@ -140,13 +152,53 @@ def export_generator(
             raise
         except Exception as error:  # the exporters raise many types; the message is what matters
             raise ExportError(f"exporting {resolve_generator_file(checkpoint)} as {format} failed: {error}") from error
-        with torch.no_grad():
-            expected = generator(example).numpy()
         diff = float(np.abs(produced - expected).max())
         if not diff < TOLERANCE:
             raise ExportError(f"the {format} export differs from PyTorch by {diff:.2e} (limit {TOLERANCE}); not kept")
         os.replace(staged, output)
     return Exported(output, diff)
+
+
+def check_input(channels: int, size: int) -> torch.Tensor:
+    """The export's check image, the same every time: batch 2 (torch.export specialises a
+    dimension that is 1 in the example), uniform in [-1, 1] from seed 0."""
+    return torch.rand(2, channels, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+
+def output_summary(y: torch.Tensor) -> list[float]:
+    """Per output channel, the mean and the mean absolute value over the check input's outputs:
+    a few numbers that tell the generator modes (and directions) apart."""
+    y = y.float()
+    return [round(float(v), 6) for v in (*y.mean(dim=(0, 2, 3)), *y.abs().mean(dim=(0, 2, 3)))]
+
+
+def check_claimed_graph(generator: OnnxRuntimeGenerator, path: Path, warn: Callable[[str], None]) -> None:
+    """The .onnx file's graph against what its export compared: a graph of another mode than its
+    metadata names gives other numbers. An export from before the check was recorded is trusted,
+    and ``warn`` says so."""
+    meta = generator.metadata
+    mode = meta.get("mode", "eval")
+    if CHECK_SIZE not in meta or CHECK_OUTPUT not in meta:
+        warn(f"{path} records no check of its graph (exported by an older i2i): its own claim (mode {mode}) is trusted")
+        return
+    try:
+        size, check = int(meta[CHECK_SIZE]), json.loads(meta[CHECK_OUTPUT])
+        checked_mode, recorded = str(check["mode"]), [float(v) for v in check["summary"]]
+    except (ValueError, TypeError, KeyError):
+        raise ExportError(f"{path}: its recorded check ({CHECK_SIZE}, {CHECK_OUTPUT}) is not readable; the file was "
+                          f"altered") from None
+    if not 1 <= size <= MAX_SIDE:
+        raise ExportError(f"{path}: its recorded check size {size} is outside 1..{MAX_SIDE}; the file was altered")
+    if checked_mode != mode:
+        raise ExportError(f"{path}: its metadata names mode {mode}, but its export checked the {checked_mode}-mode "
+                          f"generator; the file was altered. Export it again with `i2i export --mode {mode}`")
+    channels = generator.session.get_inputs()[0].shape[1]
+    channels = channels if isinstance(channels, int) else int(meta.get("in_channels", 3))
+    produced = output_summary(generator(check_input(channels, size)))
+    if len(produced) != len(recorded) or max(abs(a - b) for a, b in zip(produced, recorded)) >= TOLERANCE:
+        raise ExportError(f"{path}: its graph does not give the output its export recorded for the check input: it "
+                          f"is not the {mode}-mode generator its metadata names (the file was altered, or its "
+                          f"metadata copied from another export); export it again with `i2i export --mode {mode}`")
 
 
 class OnnxRuntimeGenerator(nn.Module):
@@ -175,7 +227,9 @@ class OnnxRuntimeGenerator(nn.Module):
         return torch.from_numpy(y).to(x.device)
 
 
-def onnxruntime_generator(checkpoint: Path, mode: str) -> tuple[OnnxRuntimeGenerator, Recipe, dict[str, str]]:
+def onnxruntime_generator(
+    checkpoint: Path, mode: str, warn: Callable[[str], None] = warnings.warn
+) -> tuple[OnnxRuntimeGenerator, Recipe, dict[str, str]]:
     """For ``i2i translate --backend onnxruntime``: an .onnx file from ``i2i export`` as is,
     anything else exported first (into a temporary folder)."""
     if mode not in EXPORTABLE_MODES:
@@ -195,4 +249,6 @@ def onnxruntime_generator(checkpoint: Path, mode: str) -> tuple[OnnxRuntimeGener
         raise ExportError(f"{checkpoint} was exported in {exported_mode} mode, not {mode}: pass --mode {exported_mode}, "
                           f"or export it again with `i2i export --mode {mode}`")
     recipe, metadata = read_generator_metadata(dict(generator.metadata), checkpoint)
+    if checkpoint.suffix == ".onnx":  # an export made just now was checked against PyTorch already
+        check_claimed_graph(generator, checkpoint, warn)
     return generator, recipe, metadata

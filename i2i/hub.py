@@ -34,7 +34,10 @@ from i2i.report import sample_grids
 
 PREFIX = "hf://"
 QUALITY_RESULTS = Path("benchmarks") / "results" / "quality.jsonl"  # where `i2i bench quality` appends
-_REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
+# The Hub's own rule for each of owner and name (huggingface_hub's validate_repo_id): 1 to 96 letters,
+# digits and . _ -, starting and ending with a letter or digit, without -- or .. (and no name ending .git).
+_REPO_PART = r"\w(?:[\w.-]{0,94}\w)?"
+_REPO_ID = re.compile(rf"{_REPO_PART}/{_REPO_PART}")
 _REVISION = re.compile(r"[A-Za-z0-9._/-]+")
 # What huggingface_hub may name a cache file after (the ETag and commit a server sends): one path part.
 _CACHE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
@@ -61,11 +64,22 @@ def _huggingface_hub():
 def parse_spec(spec: str) -> tuple[str, str | None]:
     """``[hf://]owner/name[@revision]`` -> (repo id, revision or None)."""
     repo_id, at, revision = spec.removeprefix(PREFIX).partition("@")
-    if not _REPO_ID.fullmatch(repo_id) or (at and not revision):
+    if at and not revision:
         raise HubError(f"{spec!r} is not a Hub model: expected hf://owner/name or hf://owner/name@revision")
+    check_repo_id(repo_id)
     if revision and (not _REVISION.fullmatch(revision) or ".." in revision):
         raise HubError(f"revision {revision!r} is not a branch, tag or commit name: use letters, digits and . _ / - (no ..)")
     return repo_id, revision or None
+
+
+def check_repo_id(repo_id: str) -> None:
+    """``owner/name`` as the Hub takes it, checked here so that a bad one is one line (not
+    huggingface_hub's HFValidationError) before the Hub is asked."""
+    if not _REPO_ID.fullmatch(repo_id) or "--" in repo_id or ".." in repo_id or repo_id.endswith(".git"):
+        shown = repo_id if len(repo_id) <= 100 else f"{repo_id[:80]}..."
+        raise HubError(f"{shown!r} is not a Hub repository id: expected hf://owner/name[@revision] to load (owner/name "
+                       f"for --repo), each part 1 to 96 letters, digits and . _ -, starting and ending with a letter "
+                       f"or digit, without -- or ..")
 
 
 def _refuse_names_leaving_the_cache(hub, repo_id: str, filename: str, revision: str | None, where: str) -> None:
@@ -170,7 +184,7 @@ def push_to_hub(
     grids = [path for grid_step, path in sample_grids(run_dir) if grid_step <= step]
     sample = grids[0] if grids else None
     card = model_card(repo_id, recipe, recipe_yaml, step, metadata.get("i2i_version", "?"), sample,
-                      recorded_evaluations(run_dir, step, quality_results))
+                      recorded_evaluations(run_dir, step, quality_results, warn))
     uploads: dict[str, Path | bytes] = {GENERATOR_FILE: _own_file(run_dir, weights), "recipe.yaml": recipe_yaml.encode(),
                                         "README.md": card.encode()}
     if "BtoA" in METHODS.get(recipe.method.name, recipe.plugins).obj.directions:

@@ -8,8 +8,12 @@ the card says so.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from i2i.bench.records import read_records
 from i2i.recipe import Recipe
@@ -27,29 +31,89 @@ class Evaluation:
     split: str
     images: int
     mode: str
-    metrics: dict[str, float]
+    metrics: dict[str, float | None]
+
+
+# The records a model card quotes, as the run and `i2i bench quality` write them; a file may have
+# been edited or damaged since, so each is checked (strictly: a step is an int, not "3") first.
+class LoggedEvaluation(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    step: int = Field(ge=0)
+    eval_images: int = Field(ge=0)
+    eval_mode: str = LOGS_BEFORE_EVAL_MODE
+    eval_fid: float | None
+    eval_kid: float | None = None
+    eval_ssim: float | None = None
+    eval_psnr: float | None = None
+
+
+class QualityMetrics(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    images: int = Field(ge=0)
+    fid: float | None = None
+    kid: float | None = None
+    ssim: float | None = None
+    psnr: float | None = None
+
+
+class QualityRecord(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    kind: Literal["quality"] = "quality"
+    checkpoint: str
+    steps_trained: int
+    split: str
+    mode: str
+    metrics: QualityMetrics
 
 
 def _is_inside(path: Path, folder: Path) -> bool:
-    path, folder = path.resolve(), folder.resolve()
+    try:
+        path, folder = path.resolve(), folder.resolve()
+    except (OSError, ValueError):  # a path with a NUL byte, a loop of links: not one of the run's
+        return False
     return path == folder or folder in path.parents
 
 
-def recorded_evaluations(run_dir: Path, step: int, quality_results: Path | None) -> list[Evaluation]:
-    """What the run measured of its generator up to ``step``, oldest first."""
-    found = [
-        Evaluation("evaluation during training", record["step"], "val", record["eval_images"],
-                   record.get("eval_mode", LOGS_BEFORE_EVAL_MODE),
-                   {key: record[f"eval_{key}"] for key in METRICS})
-        for record in read_log(run_dir)
-        if "eval_fid" in record and record["step"] <= step
-    ]
-    for record in read_records(quality_results) if quality_results else []:
-        if _is_inside(Path(record["checkpoint"]), run_dir) and record["steps_trained"] <= step:
-            metrics = record["metrics"]
-            found.append(Evaluation("i2i bench quality", record["steps_trained"], record["split"], metrics["images"],
-                                    record["mode"], {key: metrics[key] for key in METRICS}))
+def recorded_evaluations(
+    run_dir: Path, step: int, quality_results: Path | None, warn: Callable[[str], None] = warnings.warn
+) -> list[Evaluation]:
+    """What the run measured of its generator up to ``step``, oldest first. Damaged records
+    (in ``log.jsonl`` or ``quality_results``) are passed over with a note to ``warn``; records of
+    another kind (``i2i bench speed``'s) are passed over without one."""
+    skipped: list[str] = []
+    found = []
+    for record in read_log(run_dir, skipped):
+        if "eval_fid" not in record:
+            continue
+        try:
+            logged = LoggedEvaluation.model_validate(record)
+        except ValidationError as error:
+            skipped.append(f"{run_dir / 'log.jsonl'}: the evaluation at step {record['step']}: {_first_problem(error)}")
+            continue
+        if logged.step <= step:
+            found.append(Evaluation("evaluation during training", logged.step, "val", logged.eval_images, logged.eval_mode,
+                                    {key: getattr(logged, f"eval_{key}") for key in METRICS}))
+    records = read_records(quality_results, skipped) if quality_results else []
+    for number, record in enumerate(records, 1):
+        if record.get("kind", "quality") != "quality":  # speed records, in a file given by mistake
+            continue
+        try:
+            quality = QualityRecord.model_validate(record)
+        except ValidationError as error:
+            skipped.append(f"{quality_results}: quality record {number}: {_first_problem(error)}")
+            continue
+        if _is_inside(Path(quality.checkpoint), run_dir) and quality.steps_trained <= step:
+            metrics = quality.metrics
+            found.append(Evaluation("i2i bench quality", quality.steps_trained, quality.split, metrics.images,
+                                    quality.mode, {key: getattr(metrics, key) for key in METRICS}))
+    for note in skipped:
+        warn(f"not in the model card: {note}")
     return sorted(found, key=lambda evaluation: evaluation.step)
+
+
+def _first_problem(error: ValidationError) -> str:
+    first = error.errors()[0]
+    return f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
 
 
 def sample_step(path: str) -> int:
@@ -96,13 +160,13 @@ def model_card(
 library_name: i2i
 pipeline_tag: image-to-image
 tags:
-- pix2pix
+- {recipe.method.name}
 - image-to-image
 ---
 
 # {repo_id}
 
-{description}A pix2pix-family image-to-image generator trained with i2i {i2i_version}: recipe `{recipe.name}`,
+{description}An image-to-image generator trained with i2i {i2i_version} ({recipe.method.name}): recipe `{recipe.name}`,
 generator `{recipe.model.generator.name}`, discriminator `{recipe.model.discriminator.name}`,
 dataset `{recipe.data.dataset.name}` ({recipe.data.direction}), {step} training steps.
 

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
-models_app = typer.Typer(help="Published pix2pix generators: list, download.", no_args_is_help=True)
+models_app = typer.Typer(help="Published generators (pix2pix, CycleGAN): list, download.", no_args_is_help=True)
 console = Console()
 
 

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BeforeValidator, Field, ValidationError, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 from safetensors import SafetensorError, safe_open
 
-from i2i.contracts import AdversarialLoss, Params
+from i2i.contracts import AdversarialLoss, LossWeight, Params
 from i2i.errors import I2IError
 from i2i.plugins import NOT_INSTALLED, missing_distributions
 from i2i.registry import DATASETS, DISCRIMINATORS, GENERATORS, LOSSES, METHODS, Registry
@@ -71,7 +71,7 @@ class ComponentSpec(Params):
 
 
 class LossSpec(ComponentSpec):
-    weight: float = Field(1.0, ge=0.0)
+    weight: LossWeight = 1.0
 
 
 class ModelSection(Params):
@@ -107,13 +107,19 @@ class DataSection(Params):
 
 
 Beta = Annotated[float, Field(ge=0, lt=1)]  # an Adam moment's decay
+# Counts of steps (epochs, batches): a billion steps is years of training at 10 steps/s; past it
+# a value is a slip (10^21), and past 2^63 torch's step counters and tensors overflow.
+MAX_STEPS = 10**9
+Steps = Annotated[int, Field(le=MAX_STEPS)]
+# Batches over which BatchNorm statistics are recomputed at every checkpoint (100 measured no better than 0).
+MAX_EVAL_BN_BATCHES = 10_000
 
 
 class AverageSection(Params):
     decay: float = Field(0.999, gt=0, lt=1, description="the average's decay per step, warmed up as "
                          "min(decay, (1 + n) / (10 + n)) over the n steps since start_step")
-    start_step: int = Field(0, ge=0, description="steps before the average starts (it copies the weights until then)")
-    every: int = Field(10, ge=1, description="steps between updates, each folding in the decay of that many steps")
+    start_step: Steps = Field(0, ge=0, description="steps before the average starts (it copies the weights until then)")
+    every: Steps = Field(10, ge=1, description="steps between updates, each folding in the decay of that many steps")
 
 
 DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
@@ -139,8 +145,8 @@ def parse_duration(value: Any) -> float:
 
 
 class TrainSection(Params):
-    epochs: int = Field(100, ge=0, description="epochs at the initial learning rate")
-    epochs_decay: int = Field(100, ge=0, description="epochs of linear decay to zero afterwards")
+    epochs: Steps = Field(100, ge=0, description="epochs at the initial learning rate")
+    epochs_decay: Steps = Field(100, ge=0, description="epochs of linear decay to zero afterwards")
     lr: float = Field(2e-4, gt=0, le=1, description="Adam's learning rate (at most 1)")
     d_lr_ratio: float = Field(1.0, gt=0, allow_inf_nan=False, description="the discriminator's learning rate as a "
                               "multiple of lr, through the whole schedule (two time-scales, TTUR: Heusel et al. 2017)")
@@ -170,7 +176,7 @@ class TrainSection(Params):
         "in the process; the same math (docs/engine.md)",
     )
     sync_batchnorm: bool = Field(False, description="with several processes: BatchNorm statistics over the global batch")
-    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (short runs)")
+    max_steps: Steps | None = Field(None, ge=1, description="stop after this many steps (short runs)")
     time_budget: Annotated[float, BeforeValidator(parse_duration)] | None = Field(
         None, description="stop after this much training time (15m, 2h, 90s, 1h30m or seconds), counted from the "
         "start of the training loop (setup and the engine probe excluded; this invocation's time on a resume), "
@@ -181,26 +187,26 @@ class TrainSection(Params):
         "(epochs, then epochs_decay) scaled into the steps the budget allows, estimated from the steps/s measured "
         "after 20 warm-up steps of the loop"
     )
-    log_every: int = Field(50, ge=1, description="steps between loss reads and log lines")
-    sample_every: int = Field(500, ge=1, description="steps between sample grids")
-    checkpoint_every: int = Field(1000, ge=1, description="steps between checkpoints")
+    log_every: Steps = Field(50, ge=1, description="steps between loss reads and log lines")
+    sample_every: Steps = Field(500, ge=1, description="steps between sample grids")
+    checkpoint_every: Steps = Field(1000, ge=1, description="steps between checkpoints")
     checkpoint_each_epoch: bool = Field(True, description="also a checkpoint at each epoch end (false: on short epochs, "
                                         "e.g. maps at batch 1, checkpoints would otherwise come every few hundred steps)")
-    keep_checkpoints: int = Field(3, ge=1)
+    keep_checkpoints: Steps = Field(3, ge=1)
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="a NaN/Inf loss or gradient: stop (keeping the last good checkpoint) or skip that update"
     )
     tensorboard: bool = Field(True, description="log scalars and sample grids to <run dir>/tensorboard")
-    eval_every: int | None = Field(
+    eval_every: Steps | None = Field(
         None, ge=1, description="epochs between FID/SSIM evaluations on the val split (best checkpoint kept in <run dir>/best)"
     )
-    eval_images: int = Field(50, ge=2, description="val images per evaluation (FID needs at least 2)")
+    eval_images: Steps = Field(50, ge=2, description="val images per evaluation (FID needs at least 2)")
     ema: AverageSection | None = Field(
         None, description="an exponential moving average of the generator's weights, used for samples, evaluation "
         "and the checkpoint's inference weights (docs/bench.md, eval weights); null: off"
     )
     eval_bn_batches: int = Field(
-        0, ge=0, description="training batches over which BatchNorm statistics are recomputed for eval mode at "
+        0, ge=0, le=MAX_EVAL_BN_BATCHES, description="training batches over which BatchNorm statistics are recomputed for eval mode at "
         "every checkpoint, into the inference weights (0, the default: eval mode keeps the running statistics; "
         "on maps, 100 measured no better: docs/bench.md)"
     )
@@ -216,6 +222,9 @@ class TrainSection(Params):
             raise ValueError("budget_schedule fit needs a train.time_budget to fit the schedule to")
         if self.budget_schedule == "fit" and self.epochs + self.epochs_decay == 0:
             raise ValueError("budget_schedule fit scales epochs and epochs_decay, and both are 0")
+        if self.ema and self.max_steps is not None and self.ema.start_step >= self.max_steps:
+            raise ValueError(f"ema.start_step {self.ema.start_step} is not below max_steps {self.max_steps}: "
+                             "the average would never start")
         return self
 
 
@@ -243,6 +252,14 @@ class Recipe(Params):
         if isinstance(method, dict) and "name" not in method:
             data = {**data, "method": {"name": "pix2pix", **method}}
         return data
+
+    @field_validator("output_dir", mode="before")
+    @classmethod
+    def _output_dir_not_empty(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():  # Path("") is the current folder, beside the user's files
+            raise ValueError("is empty, which would train into the current folder; give a run directory, "
+                             "or leave output_dir out for runs/<name>")
+        return value
 
     @property
     def run_dir(self) -> Path:
@@ -354,24 +371,37 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def _key(path: list[str]) -> str:
+    key = ".".join(path)
+    return key if len(key) <= 80 else f"{key[:60]}... ({len(key)} characters)"
+
+
+def _existing_item(path: list[str], items: list) -> int:
+    """The last part of ``path`` as an index of ``items``: plain decimal digits only (``str.isdigit``
+    takes ``²``, which ``int`` refuses), and few enough of them to convert (5000 would not)."""
+    part = path[-1]
+    if part.isascii() and part.isdigit() and len(part) <= len(str(len(items))) and int(part) < len(items):
+        return int(part)
+    raise RecipeError("--set", [f"{_key(path)}: no such list item (the list has {len(items)}; an index is a "
+                                f"plain number below that)"])
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     for text in overrides:
         path, value = parse_override(text)
         node = data
         for i, part in enumerate(path[:-1]):
-            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
+            if isinstance(node, list):
+                node = node[_existing_item(path[: i + 1], node)]
             elif isinstance(node, dict):
                 node = node.setdefault(part, {})
             else:
-                raise RecipeError("--set", [f"{'.'.join(path[: i + 1])}: cannot descend into {type(node).__name__}"])
+                raise RecipeError("--set", [f"{_key(path[: i + 1])}: cannot descend into {type(node).__name__}"])
             if not isinstance(node, (dict, list)):
-                raise RecipeError("--set", [f"{'.'.join(path[: i + 1])} is a value, not a section"])
+                raise RecipeError("--set", [f"{_key(path[: i + 1])} is a value, not a section"])
         last = path[-1]
         if isinstance(node, list):
-            if not (last.isdigit() and int(last) < len(node)):
-                raise RecipeError("--set", [f"{'.'.join(path)}: no such list item"])
-            node[int(last)] = value
+            node[_existing_item(path, node)] = value
         else:
             node[last] = value
     return data
@@ -400,7 +430,25 @@ def _validate(data: Any, source: str) -> Recipe:
     if not problems and adversarial != 1:
         problems.append(f"losses: need exactly one adversarial loss (such as 'gan'), found {adversarial}")
     if not problems:
-        problems += METHODS.get(recipe.method.name, recipe.plugins).obj.check_recipe(recipe.method.params, recipe)
+        method = METHODS.get(recipe.method.name, recipe.plugins).obj
+        problems += _method_problems(method, recipe) + method.check_recipe(recipe.method.params, recipe)
     if problems:
         raise RecipeError(source, problems)
     return recipe
+
+
+def _method_problems(method: type, recipe: Recipe) -> list[str]:
+    """What every method refuses: a network it does not train (silently unused otherwise), and
+    data without pairs where it needs them (pix2pix would pair unrelated images)."""
+    name, trained = recipe.method.name, (*method.generator_side, *method.discriminator_side)
+    problems = [
+        f"model.{role}: method {name} trains no {role} (its networks: {', '.join(trained)}); remove it"
+        for role in ("generator_ba", "discriminator_a")
+        if getattr(recipe.model, role) is not None and role not in trained
+    ]
+    dataset = recipe.data.dataset.name
+    if method.needs_pairs and not DATASETS.get(dataset, recipe.plugins).obj.pairs:
+        problems.append(f"data.dataset.name: method {name} trains on pairs (each input with its own target), and "
+                        f"dataset {dataset} gives unpaired images; use a paired dataset (aligned, paired_folders), "
+                        f"or method cyclegan or cut")
+    return problems

@@ -17,8 +17,9 @@ import os
 import platform
 import statistics
 import time
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -36,28 +37,48 @@ HISTORY = 11
 # Bookkeeping fields of a log record (``eval_images``, ``eval_mode``: the size of the evaluation
 # set of train.eval_every and the generator's mode); every other number is a loss (G_*, D_*) or a metric.
 BOOKKEEPING = {"step", "epoch", "lr", "steps_per_s", "eval_images", "eval_mode"}
+SKIPPED_SHOWN = 10  # damaged records named on the page; the rest are counted
 
 
 class ReportError(I2IError):
     pass
 
 
-def read_log(run_dir: Path) -> list[dict[str, Any]]:
+def read_log(run_dir: Path, skipped: list[str] | None = None) -> list[dict[str, Any]]:
+    """The records of ``log.jsonl``: JSON objects with a ``step`` that is a count. Any other line
+    (bad JSON, a number, a list, a step that is text or null) is passed over and described in
+    ``skipped``; a half-written last line (a run appending to it) is passed over without a word."""
     path = run_dir / "log.jsonl"
     if not path.is_file():
         return []
-    lines = path.read_text().splitlines()
+    lines = path.read_text(errors="replace").splitlines()
     records = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number == len(lines):
-                break  # half-written while a run appends to it
-            raise ReportError(f"{path}:{number}: not a JSON record") from None
+            record = json.loads(line)
+        except ValueError:  # bad JSON, or a number too long to convert
+            if number < len(lines) and skipped is not None:
+                skipped.append(f"{path}:{number}: not a JSON record")
+            continue
+        problem = record_problem(record)
+        if problem:
+            if skipped is not None:
+                skipped.append(f"{path}:{number}: {problem}")
+            continue
+        records.append(record)
     return records
+
+
+def record_problem(record: Any) -> str | None:
+    """Why ``record`` is no log record, or None."""
+    if not isinstance(record, dict):
+        return f"a {type(record).__name__}, not a record"
+    step = record.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step < 2**63:
+        return f"its step is {str(step)[:40]!r}, not a count"
+    return None
 
 
 def is_loss(key: str) -> bool:
@@ -68,12 +89,15 @@ def series(records: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
     """Every logged number other than bookkeeping, as (step, value) pairs in log order."""
     found: dict[str, list[tuple[int, float]]] = {}
     for record in records:
-        if "step" not in record:
-            continue
         for key, value in record.items():
-            if key not in BOOKKEEPING and isinstance(value, (int, float)) and not isinstance(value, bool):
-                found.setdefault(key, []).append((int(record["step"]), float(value)))
+            if key not in BOOKKEEPING and _is_number(value):
+                found.setdefault(key, []).append((record["step"], float(value)))
     return found
+
+
+def _is_number(value: Any) -> bool:
+    """A JSON number a plot can take: not a bool, and an int no larger than a float holds."""
+    return isinstance(value, float) or isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**1023
 
 
 def plot(curves: dict[str, list[tuple[int, float]]], path: Path, title: str) -> Path:
@@ -122,7 +146,7 @@ def environment(trainer: Trainer) -> dict[str, str]:
         "host": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
         "generator": f"{recipe.model.generator.name} ({parameters(trainer.generator)} parameters)",
         "discriminator": f"{recipe.model.discriminator.name} ({parameters(trainer.discriminator)} parameters)",
-        "training pairs": str(len(trainer.dataset)),
+        "training samples": str(len(trainer.dataset)) + ("" if trainer.dataset.pairs else " (unpaired)"),
         "planned steps": str(trainer.total_steps),
     }
 
@@ -143,20 +167,22 @@ def sample_grids(run_dir: Path, history: int = HISTORY) -> list[tuple[int, str]]
     return [grids[0]] + [earlier[i] for i in picks]
 
 
-def build_report(run_dir: Path) -> Path:
-    """Write ``report.html`` (and its plots) into ``run_dir`` from what the run left there."""
+def build_report(run_dir: Path, warn: Callable[[str], None] = warnings.warn) -> Path:
+    """Write ``report.html`` (and its plots) into ``run_dir`` from what the run left there; a
+    damaged record or file is passed over, told to ``warn`` and noted on the page."""
     try:
-        return _build_report(Path(run_dir))
+        return _build_report(Path(run_dir), warn)
     except OSError as error:
         if not failed_to_write(error):
             raise
         raise ReportError(f"{describe_write_failure(error)}; free some space (or fix the path) and run `i2i report` again") from None
 
 
-def _build_report(run_dir: Path) -> Path:
+def _build_report(run_dir: Path, warn: Callable[[str], None] = warnings.warn) -> Path:
     if not (run_dir / "recipe.yaml").is_file():
         raise ReportError(f"{run_dir} is not a run directory (no recipe.yaml); pass the folder `i2i run` wrote")
-    records = read_log(run_dir)
+    skipped: list[str] = []
+    records = read_log(run_dir, skipped)
     curves = series(records)
     losses = {k: v for k, v in curves.items() if is_loss(k)}
     metrics = {k: v for k, v in curves.items() if not is_loss(k)}
@@ -168,15 +194,16 @@ def _build_report(run_dir: Path) -> Path:
         else:
             target.unlink(missing_ok=True)
 
-    env_path = run_dir / ENVIRONMENT
-    env = json.loads(env_path.read_text()) if env_path.is_file() else {}
-    rates = [r["steps_per_s"] for r in records if isinstance(r.get("steps_per_s"), (int, float))]
+    env = read_environment(run_dir / ENVIRONMENT, skipped)
+    rates = [float(r["steps_per_s"]) for r in records if _is_number(r.get("steps_per_s"))]
     if rates:
         env["steps/s (median of log intervals)"] = f"{statistics.median(rates):.3g}"
-    last_step = max((int(r["step"]) for r in records if "step" in r), default=0)
+    last_step = max((r["step"] for r in records), default=0)
 
-    recipe = (run_dir / "recipe.yaml").read_text()
-    name = (yaml.safe_load(recipe) or {}).get("name", run_dir.resolve().name)
+    recipe = (run_dir / "recipe.yaml").read_text(errors="replace")
+    name = recipe_name(recipe) or run_dir.resolve().name
+    for note in skipped:
+        warn(f"passed over {note}")
     page = _page(
         title=f"{name}: {run_dir.resolve()}",
         recipe=recipe,
@@ -185,10 +212,35 @@ def _build_report(run_dir: Path) -> Path:
         plots=plots,
         grids=sample_grids(run_dir),
         last_step=last_step,
+        skipped=skipped,
     )
     target = run_dir / REPORT
     write_file(target, page)  # a browser reloading mid-write never sees half a page
     return target
+
+
+def read_environment(path: Path, skipped: list[str]) -> dict[str, str]:
+    """``environment.json``: a JSON object, shown as text; anything else is described in ``skipped``."""
+    if not path.is_file():
+        return {}
+    try:
+        env = json.loads(path.read_text(errors="replace"))
+    except ValueError:
+        env = None
+    if not isinstance(env, dict):
+        skipped.append(f"{path}: not a JSON object of environment values")
+        return {}
+    return {str(key): str(value) for key, value in env.items()}
+
+
+def recipe_name(text: str) -> str | None:
+    """The ``name`` of a recipe's YAML text, where it has one (the report shows the text as it is)."""
+    try:
+        data = yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError):
+        return None
+    name = data.get("name") if isinstance(data, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def _table(rows: list[tuple[str, str]], header: tuple[str, ...] = ()) -> str:
@@ -224,6 +276,7 @@ def _page(
     plots: list[str],
     grids: list[tuple[int, str]],
     last_step: int,
+    skipped: list[str] = (),
 ) -> str:
     e = html.escape
     values = sorted(latest.items(), key=lambda item: (is_loss(item[0]), item[0]))
@@ -232,6 +285,9 @@ def _page(
         f"<style>{STYLE}</style></head><body>",
         f"<h1>{e(title)}</h1>",
         f"<p class='when'>step {last_step} &middot; report written {e(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>",
+        f"<p class='skipped'>Passed over (damaged): {e('; '.join(skipped[:SKIPPED_SHOWN]))}"
+        f"{e(f' and {len(skipped) - SKIPPED_SHOWN} more') if len(skipped) > SKIPPED_SHOWN else ''}</p>"
+        if skipped else "",
         "<h2>Latest values</h2>",
         _table([(k, f"{v:.4g}", str(step)) for k, (step, v) in values], ("name", "value", "at step"))
         if values else "<p>No log records yet.</p>",

@@ -114,6 +114,14 @@ class ConsoleCallback(Callback):
         )
 
 
+def _training_samples(dataset) -> str:
+    """``N training pairs``, or for a set without pairs the two sides' image counts."""
+    sizes = dataset.unpaired_sizes() if not dataset.pairs else None
+    if sizes:
+        return f"{sizes[0]} input and {sizes[1]} target images (unpaired)"
+    return f"{len(dataset)} training {'pairs' if dataset.pairs else 'samples (unpaired)'}"
+
+
 def start_summary(trainer: Trainer, tensorboard: bool) -> str:
     recipe = trainer.recipe
     return (
@@ -123,7 +131,7 @@ def start_summary(trainer: Trainer, tensorboard: bool) -> str:
         f"  generator     {recipe.model.generator.name} ({_count(trainer.generator)} parameters)\n"
         f"  discriminator {recipe.model.discriminator.name} ({_count(trainer.discriminator)} parameters)\n"
         f"  losses        {', '.join(f'{s.weight:g} x {s.name}' for s in recipe.losses)}\n"
-        f"  data          {recipe.data.dataset.name} in {recipe.data.root}: {len(trainer.dataset)} training pairs, "
+        f"  data          {recipe.data.dataset.name} in {recipe.data.root}: {_training_samples(trainer.dataset)}, "
         f"{trainer.in_channels}->{trainer.out_channels} channels, {recipe.data.direction}, "
         f"crop {recipe.data.crop_size}, batch {recipe.train.batch_size}\n"
         f"  schedule      {trainer.total_steps} steps ({trainer.steps_per_epoch} per epoch), lr {recipe.train.lr:g}"

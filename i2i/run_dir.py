@@ -212,20 +212,30 @@ def claim_run_dir(
     if resume and overwrite:
         raise RunDirError("--resume continues the run in the directory and --overwrite moves it aside: choose one")
     resolved = check_run_dir_path(run_dir)
+    made = [folder for folder in (resolved, *resolved.parents) if not folder.exists()]  # deepest first
     try:
         resolved.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise RunDirError(f"cannot make run directory {run_dir}: {error.strerror}; choose another --out") from None
-    with RunLock(resolved, note):
-        if holds_run(resolved) and not resume:
-            if not overwrite:
-                raise RunDirError(
-                    f"{run_dir} already holds a run; continue it with --resume, choose another --out, "
-                    f"or pass --overwrite to move the old run aside"
-                )
-            aside = move_aside(resolved)
-            note(f"moved the previous run in {run_dir} aside to {aside}; delete that folder when you no longer need it")
-        yield resolved
+    try:
+        with RunLock(resolved, note):
+            if holds_run(resolved) and not resume:
+                if not overwrite:
+                    raise RunDirError(
+                        f"{run_dir} already holds a run; continue it with --resume, choose another --out, "
+                        f"or pass --overwrite to move the old run aside"
+                    )
+                aside = move_aside(resolved)
+                note(f"moved the previous run in {run_dir} aside to {aside}; delete that folder when you no longer need it")
+            yield resolved
+    finally:
+        # A run that failed before writing anything (its first data download, say) leaves no empty
+        # runs/<name> behind; rmdir removes only empty folders, so nothing written is ever lost.
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 # ------------------------------------------------------------------ resuming

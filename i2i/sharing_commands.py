@@ -42,7 +42,7 @@ def demo(
     device: str = typer.Option("auto", "--device"),
     direction: str = typer.Option("AtoB", "--direction", help="AtoB: the run's translation (recipe input -> target); BtoA: its other generator, where the method trains one (cyclegan)"),
 ) -> None:
-    """A web page to try a generator: drop an image, pick eval or train mode, see the result (gradio)."""
+    """A web page to try a generator: drop an image, pick a generator mode (instance by default, eval or train), see the result (gradio)."""
     from i2i.demo import serve
 
     serve(source, host, port, device, direction=direction,

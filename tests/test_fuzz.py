@@ -10,7 +10,10 @@ and input sets (shared stems, a corrupt image) end in success or one clear line,
 never change an input file. Weights files with random metadata values and a tensor of a
 random dtype and values load and translate or raise one ``I2IError``, writing nothing
 beside the file; random JSON in the engine cache ends in a choice that keeps the
-recipe's settings and a valid entry in its place.
+recipe's settings and a valid entry in its place. Method and train params (any number,
+inf, nan, 10^21) validate to finite values or raise a ``RecipeError``; damaged log,
+environment and ``--results`` records still give a report and a model card; any text as a
+Hub id is one ``HubError`` or an id huggingface_hub itself accepts.
 
 Derandomized, so that CI sees the same examples every run.
 """
@@ -21,6 +24,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from unittest import mock
@@ -425,3 +429,135 @@ def test_a_random_engine_cache_entry_ends_in_a_choice_with_the_recipes_settings(
         assert all(n.startswith(("ignoring the engine cache at", "engine probe:")) for n in notes), notes
         CacheEntry.model_validate_json(file.read_bytes())
         assert sorted(p.relative_to(folder).as_posix() for p in Path(folder).rglob("*")) == ["engine", f"engine/{file.name}"]
+
+
+# ------------------------------------------------------- method params (issue 33)
+EXTREME_NUMBERS = st.one_of(
+    st.floats(), st.integers(-(2**80), 2**80),
+    st.sampled_from([float("inf"), -float("inf"), float("nan"), 1e308, 1e-300, 0.0, 1e4, 1e4 + 1, 10**12, 10**21]),
+)
+METHOD_PARAMS = {
+    "cyclegan": ["lambda_a", "lambda_b", "lambda_identity", "pool_size"],
+    "cut": ["lambda_gan", "lambda_nce", "nce_t", "num_patches", "head_channels", "nce_layers", "mode"],
+    "pix2pix": [],
+}
+
+
+def finite_floats(value) -> bool:
+    if isinstance(value, float):
+        return np.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(finite_floats(v) for v in value)
+    if isinstance(value, Params):
+        return all(finite_floats(getattr(value, name)) for name in type(value).model_fields)
+    return True
+
+
+@settings(FUZZ, max_examples=80)
+@given(
+    method=st.sampled_from(sorted(METHOD_PARAMS)),
+    values=st.lists(st.tuples(st.integers(0, 6), st.one_of(EXTREME_NUMBERS, SCALARS, st.lists(EXTREME_NUMBERS, max_size=4))),
+                    max_size=4),
+    train=st.dictionaries(st.sampled_from(["eval_bn_batches", "max_steps", "log_every", "epochs", "keep_checkpoints"]),
+                          EXTREME_NUMBERS, max_size=2),
+    start_step=st.one_of(st.none(), EXTREME_NUMBERS),
+)
+def test_random_method_and_train_params_validate_finite_or_raise_a_recipe_error(method, values, train, start_step):
+    """Any value for any method param (and the train counts beside them) is a RecipeError or a
+    recipe whose every float is finite and whose limit check answers in one RecipeError."""
+    from i2i.engine.limits import check_limits
+
+    names = METHOD_PARAMS[method]
+    params = {names[i % len(names)]: value for i, value in values} if names else {}
+    recipe = tiny_recipe(method={"name": method, "params": params}, train={**train, "max_steps": 2})
+    if method != "pix2pix":
+        recipe.update(model={"generator": {"name": "resnet", "params": {"ngf": 8, "n_blocks": 2}},
+                             "discriminator": {"name": "patchgan", "params": {"ndf": 8, "n_layers": 2}}},
+                      losses=[{"name": "gan", "params": {"mode": "lsgan"}}], data={**recipe["data"], "dataset": {"name": "unaligned"}})
+    if start_step is not None:
+        recipe["train"]["ema"] = {"start_step": start_step}
+    try:
+        parsed = Recipe.from_dict(recipe)
+        check_limits(parsed)
+    except RecipeError:
+        return
+    assert finite_floats(parsed.method.params) and finite_floats(parsed.train)
+
+
+# ------------------------------------------------------- report and push inputs (issue 33)
+LOG_LINES = st.lists(st.one_of(
+    VALUES.map(json.dumps),
+    st.fixed_dictionaries({"step": EXTREME_NUMBERS | SCALARS}, optional={"G_GAN": EXTREME_NUMBERS | SCALARS,
+                          "eval_fid": EXTREME_NUMBERS | SCALARS, "eval_images": EXTREME_NUMBERS | SCALARS,
+                          "eval_mode": SCALARS, "steps_per_s": EXTREME_NUMBERS | SCALARS}).map(json.dumps),
+    st.text(max_size=30),
+), max_size=5)
+
+
+def damaged_run(run: Path, folder: str, lines: list[str], environment: str) -> Path:
+    copy_ = Path(folder) / "run"
+    shutil.copytree(run, copy_)
+    with open(copy_ / "log.jsonl", "a") as log:
+        log.write("".join(line.replace("\n", " ") + "\n" for line in lines))
+    (copy_ / "environment.json").write_text(environment)
+    return copy_
+
+
+@settings(FUZZ, max_examples=20)
+@given(lines=LOG_LINES, environment=st.one_of(VALUES.map(json.dumps), st.text(max_size=20)))
+def test_a_report_of_damaged_run_files_renders(tiny_run, lines, environment):
+    """Random records (any JSON, records with random step and values, text) appended to a run's
+    log and any environment.json: `i2i report` writes the page, the good records on it."""
+    from i2i.report import build_report
+
+    with tempfile.TemporaryDirectory() as folder:
+        run = damaged_run(tiny_run, folder, lines, environment)
+        page = build_report(run, warn=lambda note: None).read_text()
+        assert "G_GAN" in page
+
+
+@settings(FUZZ, max_examples=30)
+@given(lines=LOG_LINES, results=LOG_LINES, quality=st.lists(st.fixed_dictionaries(
+    {"kind": st.sampled_from(["quality", "speed"]) | SCALARS, "checkpoint": st.just("RUN") | SCALARS,
+     "steps_trained": EXTREME_NUMBERS | SCALARS, "split": SCALARS, "mode": SCALARS,
+     "metrics": VALUES | st.fixed_dictionaries({"images": EXTREME_NUMBERS, "fid": EXTREME_NUMBERS | SCALARS})}),
+    max_size=3))
+def test_the_model_card_of_damaged_records_lists_only_sound_ones(tiny_run, lines, results, quality):
+    """Random log and `--results` records (what `i2i push` quotes): the card's evaluations come out,
+    each with a count of images and numbers or nothing as metrics, the rest passed over with a note."""
+    from i2i.model_card import model_card, recorded_evaluations
+
+    with tempfile.TemporaryDirectory() as folder:
+        run = damaged_run(tiny_run, folder, lines, "{}")
+        records = [json.dumps(r).replace('"RUN"', json.dumps(str(run))) for r in quality]
+        file = Path(folder) / "quality.jsonl"
+        file.write_text("".join(line.replace("\n", " ") + "\n" for line in [*results, *records]))
+        found = recorded_evaluations(run, 4, file, warn=lambda note: None)
+        for evaluation in found:
+            assert isinstance(evaluation.images, int) and evaluation.step <= 4
+            assert all(v is None or isinstance(v, float) for v in evaluation.metrics.values())
+        recipe = Recipe.from_file(run / "recipe.yaml")
+        model_card("someone/model", recipe, recipe.to_yaml(), 4, "0", None, found)
+
+
+# ------------------------------------------------------------------ Hub ids (issue 33)
+@settings(FUZZ, max_examples=300)
+@given(st.one_of(
+    st.text(max_size=20),
+    st.text("ab-._/@1", max_size=14),
+    st.tuples(st.text("a-._1", max_size=6), st.text("b-._2", max_size=6)).map("/".join),
+))
+def test_a_hub_id_is_accepted_only_where_huggingface_hub_accepts_it(spec):
+    """Any text as ``hf://...`` or ``--repo``: a HubError in one line, or an id huggingface_hub's
+    own validator takes (so its HFValidationError never reaches the user)."""
+    pytest.importorskip("huggingface_hub")
+    from huggingface_hub.utils import validate_repo_id
+
+    from i2i.hub import HubError, parse_spec
+
+    try:
+        repo_id, _ = parse_spec("hf://" + spec)
+    except HubError as error:
+        assert "\n" not in str(error)
+        return
+    validate_repo_id(repo_id)

@@ -84,12 +84,13 @@ def test_sample_history_is_spread_over_the_run(tmp_path):
     assert steps == [5000, 4900, 3700, 2500, 1300, 100]
 
 
-def test_half_written_last_line_is_ignored_but_a_broken_middle_line_is_an_error(tmp_path):
+def test_half_written_last_line_is_ignored_and_a_broken_middle_line_is_noted(tmp_path):
     (tmp_path / "log.jsonl").write_text('{"step": 1, "G_GAN": 1.0}\n{"step": 2, "G_')
-    assert read_log(tmp_path) == [{"step": 1, "G_GAN": 1.0}]
+    skipped: list[str] = []
+    assert read_log(tmp_path, skipped) == [{"step": 1, "G_GAN": 1.0}] and skipped == []
     (tmp_path / "log.jsonl").write_text('{"step": 1\n{"step": 2, "G_GAN": 1.0}\n')
-    with pytest.raises(ReportError, match="log.jsonl:1"):
-        read_log(tmp_path)
+    assert read_log(tmp_path, skipped) == [{"step": 2, "G_GAN": 1.0}]
+    assert skipped == [f"{tmp_path / 'log.jsonl'}:1: not a JSON record"]
 
 
 def test_a_folder_that_is_not_a_run_is_refused(tmp_path):

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from i2i.engine.autotune import device_name
+from i2i.errors import I2IError
 from i2i.safe_files import append_text
 from i2i.version import __version__
 
@@ -55,7 +56,30 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
     append_text(path, json.dumps(_finite(record), allow_nan=False) + "\n")
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
+def read_records(path: Path, skipped: list[str] | None = None) -> list[dict[str, Any]]:
+    """The JSON objects of a records file, one a line. Another line (bad JSON, a number, a list)
+    is described in ``skipped`` and passed over; without ``skipped`` it is an error naming it."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError as error:
+        if skipped is None:
+            raise I2IError(f"cannot read {path}: {error.strerror or error}") from None
+        skipped.append(f"{path}: cannot be read ({error.strerror or error})")
+        return []
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:  # bad JSON, or a number too long to convert
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        elif skipped is None:
+            raise I2IError(f"{path}:{number}: not a JSON record; fix or remove that line")
+        else:
+            skipped.append(f"{path}:{number}: not a JSON record")
+    return records

@@ -77,8 +77,11 @@ class Entry:
         return target.with_name(target.name + suffix)
 
 
-def cyclegan_set(name: str, description: str) -> Entry:
-    return Entry(f"cyclegan/{name}", description, CYCLEGAN_SPLITS, url=CYCLEGAN_URL.format(name=name))
+def cyclegan_set(name: str, description: str, counts: tuple[int, int, int, int] | None = None) -> Entry:
+    """``counts``: the published trainA, trainB, testA, testB image counts, where verified (the
+    layout check then expects them exactly); without them, each split needs at least one image."""
+    splits = dict(zip(CYCLEGAN_SPLITS, counts)) if counts else CYCLEGAN_SPLITS
+    return Entry(f"cyclegan/{name}", description, splits, url=CYCLEGAN_URL.format(name=name))
 
 
 CATALOGUE: dict[str, Entry] = {
@@ -90,14 +93,14 @@ CATALOGUE: dict[str, Entry] = {
         Entry("edges2shoes", "UT Zappos50K edges | shoe photo, 256x256 halves", {"train": 49825, "val": 200}),
         Entry("edges2handbags", "Amazon handbags edges | photo, 256x256 halves", {"train": 138567, "val": 200}),
         Entry("night2day", "webcam night | day, 256x256 halves", {"train": 17823, "val": None}),
-        cyclegan_set("horse2zebra", "ImageNet wild horses | zebras"),
+        cyclegan_set("horse2zebra", "ImageNet wild horses | zebras", (1067, 1334, 120, 140)),
         cyclegan_set("apple2orange", "ImageNet apples | navel oranges"),
         cyclegan_set("summer2winter_yosemite", "Flickr Yosemite in summer | winter"),
         cyclegan_set("monet2photo", "Monet paintings | Flickr landscape photos"),
         cyclegan_set("cezanne2photo", "Cezanne paintings | Flickr landscape photos"),
         cyclegan_set("ukiyoe2photo", "Ukiyo-e prints | Flickr landscape photos"),
         cyclegan_set("vangogh2photo", "Van Gogh paintings | Flickr landscape photos"),
-        cyclegan_set("maps", "Google Maps aerial photos | maps"),
+        cyclegan_set("maps", "Google Maps aerial photos | maps", (1096, 1096, 1098, 1098)),
         cyclegan_set("cityscapes", "Cityscapes street photos | label maps"),
         cyclegan_set("facades", "CMP Facades photos | label maps"),
         cyclegan_set("iphone2dslr_flower", "Flickr flower photos from iPhones | DSLRs"),

@@ -70,6 +70,8 @@ class ImageFiles(FileList, DecodedImages):
 class UnpairedDataset(PairedDataset):
     """A and B from two ``ImageFiles`` sides; subclasses say where the sides' files are."""
 
+    pairs = False  # a training sample's B is drawn apart from its A
+
     def __init__(self, params: UnpairedParams, data: DataSection, split: str = "train", train: bool = True, seed: int = 0):
         self.params, self.train, self.seed, self.epoch = params, train, seed, 0
         self.backwards = data.direction == "BtoA"

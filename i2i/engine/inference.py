@@ -32,7 +32,7 @@ from i2i.engine.checkpoint import (
     read_weights,
     verify_in_manifest,
 )
-from i2i.engine.limits import MAX_SIDE, check_limits
+from i2i.engine.limits import MAX_SIDE, check_limits, forward_memory_problem
 from i2i.modes import Mode
 from i2i.recipe import ComponentSpec, Recipe
 from i2i.registry import GENERATORS, METHODS
@@ -77,7 +77,7 @@ def read_generator_metadata(metadata: dict[str, str], source: Path) -> tuple[Rec
     except (yaml.YAMLError, ValueError) as error:
         raise CheckpointError(f"{source}: the recipe in its metadata is not valid YAML ({str(error).splitlines()[0]})") from None
     recipe = Recipe.from_dict(recipe_data, f"{source} (embedded recipe)")
-    check_limits(recipe, f"{source} (embedded recipe)")
+    check_limits(recipe, f"{source} (embedded recipe)", training=False)
     checked = {**metadata, "in_channels": str(fields.in_channels), "out_channels": str(fields.out_channels)}
     spec = generator_role(recipe, checked)[0]  # the network this file holds (a CycleGAN run has two)
     needed = GENERATORS.get(spec.name, recipe.plugins).obj.size_multiple_for(spec.params)
@@ -87,7 +87,24 @@ def read_generator_metadata(metadata: dict[str, str], source: Path) -> tuple[Rec
             f"{source}: metadata size_multiple {multiple} does not suit generator {spec.name}, whose input sides must "
             f"divide by {needed}; the file was altered"
         )
+    _check_passes_fit(source, recipe, spec, fields.in_channels, fields.out_channels, multiple)
     return recipe, {**checked, "size_multiple": str(multiple)}
+
+
+def _check_passes_fit(source: Path, recipe: Recipe, spec: ComponentSpec, in_channels: int, out_channels: int,
+                      multiple: int) -> None:
+    """Every image is padded to at least ``size_multiple`` a side, and the fast backend and the
+    export run the generator at the recipe's crop: one such pass must fit in memory (a copy on
+    the meta device measures it, allocating nothing)."""
+    with torch.device("meta"):
+        generator = GENERATORS.build(spec.name, spec.params, plugins=recipe.plugins, in_channels=in_channels,
+                                     out_channels=out_channels)
+    for what, side in ((f"metadata size_multiple {multiple}: every image is padded to a multiple of it, and", multiple),
+                       (f"the embedded recipe's data.crop_size {recipe.data.crop_size}: the export and the fast "
+                        f"backends run the generator at it, and", recipe.data.crop_size)):
+        problem = forward_memory_problem(generator, side, 1, "cpu")
+        if problem:
+            raise CheckpointError(f"{source}: {what} {problem}; the file was altered, or needs a larger machine")
 
 
 def per_image_forward(layer: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
@@ -241,6 +258,12 @@ def load_generator(
     check_layout(generator, layout, file)
     fit_weights(generator, read_weights(file)[0], file)
     return generator.to(device), recipe, metadata
+
+
+def finite(y: torch.Tensor) -> bool:
+    """Every value finite, in one pass that allocates nothing per element."""
+    low, high = y.aminmax()
+    return bool(torch.isfinite(low) & torch.isfinite(high))
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:

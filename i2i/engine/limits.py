@@ -14,24 +14,32 @@
 
 from __future__ import annotations
 
+import copy
 import functools
+import json
 import math
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from i2i.engine.build import build_generator, build_method, resolve_device
+from i2i.engine.distributed import STATE_BYTES_PER_PARAMETER, available_memory
+from i2i.errors import I2IError
 from i2i.recipe import Recipe, RecipeError
 from i2i.registry import DISCRIMINATORS, GENERATORS, Entry
 
 MAX_SIDE = 8192
 CHECK_CHANNELS = 3  # the dry run's image channels; sizes, not channels, are what it checks
 COMFORTABLE_SIDE = 256  # a crop every built-in network fits at: the dry run's control
+WEIGHT_BYTES = 4  # float32
 
 
-def check_limits(recipe: Recipe, source: str = "<recipe>") -> None:
-    """Raise a RecipeError naming ``source`` when the recipe goes past its components' limits."""
-    problems = limit_problems(recipe)
+def check_limits(recipe: Recipe, source: str = "<recipe>", training: bool = True) -> None:
+    """Raise a RecipeError naming ``source`` when the recipe goes past its components' limits;
+    ``training``: every network the method builds must fit in memory to train (else, as for a
+    weights file's embedded recipe, the generator alone to translate)."""
+    problems = limit_problems(recipe) or memory_problems(recipe, training)
     if problems:
         raise RecipeError(source, problems)
 
@@ -93,13 +101,106 @@ def _fit_problems(
 
 
 def parameter_count(recipe: Recipe) -> int | None:
-    """Parameters of the recipe's generator and discriminator, built on the meta device (no
+    """Parameters of every network the recipe's method trains, built on the meta device (no
     memory); None where they cannot be built there."""
-    g_spec, d_spec = recipe.model.generator, recipe.model.discriminator
-    g_entry, d_entry = GENERATORS.get(g_spec.name, recipe.plugins), DISCRIMINATORS.get(d_spec.name, recipe.plugins)
-    networks = _build_on_meta(g_entry, g_entry.params.model_validate(g_spec.params).model_dump_json(),
-                              d_entry, d_entry.params.model_validate(d_spec.params).model_dump_json())
-    return None if networks is None else sum(p.numel() for network in networks for p in network.parameters())
+    counts = network_parameters(recipe)
+    return None if counts is None else sum(counts.values())
+
+
+def network_parameters(recipe: Recipe, training: bool = True) -> dict[str, int] | None:
+    """Parameters per network the method builds (``training``) or of the generator alone, built
+    on the meta device: the NCE heads and any other network a method makes itself count too."""
+    counts = _network_parameters(recipe.model_dump_json(), training)
+    return None if counts is None else dict(counts)
+
+
+@functools.lru_cache(maxsize=64)  # a build per recipe in a process that checks it often (tests, fuzzing)
+def _network_parameters(recipe_json: str, training: bool) -> tuple[tuple[str, int], ...] | None:
+    recipe = Recipe.from_dict(json.loads(recipe_json))
+    try:
+        with torch.device("meta"):
+            if training:
+                networks = build_method(recipe).build_networks(CHECK_CHANNELS, CHECK_CHANNELS)
+            else:
+                networks = {"generator": build_generator(recipe, CHECK_CHANNELS, CHECK_CHANNELS)}
+    except I2IError:
+        raise
+    except Exception:  # a component that needs real memory to be built is checked when it is built
+        return None
+    return tuple((name, sum(p.numel() for p in network.parameters())) for name, network in networks.items())
+
+
+def memory_problems(recipe: Recipe, training: bool = True) -> list[str]:
+    """The networks' weights (and, to train, their gradients and Adam's two moments) against
+    the memory of the device they go to: past it, building them fails on allocation."""
+    counts = network_parameters(recipe, training)
+    device = resolve_device(recipe.train.device) if training else torch.device("cpu")
+    memory = device_memory(device)
+    if counts is None or memory is None:
+        return []
+    per_parameter = STATE_BYTES_PER_PARAMETER if training else WEIGHT_BYTES
+    needed = per_parameter * sum(counts.values())
+    if needed <= memory:
+        return []
+    largest = max(counts, key=counts.get)
+    what = "to train (weights, gradients and Adam's two moments" if training else "to hold (float32 weights"
+    return [f"{_network_path(recipe, largest)}: the networks take {_size(needed)} {what}: "
+            + ", ".join(f"{name} {count:,}" for name, count in counts.items())
+            + f" parameters), more than the {_size(memory)} of memory on {device}; use smaller networks"]
+
+
+def _network_path(recipe: Recipe, name: str) -> str:
+    """Where a recipe sets the size of network ``name``: its model spec, or the method's params."""
+    if name in ("generator", "discriminator"):
+        return f"model.{name}.params"
+    if name in ("generator_ba", "discriminator_a"):
+        own = getattr(recipe.model, name) is not None
+        return f"model.{name if own else name.split('_')[0]}.params"
+    return "method.params"
+
+
+def device_memory(device: torch.device) -> int | None:
+    """Bytes the device can give: a GPU's total memory, else what the system has available."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device.index or 0).total_memory
+    return available_memory()
+
+
+def forward_memory_problem(generator: nn.Module, side: int, batch: int, device: torch.device | str) -> str | None:
+    """Why one forward pass of ``generator`` (any device; a meta copy runs) at ``side`` x ``side``
+    cannot fit in the device's memory, or None. The estimate: the weights and every layer's
+    output (float32). A pass frees most outputs as it goes, but a U-Net holds its skips to the
+    end, so it needs a good part of that; at the sides it is asked about (the padding multiple,
+    the training crop) the estimate is far below any machine's memory for a sound file."""
+    memory = device_memory(torch.device(device))
+    if memory is None:
+        return None
+    written = [0]
+
+    def record(module: nn.Module, inputs: tuple, output: object) -> None:
+        if isinstance(output, torch.Tensor):
+            written[0] += output.numel()
+
+    meta = copy.deepcopy(generator).to("meta")
+    hooks = [m.register_forward_hook(record) for m in meta.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            meta(torch.empty(batch, _input_channels(generator), side, side, device="meta"))
+    except Exception:  # a network that cannot run on meta: its pass is the check
+        return None
+    finally:
+        for hook in hooks:
+            hook.remove()
+    needed = WEIGHT_BYTES * (sum(p.numel() for p in generator.parameters()) + written[0])
+    if needed <= memory:
+        return None
+    return (f"one {side}x{side} pass of the generator takes about {_size(needed)}, more than the "
+            f"{_size(memory)} of memory here")
+
+
+def _input_channels(generator: nn.Module) -> int:
+    first = next((m for m in generator.modules() if isinstance(m, nn.Conv2d)), None)
+    return first.in_channels if first is not None else CHECK_CHANNELS
 
 
 def _build_on_meta(g_entry: Entry, g_params: str, d_entry: Entry, d_params: str) -> tuple[nn.Module, nn.Module] | None:

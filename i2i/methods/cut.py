@@ -13,14 +13,14 @@ has none, weighs NCE 10x and flips the input half the time (flip-equivariance).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from i2i.contracts import Method, Params
+from i2i.contracts import LossWeight, Method, Params
 from i2i.errors import I2IError
 from i2i.methods.base import (
     add_gradient_penalty, build_discriminator, build_generator, build_losses, detached, refuse_reconstruction_losses,
@@ -82,21 +82,41 @@ def init_xavier(module: nn.Module, gain: float) -> None:
             nn.init.zeros_(layer.bias)
 
 
+# Each image's negatives are a num_patches x num_patches matrix per layer: 4096 (16 times the
+# reference's 256) is 64 MiB an image and layer in float32.
+MAX_PATCHES = 4096
+# Logits are cosine similarities over the temperature: below 0.001 (70 times colder than the
+# reference's 0.07) they and their gradients grow past what float32 trains with; above 10 they
+# hardly differ, and nothing is learnt from them.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 10.0
+
+
 class CUTParams(Params):
     mode: Literal["cut", "fastcut"] = Field(
         "cut", description="cut: identity NCE term, lambda_nce 1; fastcut: none, lambda_nce 10, flip-equivariance"
     )
-    lambda_gan: float = Field(1.0, ge=0, description="weight of the GAN loss")
-    lambda_nce: float | None = Field(None, ge=0, description="weight of the NCE loss (default: 1 cut, 10 fastcut)")
+    lambda_gan: LossWeight = Field(1.0, description="weight of the GAN loss")
+    lambda_nce: LossWeight | None = Field(None, description="weight of the NCE loss (default: 1 cut, 10 fastcut)")
     nce_identity: bool | None = Field(None, description="also NCE(b, G(b)) (default: cut yes, fastcut no)")
     flip_equivariance: bool | None = Field(None, description="flip the input half the time (default: fastcut)")
-    nce_layers: list[int] = Field([0, 4, 8, 12, 16], min_length=1, description="generator layers the features come from")
-    num_patches: int = Field(256, ge=1, description="patches drawn per layer")
+    nce_layers: list[Annotated[int, Field(ge=0)]] = Field(
+        [0, 4, 8, 12, 16], min_length=1, description="generator layers the features come from, each once"
+    )
+    num_patches: int = Field(256, ge=1, le=MAX_PATCHES, description="patches drawn per layer (at most the "
+                             "layer's positions)")
     head_channels: int = Field(256, ge=1, description="width of the MLP heads")
-    nce_t: float = Field(0.07, gt=0, description="InfoNCE temperature")
+    nce_t: float = Field(0.07, ge=MIN_TEMPERATURE, le=MAX_TEMPERATURE, description="InfoNCE temperature")
     init: Literal["xavier", "network"] = Field(
         "xavier", description="xavier (CUT's default, gain 0.02) or the networks' own initialisation"
     )
+
+    @field_validator("nce_layers")
+    @classmethod
+    def _each_layer_once(cls, layers: list[int]) -> list[int]:
+        repeated = sorted({layer for layer in layers if layers.count(layer) > 1})
+        if repeated:  # a repeated layer would count its NCE term twice in the layers' average
+            raise ValueError(f"layer {', '.join(map(str, repeated))} is listed more than once")
+        return layers
 
     @model_validator(mode="after")
     def _mode_defaults(self) -> CUTParams:

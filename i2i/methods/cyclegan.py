@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from i2i.contracts import Method, Params
+from i2i.contracts import LossWeight, Method, Params
 from i2i.errors import I2IError
 from i2i.methods.base import (
     add_gradient_penalty, build_discriminator, build_generator, build_losses, detached, refuse_reconstruction_losses,
@@ -56,10 +56,10 @@ class ImagePool:
 
 
 class CycleGANParams(Params):
-    lambda_a: float = Field(10.0, ge=0, description="weight of the cycle loss A -> B -> A")
-    lambda_b: float = Field(10.0, ge=0, description="weight of the cycle loss B -> A -> B")
+    lambda_a: LossWeight = Field(10.0, description="weight of the cycle loss A -> B -> A")
+    lambda_b: LossWeight = Field(10.0, description="weight of the cycle loss B -> A -> B")
     lambda_identity: float = Field(
-        0.5, ge=0, description="identity loss weight, as a fraction of lambda_a / lambda_b (0: none)"
+        0.5, ge=0, le=10, description="identity loss weight, as a fraction of lambda_a / lambda_b (0: none)"
     )
     pool_size: int = Field(50, ge=0, le=1000, description="generated images kept for the discriminators (0: none)")
 
@@ -155,5 +155,13 @@ class CycleGAN(Method):
         return {f"pool_{name}": [image.cpu() for image in pool.images] for name, pool in self.pools.items()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        side = self.recipe.data.crop_size
         for name, pool in self.pools.items():
-            pool.images = [image.to(self.tools.device) for image in state.get(f"pool_{name}", [])]
+            images = state.get(f"pool_{name}", [])
+            if any(tuple(image.shape[-2:]) != (side, side) for image in images):
+                # Resumed with another data.crop_size (--allow-changes): the old images cannot join a new batch.
+                if self.tools.rank == 0:
+                    print(f"cyclegan: the image pool {name} holds {images[0].shape[-1]} px images, not data.crop_size "
+                          f"{side}: it starts empty and refills with the next {pool.size} generated images", flush=True)
+                images = []
+            pool.images = [image.to(self.tools.device) for image in images][: pool.size]

@@ -61,6 +61,8 @@ def feature_matching_loss(fake: list[list[torch.Tensor]], real: list[list[torch.
 @METHODS.register("pix2pix", params=Pix2PixParams,
                   example={"feature_matching": 10.0, "diff_augment": ["color", "translation", "cutout"]})
 class Pix2Pix(Method):
+    needs_pairs = True  # the discriminator judges (input, target) against (input, generated)
+
     params: Pix2PixParams
 
     @classmethod

@@ -18,6 +18,8 @@ outputs of chosen layers of ``model``, numbered as in CUT's reference (its
 
 from __future__ import annotations
 
+import contextlib
+
 
 from math import comb
 from typing import Callable, Literal
@@ -67,7 +69,8 @@ def in_fp32(blur: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> to
     """``blur(x)`` computed in float32 with autocast off, returned in ``x``'s dtype: the fixed
     depthwise blurs run 2-5x slower in bf16 than in fp32 on the CPU (oneDNN; measured on an
     Intel Xeon with AMX, fwd + bwd at CUT's sizes), and they are memory-bound anyway."""
-    with torch.autocast(x.device.type, enabled=False):
+    # The meta device (shapes only: the recipe checks' dry runs) has no autocast to turn off.
+    with contextlib.nullcontext() if x.device.type == "meta" else torch.autocast(x.device.type, enabled=False):
         return blur(x.float()).to(x.dtype)
 
 
