@@ -252,9 +252,9 @@ def main() -> None:
     if args.table:
         print(table(args.results))
         return
-    if not (args.steps or args.minutes):
+    if args.steps is None and args.minutes is None:
         parser.error("give a budget: --steps N or --minutes M")
-    if (args.steps or 1) < 1 or (args.minutes is not None and args.minutes <= 0):
+    if (args.steps is not None and args.steps < 1) or (args.minutes is not None and not args.minutes > 0):
         parser.error("the budget must be positive")
     if args.with_ema and args.minutes:
         parser.error("--with-ema is for equal steps: the average costs time, so a wall-clock run must choose")

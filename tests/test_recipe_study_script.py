@@ -46,3 +46,21 @@ def test_equal_steps_records_each_candidate_with_and_without_the_average(fake_da
 def test_bad_arguments_are_one_line(arguments, message):
     done = subprocess.run([sys.executable, str(SCRIPT), *arguments], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and message in done.stderr
+
+
+@pytest.mark.slow
+def test_equal_wall_clock_stops_each_run_by_its_time_budget(fake_data_root, write_recipe, tmp_path):
+    recipe = write_recipe(tiny_recipe(data={"dataset": {"name": "aligned"}, "num_workers": 0},
+                                      train={"epochs": 100000, "tensorboard": False, "engine_probe": False}))
+    results = tmp_path / "study.jsonl"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--recipe", str(recipe), "--data", str(fake_data_root),
+                           "--candidates", "pix2pix", "--minutes", "0.02", "--limit", "2", "--results", str(results),
+                           "--out", str(tmp_path / "runs")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (record,) = [json.loads(line) for line in results.read_text().splitlines()]
+    assert record["budget"] == {"minutes": 0.02} and record["jobs"] == 1
+    for seed in ("0", "1"):
+        stop = [json.loads(line) for line in (tmp_path / "runs" / f"pix2pix-seed{seed}" / "log.jsonl").read_text().splitlines()
+                if "time_budget" in line]
+        assert stop and stop[-1]["time_budget"]["budget_s"] == 1.2 and stop[-1]["time_budget"]["stopped"]
+        assert record["runs"][seed]["steps"] == stop[-1]["step"] >= 1
