@@ -91,6 +91,10 @@ class UnpairedDataset(PairedDataset):
         self.a.set_epoch(epoch)
         self.b.set_epoch(epoch)
 
+    def start_decay_at(self, epoch: int) -> None:
+        self.a.start_decay_at(epoch)
+        self.b.start_decay_at(epoch)
+
     def prepare(self) -> None:
         self.a.prepare()
         self.b.prepare()

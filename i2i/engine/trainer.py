@@ -58,6 +58,7 @@ class Trainer:
 
         self.dataset = build_dataset(recipe, "train", train=True)
         self.dataset.prepare()  # decode-once cache and on_bad_image, before the sampler counts samples
+        self.dataset.start_decay_at(self.cfg.epochs)  # data.decay_load_size applies from there
         self.in_channels, self.out_channels = self.dataset.in_channels, self.dataset.out_channels
         self.schedule = Schedule.of(self.cfg, len(self.dataset), world_size)
         self.engine = self.choose_engine()
