@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -166,3 +168,19 @@ def test_no_eval_statistics_for_generators_without_batchnorm(fake_data_root, tmp
     trainer.fit()
     checkpoint = trainer.run_dir / "checkpoints" / "step_00000001"
     assert not (checkpoint / "generator_eval.safetensors").exists()
+
+
+@pytest.mark.parametrize("method, roles", [
+    ("cyclegan", ["generator", "generator_ba", "discriminator", "discriminator_a"]),
+    ("cut", ["generator", "nce_heads", "discriminator"]),
+])
+def test_the_start_summary_lists_every_network_with_its_parameters(method, roles, fake_data_root, tmp_path):
+    from i2i.run import start_summary
+
+    trainer = Trainer(Recipe.from_dict(unpaired_recipe(method, fake_data_root, max_steps=1)), run_dir=tmp_path / "run")
+    summary = start_summary(trainer, tensorboard=False)
+    listed = re.findall(r"^  (\w+) +(\w+) \(([\d,]+) parameters\)$", summary, re.M)
+    assert [role for role, _, _ in listed] == roles == list(trainer.networks)
+    for role, name, count in listed:
+        assert int(count.replace(",", "")) == sum(p.numel() for p in trainer.networks[role].parameters()), role
+    assert dict((role, name) for role, name, _ in listed)["discriminator"] == "patchgan"
