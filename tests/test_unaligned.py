@@ -143,6 +143,21 @@ def test_decay_epochs_resize_to_decay_load_size_without_a_crop(tmp_path):
     assert not torch.equal(dataset[0]["input"], whole), "back before the decay: the random crop again"
 
 
+def test_a_copy_at_another_epoch_leaves_the_original_as_it_was(tmp_path):
+    import copy
+
+    noise(tmp_path / "trainA" / "1.png")
+    noise(tmp_path / "trainB" / "1.png", seed=1)
+    dataset = unaligned(tmp_path, decay_load_size=CROP)
+    dataset.start_decay_at(1)
+    dataset.set_epoch(3)
+    before = dataset[0]["input"]
+    view = copy.copy(dataset)
+    view.set_epoch(0)  # as precise BN's fixed batches do
+    assert view.a.size == LOAD and dataset.a.size == CROP
+    assert torch.equal(dataset[0]["input"], before)
+
+
 def test_decay_load_size_is_checked_against_the_crop(tmp_path):
     with pytest.raises(ValueError, match="crop_size 32 is larger than decay_load_size 30"):
         unaligned(tmp_path, decay_load_size=30)
