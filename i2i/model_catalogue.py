@@ -87,7 +87,8 @@ def cyclegan(name: str, task: str, dataset: str, direction: Literal["AtoB", "Bto
     return ModelEntry(CYCLEGAN + name, task, CYCLEGAN_RECIPE, direction, f"data/cyclegan/{dataset}")
 
 
-def cut(dataset: str, mode: Literal["cut", "fastcut"], task: str, data_root: str, direction: Literal["AtoB", "BtoA"]) -> ModelEntry:
+def cut(dataset: str, mode: Literal["cut", "fastcut"], task: str, data_root: str,
+        direction: Literal["AtoB", "BtoA"]) -> ModelEntry:
     # Both modes train the same generator; the recipe of each mode says how it was trained.
     recipe = "cut_horse2zebra" if mode == "cut" else "fastcut_horse2zebra"
     return ModelEntry(f"{CUT}{dataset}_{mode}", task, recipe, direction, data_root)

@@ -59,7 +59,8 @@ def import_weights(
     recipe: str = typer.Option(..., "--recipe", help="a shipped recipe's name (pix2pix_maps, cyclegan_horse2zebra) or a recipe YAML with the same generator"),
     output: Optional[Path] = typer.Option(None, "--output", help="checkpoint folder to write (default: FILE without .pth, beside it)"),
 ) -> None:
-    """Convert a generator saved by the PyTorch pix2pix/CycleGAN reference (or CUT's: with an anti-aliased ResNet recipe such as cut_horse2zebra) into an i2i checkpoint folder."""
+    """Convert a generator saved by the PyTorch pix2pix/CycleGAN reference, or by CUT's (with a recipe of the
+    anti-aliased ResNet, as cut_horse2zebra), into an i2i checkpoint folder."""
     from i2i.engine.inference import GENERATOR_FILE
     from i2i.recipe import Recipe
     from i2i.reference_weights import WeightsError, import_reference_weights

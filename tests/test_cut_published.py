@@ -124,7 +124,8 @@ def test_antialiased_patchgan_is_the_published_one():
 
 def test_antialias_keeps_the_parameter_count_and_the_output_size():
     with torch.device("meta"):
-        plain, blurred = (PatchGANDiscriminator(PatchGANParams(norm="instance", antialias=a), in_channels=3) for a in (False, True))
+        plain, blurred = (PatchGANDiscriminator(PatchGANParams(norm="instance", antialias=a), in_channels=3)
+                          for a in (False, True))
     assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in blurred.parameters()) == 2_764_737
     small = [PatchGANDiscriminator(PatchGANParams(ndf=4, norm="instance", antialias=a), in_channels=3) for a in (False, True)]
     x = torch.rand(1, 3, 64, 64)
