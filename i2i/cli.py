@@ -108,7 +108,7 @@ def validate(
     as_json: bool = typer.Option(False, "--json", help="print the resolved recipe and model sizes as JSON"),
 ) -> None:
     """Check a recipe and build its models without training."""
-    from i2i.engine.build import build_method
+    from i2i.engine.build import build_method, network_name
     from i2i.engine.limits import check_limits
     from i2i.recipe import Recipe
 
@@ -116,7 +116,7 @@ def validate(
     check_limits(parsed, str(recipe))
     networks = build_method(parsed).build_networks(*_channels(parsed))
     sizes = {
-        role: {"name": _network_name(parsed, role, network), "parameters": sum(p.numel() for p in network.parameters())}
+        role: {"name": network_name(parsed, role, network), "parameters": sum(p.numel() for p in network.parameters())}
         for role, network in networks.items()
     }
     if as_json:
@@ -125,12 +125,6 @@ def validate(
     console.print(f"[green]ok[/green] {recipe}: {parsed.name}")
     for role, size in sizes.items():
         console.print(f"  {role:<16} {size['name']:<12} {size['parameters']:>12,} parameters")
-
-
-def _network_name(recipe, role: str, network) -> str:
-    """The registry name a network was built from (a second direction's spec defaults to the first's)."""
-    spec = getattr(recipe.model, role, None) or getattr(recipe.model, role.split("_")[0], None)
-    return spec.name if spec is not None else type(network).__name__
 
 
 def _channels(recipe) -> tuple[int, int]:

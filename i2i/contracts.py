@@ -126,6 +126,10 @@ class PairedDataset(Dataset, ABC):
     def set_epoch(self, epoch: int) -> None:
         """Called before each epoch; random augmentation follows it."""
 
+    def start_decay_at(self, epoch: int) -> None:
+        """Called once by the trainer, before training: the first epoch of the learning-rate decay
+        (``train.epochs``), from which ``data.decay_load_size`` applies."""
+
     def prepare(self) -> None:
         """Called once before training: a place to decode, cache and drop unreadable samples."""
 

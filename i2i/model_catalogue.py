@@ -2,7 +2,12 @@
 
 The five pix2pix U-Nets keep their published names (``map2sat``); the 18 CycleGAN
 ResNet generators are ``cyclegan/NAME`` (``cyclegan/horse2zebra``, ``cyclegan/map2sat``),
-since three of their names are pix2pix names too.
+since three of their names are pix2pix names too. CUT's authors publish six anti-aliased
+ResNet generators (CUT and FastCUT for horse2zebra, cat2dog and cityscapes) in one archive,
+``pretrained_models.tar``, each as ``checkpoints/<set>_<cut|fastcut>_pretrained/latest_net_G.pth``;
+they are ``cut/<set>_<cut|fastcut>`` (``cut/horse2zebra_cut``). The archive is fetched once into
+``~/.cache/i2i/models/cut/`` (under its own lock) and kept for the other five; each model's
+``.pth`` is taken out of it into the model's folder and handled as a published ``.pth`` from there.
 
 ``ensure_model("map2sat")`` returns a checkpoint folder that ``i2i translate
 --checkpoint`` and ``i2i.load`` read, downloading and converting on first use:
@@ -27,6 +32,8 @@ import fcntl
 import json
 import os
 import sys
+import shutil
+import tarfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,6 +52,9 @@ CYCLEGAN_MODELS_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/pretrained_mo
 CYCLEGAN = "cyclegan/"  # the CycleGAN generators' names start with it
 # The published CycleGAN generators are all resnet_9blocks, instance norm, no dropout: this recipe's generator.
 CYCLEGAN_RECIPE = "cyclegan_horse2zebra"
+CUT_MODELS_URL = "http://efrosgans.eecs.berkeley.edu/CUT"
+CUT = "cut/"  # the CUT and FastCUT generators' names start with it
+CUT_ARCHIVE = "pretrained_models.tar"
 CACHE_ENV = "I2I_CACHE"
 SOURCE_RECORD = "source.json"
 LOCK_FILE = ".lock"
@@ -65,12 +75,23 @@ class ModelEntry:
 
     @property
     def file(self) -> str:
-        """The published file's name, without ``.pth``."""
-        return self.name.removeprefix(CYCLEGAN)
+        """The published file's name, without ``.pth`` (for CUT's: the name it is kept under here)."""
+        return self.name.removeprefix(CYCLEGAN).removeprefix(CUT)
+
+    @property
+    def family(self) -> str:
+        return "CycleGAN" if self.name.startswith(CYCLEGAN) else "CUT" if self.name.startswith(CUT) else "pix2pix"
 
 
 def cyclegan(name: str, task: str, dataset: str, direction: Literal["AtoB", "BtoA"]) -> ModelEntry:
     return ModelEntry(CYCLEGAN + name, task, CYCLEGAN_RECIPE, direction, f"data/cyclegan/{dataset}")
+
+
+def cut(dataset: str, mode: Literal["cut", "fastcut"], task: str, data_root: str,
+        direction: Literal["AtoB", "BtoA"]) -> ModelEntry:
+    # Both modes train the same generator; the recipe of each mode says how it was trained.
+    recipe = "cut_horse2zebra" if mode == "cut" else "fastcut_horse2zebra"
+    return ModelEntry(f"{CUT}{dataset}_{mode}", task, recipe, direction, data_root)
 
 
 MODELS: dict[str, ModelEntry] = {
@@ -99,6 +120,13 @@ MODELS: dict[str, ModelEntry] = {
         cyclegan("facades_photo2label", "facade photo -> labels", "facades", "AtoB"),
         cyclegan("facades_label2photo", "facade labels -> photo", "facades", "BtoA"),
         cyclegan("iphone2dslr_flower", "iPhone -> DSLR flower photo", "iphone2dslr_flower", "AtoB"),
+        # The authors' experiments/pretrained_launcher.py: cityscapes runs BtoA (labels -> photo).
+        cut("horse2zebra", "cut", "horse -> zebra (CUT)", "data/cyclegan/horse2zebra", "AtoB"),
+        cut("horse2zebra", "fastcut", "horse -> zebra (FastCUT)", "data/cyclegan/horse2zebra", "AtoB"),
+        cut("cat2dog", "cut", "cat -> dog, AFHQ (CUT)", "data/cat2dog", "AtoB"),
+        cut("cat2dog", "fastcut", "cat -> dog, AFHQ (FastCUT)", "data/cat2dog", "AtoB"),
+        cut("cityscapes", "cut", "label map -> street photo (CUT)", "data/cyclegan/cityscapes", "BtoA"),
+        cut("cityscapes", "fastcut", "label map -> street photo (FastCUT)", "data/cyclegan/cityscapes", "BtoA"),
     ]
 }
 
@@ -119,25 +147,27 @@ def default_cache() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "i2i").expanduser() / "models"
 
 
-def models_url(cyclegan: bool = False) -> str:
-    """Where the published pix2pix (or CycleGAN) generators are downloaded from. A mirror
-    (``I2I_MODELS_URL``) keeps the catalogue's names: ``MIRROR/map2sat.pth``, ``MIRROR/cyclegan/map2sat.pth``."""
+def models_url(cyclegan: bool = False, cut: bool = False) -> str:
+    """Where the published pix2pix (or CycleGAN, or CUT) generators are downloaded from. A mirror
+    (``I2I_MODELS_URL``) keeps the catalogue's names: ``MIRROR/map2sat.pth``, ``MIRROR/cyclegan/map2sat.pth``,
+    ``MIRROR/cut/pretrained_models.tar``."""
     mirror = os.environ.get(URL_ENV, "").rstrip("/")
     if mirror:
-        return f"{mirror}/{CYCLEGAN.rstrip('/')}" if cyclegan else mirror
-    return CYCLEGAN_MODELS_URL if cyclegan else MODELS_URL
+        return f"{mirror}/{CYCLEGAN.rstrip('/')}" if cyclegan else f"{mirror}/{CUT.rstrip('/')}" if cut else mirror
+    return CYCLEGAN_MODELS_URL if cyclegan else CUT_MODELS_URL if cut else MODELS_URL
 
 
 def source_url(entry: ModelEntry) -> str:
-    return f"{models_url(entry.name.startswith(CYCLEGAN))}/{entry.file}.pth"
+    if entry.family == "CUT":
+        return f"{models_url(cut=True)}/{CUT_ARCHIVE}"
+    return f"{models_url(entry.family == 'CycleGAN')}/{entry.file}.pth"
 
 
 def model_recipe(entry: ModelEntry) -> Recipe:
     """The recipe that travels with the converted weights: the matching recipe, with the
     model's direction and a description saying what it is."""
     recipe = Recipe.from_file(entry.recipe)
-    family = "CycleGAN" if entry.name.startswith(CYCLEGAN) else "pix2pix"
-    description = f"the {family} reference's published {entry.file} generator: {entry.task} ({entry.direction})"
+    description = f"the {entry.family} reference's published {entry.file} generator: {entry.task} ({entry.direction})"
     changes = {"data.direction": entry.direction, "description": description}
     return recipe.variant(**changes, **({"data.root": entry.data_root} if entry.data_root else {}))
 
@@ -177,11 +207,15 @@ def _fetch_and_convert(entry: ModelEntry, folder: Path, show_progress: bool) -> 
     source = folder / f"{entry.file}.pth"
     if not source.exists():
         url = source_url(entry)
+        download = folder.parent / CUT_ARCHIVE if entry.family == "CUT" else source
         manual = (
-            f"To fetch it by hand: download {url} (a browser, or `curl -L -C - -o {source} {url}`) to {source} "
+            f"To fetch it by hand: download {url} (a browser, or `curl -L -C - -o {download} {url}`) to {download} "
             f"and run `i2i models download {entry.name}` again: it verifies and converts that file."
         )
-        fetch_file(url, source, entry.name, manual, show_progress, max_bytes=MAX_SOURCE_BYTES)
+        if entry.family == "CUT":
+            _take_from_archive(entry, download, source, manual, show_progress)
+        else:
+            fetch_file(url, source, entry.name, manual, show_progress, max_bytes=MAX_SOURCE_BYTES)
     digest = sha256_of(source)
     recorded = _recorded_sha256(folder)
     if recorded is None:
@@ -201,6 +235,32 @@ def _fetch_and_convert(entry: ModelEntry, folder: Path, show_progress: bool) -> 
             (folder / SOURCE_RECORD).unlink()
             raise ModelError(f"{error}\n{source} was deleted; run again to download it again") from None
         raise
+
+
+def _take_from_archive(entry: ModelEntry, archive: Path, source: Path, manual: str, show_progress: bool) -> None:
+    """``source``: the entry's generator taken out of CUT's archive, which is downloaded first
+    where it is not in the cache yet (one process at a time: six models share it)."""
+    with open(archive.parent / LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not archive.exists():
+            fetch_file(source_url(entry), archive, CUT_ARCHIVE, manual, show_progress, max_bytes=MAX_SOURCE_BYTES)
+    member_suffix = f"{entry.file}_pretrained/latest_net_G.pth"
+    try:
+        with tarfile.open(archive) as tar:
+            members = tar.getmembers()
+            member = next((m for m in members if m.isfile() and m.name.endswith("/" + member_suffix)), None)
+            if member is None:
+                shown = ", ".join(m.name for m in members[:6])
+                raise ModelError(f"{archive} holds no .../{member_suffix} (it holds {shown or 'nothing'}); delete it and "
+                                 f"run again to download it again. {manual}")
+            if member.size > MAX_SOURCE_BYTES:
+                raise ModelError(f"{archive}: {member.name} is {member.size:,} bytes, more than a generator; refused")
+            part = source.with_name(source.name + ".part")
+            with tar.extractfile(member) as data, open(part, "wb") as out:  # read as bytes: no path from the archive is used
+                shutil.copyfileobj(data, out)
+            os.replace(part, source)
+    except (tarfile.TarError, OSError) as error:
+        raise ModelError(f"cannot read {archive} ({error}); delete it and run again to download it again. {manual}") from None
 
 
 def _recorded_sha256(folder: Path) -> str | None:

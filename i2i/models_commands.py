@@ -13,14 +13,14 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
-models_app = typer.Typer(help="Published generators (pix2pix, CycleGAN): list, download.", no_args_is_help=True)
+models_app = typer.Typer(help="Published pix2pix, CycleGAN and CUT generators: list, download.", no_args_is_help=True)
 console = Console()
 
 
 @models_app.command("list")
 def list_models() -> None:
     """The catalogue: each generator, what it translates, the i2i recipe and direction it matches, cached or not."""
-    from i2i.model_catalogue import CYCLEGAN, CYCLEGAN_RECIPE, MODELS, URL_ENV, default_cache, is_cached, models_url
+    from i2i.model_catalogue import CYCLEGAN_RECIPE, MODELS, URL_ENV, default_cache, is_cached, models_url
 
     def show(title: str, column: str, rows: list) -> None:
         # The names are typed by users: never cut short.
@@ -32,12 +32,16 @@ def list_models() -> None:
 
     # A table per family, so that the long CycleGAN names do not squeeze the pix2pix rows.
     show("pix2pix (U-Net 256)", "recipe",  # a shipped recipe's name, or the file name of a recipe path
-         [(e, Path(e.recipe).stem) for e in MODELS.values() if not e.name.startswith(CYCLEGAN)])
+         [(e, Path(e.recipe).stem) for e in MODELS.values() if e.family == "pix2pix"])
     show(f"CycleGAN (ResNet, 9 blocks: recipe {CYCLEGAN_RECIPE})", "trained on",
-         [(e, Path(e.data_root or "").name) for e in MODELS.values() if e.name.startswith(CYCLEGAN)])
+         [(e, Path(e.data_root or "").name) for e in MODELS.values() if e.family == "CycleGAN"])
+    show("CUT and FastCUT (anti-aliased ResNet, 9 blocks)", "trained on",
+         [(e, Path(e.data_root or "").name) for e in MODELS.values() if e.family == "CUT"])
     source = f"set by {URL_ENV}" if os.environ.get(URL_ENV) else f"{URL_ENV} overrides"
     console.print(f"cache {default_cache()}; from {models_url()} ({source})", highlight=False, soft_wrap=True)
     console.print(f"CycleGAN generators from {models_url(cyclegan=True)}", highlight=False, soft_wrap=True)
+    console.print(f"CUT generators from {models_url(cut=True)}/pretrained_models.tar (one archive for all six)",
+                  highlight=False, soft_wrap=True)
 
 
 @models_app.command("download")
@@ -51,11 +55,12 @@ def download(name: str = typer.Argument(..., help="a name from `i2i models list`
 
 
 def import_weights(
-    file: Path = typer.Argument(..., help="a U-Net or ResNet generator saved by the pix2pix/CycleGAN reference (latest_net_G.pth, horse2zebra.pth)"),
+    file: Path = typer.Argument(..., help="a U-Net or ResNet generator saved by the pix2pix/CycleGAN or CUT reference (latest_net_G.pth, horse2zebra.pth)"),
     recipe: str = typer.Option(..., "--recipe", help="a shipped recipe's name (pix2pix_maps, cyclegan_horse2zebra) or a recipe YAML with the same generator"),
     output: Optional[Path] = typer.Option(None, "--output", help="checkpoint folder to write (default: FILE without .pth, beside it)"),
 ) -> None:
-    """Convert a generator saved by the PyTorch pix2pix/CycleGAN reference into an i2i checkpoint folder."""
+    """Convert a generator saved by the PyTorch pix2pix/CycleGAN reference, or by CUT's (with a recipe of the
+    anti-aliased ResNet, as cut_horse2zebra), into an i2i checkpoint folder."""
     from i2i.engine.inference import GENERATOR_FILE
     from i2i.recipe import Recipe
     from i2i.reference_weights import WeightsError, import_reference_weights

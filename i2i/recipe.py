@@ -91,6 +91,10 @@ class DataSection(Params):
     direction: Literal["AtoB", "BtoA"] = "AtoB"
     load_size: int = Field(286, gt=0, description="resize to this size before the random crop")
     crop_size: int = Field(256, gt=0)
+    decay_load_size: int | None = Field(
+        None, gt=0, description="training resizes to this size instead of load_size from the first epoch of the "
+        "learning-rate decay (train.epochs) on; CUT's reference: crop_size, so no random crop then. null: load_size throughout"
+    )
     flip: bool = True
     num_workers: int = Field(0, ge=0, le=64, description="data loader processes (each holds a copy of the dataset)")
     on_bad_image: Literal["error", "skip"] = "error"
@@ -103,6 +107,10 @@ class DataSection(Params):
     def _crop_fits(self) -> DataSection:
         if self.crop_size > self.load_size:
             raise ValueError(f"crop_size {self.crop_size} is larger than load_size {self.load_size}")
+        if self.decay_load_size is not None and self.crop_size > self.decay_load_size:
+            raise ValueError(f"crop_size {self.crop_size} is larger than decay_load_size {self.decay_load_size}")
+        if self.decay_load_size is not None and self.on_device:
+            raise ValueError("decay_load_size needs the images resized again when the decay starts; set on_device: false")
         return self
 
 

@@ -32,6 +32,24 @@ PyTorch versions did not save, is the only tensor that may be absent. InstanceNo
 layers keep no statistics, but PyTorch before 0.4 saved ``running_mean`` and
 ``running_var`` for them; those are dropped where i2i has an InstanceNorm, as the
 reference drops them when it loads such a file.
+
+**CUT's ResNet** (taesungp/contrastive-unpaired-translation, ``resnet_9blocks`` with its
+default anti-aliasing; i2i's ``resnet`` with ``antialias: true``). The same ``model``
+Sequential as CycleGAN's, layer for layer, with each stride-2 conv split into a stride-1
+conv and a ``Downsample`` and each transposed conv into an ``Upsample`` and a stride-1 conv.
+Those two keep their fixed filter as a saved buffer, ``filt``; i2i's ``BlurDown`` and
+``BlurUp`` sit at the same places and do not save theirs. For 9 blocks:
+
+    i2i                       reference
+    model.N.*                 model.N.*            every conv (1, 4, 8, 22, 26, 30)
+    model.N.block.M.*         model.N.conv_block.M.*   the blocks (12 .. 20)
+    model.7, model.11         model.7.filt, model.11.filt     (C, 1, 3, 3): [1, 2, 1] outer product / 16
+    model.21, model.25        model.21.filt, model.25.filt    (C, 1, 4, 4): [1, 3, 3, 1] outer product / 16
+
+Each ``filt`` must be present where i2i has a blur, with that shape and those values, and
+nowhere else; it is checked and dropped. A file that does not fit is refused in one line
+naming the first tensor, in the network's order, that is missing, has another shape or is
+left over (a ResNet-6 file under a ResNet-9 recipe: the first block the file lacks).
 """
 
 from __future__ import annotations
@@ -52,7 +70,7 @@ from i2i.engine.build import build_generator
 from i2i.engine.checkpoint import MANIFEST, first_nonfinite, weights_with_checksum
 from i2i.engine.inference import GENERATOR_FILE
 from i2i.errors import I2IError
-from i2i.models.resnet import ResnetGenerator
+from i2i.models.resnet import BlurDown, BlurUp, ResnetGenerator
 from i2i.recipe import Recipe
 from i2i.safe_files import write_file
 
@@ -204,6 +222,54 @@ def channels_of(state: dict[str, torch.Tensor], generator: str) -> tuple[int, in
     return in_channels, out_channels
 
 
+# -- CUT's anti-aliased ResNet -----------------------------------------------------------
+BLUR_BUFFER = "filt"  # the name CUT's Downsample and Upsample save their filter under
+
+
+def is_cut_resnet(generator: nn.Module) -> bool:
+    return isinstance(generator, ResnetGenerator) and any(isinstance(m, (BlurDown, BlurUp)) for m in generator.model)
+
+
+def _layer_index(name: str) -> int:
+    """Which layer of the ``model`` Sequential a reference tensor belongs to (last: none)."""
+    parts = name.split(".")
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 1 << 30
+
+
+def convert_cut(state: dict[str, torch.Tensor], generator: ResnetGenerator, source: str) -> dict[str, torch.Tensor]:
+    """i2i's state dict for the anti-aliased ``generator`` from CUT's ``state``: the ResNet
+    mapping plus each blur's saved filter checked against i2i's constant. One line on a misfit."""
+    stale = instance_norm_statistics(generator, resnet_key)
+    state = {name: tensor for name, tensor in state.items() if name not in stale}
+    expected = {resnet_key(key): tensor for key, tensor in generator.state_dict().items()}
+    for index, layer in enumerate(generator.model):
+        if isinstance(layer, (BlurDown, BlurUp)):
+            expected[f"model.{index}.{BLUR_BUFFER}"] = layer.kernel
+    mismatches = [(name, f"missing {name} {tuple(tensor.shape)}") for name, tensor in expected.items() if name not in state]
+    mismatches += [(name, f"{name} has shape {tuple(state[name].shape)}, expected {tuple(tensor.shape)}")
+                   for name, tensor in expected.items() if name in state and state[name].shape != tensor.shape]
+    mismatches += [(name, f"unexpected {name} {tuple(state[name].shape)}") for name in state if name not in expected]
+    if mismatches:
+        # The network's order: by layer, then the generator's own tensor order, then the file's.
+        order = {name: i for i, name in enumerate(expected)}
+        for name in state:
+            order.setdefault(name, len(order))
+        first = min(mismatches, key=lambda item: (_layer_index(item[0]), order[item[0]]))[1]
+        others = f" ({len(mismatches) - 1} more mismatched tensors)" if len(mismatches) > 1 else ""
+        raise WeightsError(f"{source} does not fit the CUT ResNet of the recipe's generator: {first}{others}")
+    for name, kernel in expected.items():
+        if name.endswith(f".{BLUR_BUFFER}") and not torch.allclose(state[name].float(), kernel.float(), atol=1e-6):
+            raise WeightsError(f"{source}: {name} is not CUT's fixed binomial blur (another filter: another network)")
+    keys = generator.state_dict()
+    converted = {}
+    for key, tensor in keys.items():
+        saved = state[resnet_key(key)]
+        if saved.is_floating_point() != tensor.is_floating_point():
+            raise WeightsError(f"{source}: tensor {resnet_key(key)} is {saved.dtype}; the CUT ResNet needs {tensor.dtype} there")
+        converted[key] = saved.to(tensor.dtype).contiguous()
+    return converted
+
+
 # -- writing -------------------------------------------------------------------------
 def write_generator(folder: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """``folder/generator.safetensors`` (with its own checksum, as training checkpoints) and
@@ -231,7 +297,7 @@ def import_reference_weights(file: Path, recipe: Recipe, output: Path) -> Path:
     state = read_reference_weights(file)
     in_channels, out_channels = channels_of(state, spec.name)
     generator = build_generator(recipe, in_channels, out_channels)
-    tensors = convert(state, generator, str(file))
+    tensors = (convert_cut if is_cut_resnet(generator) else convert)(state, generator, str(file))
     bad = first_nonfinite(tensors)
     if bad is not None:
         raise WeightsError(f"{file}: tensor {layout_of(generator)[1](bad)} (i2i {bad}) holds NaN or infinite "

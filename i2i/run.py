@@ -28,7 +28,7 @@ from i2i.data.download import ensure_data
 from i2i.engine.callbacks import Callback
 from i2i.engine.checkpoint import latest_checkpoint
 from i2i.engine.budget import describe
-from i2i.engine.build import resolve_device
+from i2i.engine.build import network_name, resolve_device
 from i2i.engine.distributed import barrier, local_rank, process_count_problem, rank_and_world_size
 from i2i.engine.limits import check_limits, parameter_count
 from i2i.engine.tensorboard import TensorBoardCallback
@@ -128,9 +128,10 @@ def start_summary(trainer: Trainer, tensorboard: bool) -> str:
         f"[bold]{escape(recipe.name)}[/bold]{'  ' + escape(recipe.description) if recipe.description else ''}\n"
         f"  device        {trainer.device}, precision {str(trainer.amp_dtype).removeprefix('torch.')}, torch {torch.__version__}\n"
         f"  engine        {escape(trainer.engine.summary(' ' * 16))}\n"
-        f"  generator     {recipe.model.generator.name} ({_count(trainer.generator)} parameters)\n"
-        f"  discriminator {recipe.model.discriminator.name} ({_count(trainer.discriminator)} parameters)\n"
-        f"  losses        {', '.join(f'{s.weight:g} x {s.name}' for s in recipe.losses)}\n"
+        # Every network of the method (CycleGAN: four; CUT: G, the NCE heads, D), as i2i validate lists them.
+        + "".join(f"  {role:<13} {network_name(recipe, role, net)} ({_count(net)} parameters)\n"
+                  for role, net in trainer.networks.items())
+        + f"  losses        {', '.join(f'{s.weight:g} x {s.name}' for s in recipe.losses)}\n"
         f"  data          {recipe.data.dataset.name} in {recipe.data.root}: {_training_samples(trainer.dataset)}, "
         f"{trainer.in_channels}->{trainer.out_channels} channels, {recipe.data.direction}, "
         f"crop {recipe.data.crop_size}, batch {recipe.train.batch_size}\n"

@@ -177,6 +177,18 @@ def test_evaluation_during_training_logs_fid_and_keeps_the_best_checkpoint(tmp_p
     assert metadata["step"] == "2"
 
 
+def test_evaluation_during_training_scores_an_unaligned_set_as_two_sets(fake_data_root, tmp_path, one_torch_thread):
+    """As bench quality: testA translated against testB, FID and KID only; no pair, no SSIM or PSNR."""
+    from test_unpaired import unpaired_recipe
+
+    recipe = Recipe.from_dict(unpaired_recipe("cut", fake_data_root, max_steps=4, eval_every=1, eval_images=2))
+    trainer = build_trainer(recipe, run_dir=tmp_path / "run", tensorboard=False)
+    trainer.fit()
+    evaluations = [r for r in map(json.loads, (tmp_path / "run" / "log.jsonl").read_text().splitlines()) if "eval_fid" in r]
+    assert [r["step"] for r in evaluations] == [4] and evaluations[0]["eval_images"] == 2
+    assert "eval_kid" in evaluations[0] and not {"eval_ssim", "eval_psnr"} & evaluations[0].keys()
+
+
 def test_eval_every_without_a_val_split_is_a_clear_error(fake_data_root, tmp_path):
     (fake_data_root / "val").rename(fake_data_root / "elsewhere")
     data = {"dataset": {"name": "aligned"}, "root": str(fake_data_root)}

@@ -177,7 +177,7 @@ def test_cut_generator_is_not_the_cyclegan_layout(tmp_path):
     file = tmp_path / "cyclegan.pth"
     torch.save(ReferenceResnet(3, 3, 4, 6).state_dict(), file)
     cut = resnet_recipe(6).variant(**{"model.generator.params.antialias": True})
-    with pytest.raises(WeightsError, match="does not fit the reference ResNet layout"):
+    with pytest.raises(WeightsError, match="does not fit the CUT ResNet"):
         import_reference_weights(file, cut, tmp_path / "out")
 
 

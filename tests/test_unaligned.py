@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from i2i.data.base import DataError
+from i2i.data.base import DataError, resize, to_tensor
+from i2i.data.images import read_rgb
 from i2i.data.unaligned import UnalignedDataset, UnpairedAlignedDataset, UnpairedParams
 from i2i.recipe import DataSection
 from i2i.registry import DATASETS
@@ -118,6 +119,48 @@ def test_cache_gives_the_same_samples_as_the_files(tmp_path):
         from_files.set_epoch(epoch)
         for i in range(3):
             assert all(torch.equal(cached[i][k], from_files[i][k]) for k in ("input", "target"))
+
+
+def test_decay_epochs_resize_to_decay_load_size_without_a_crop(tmp_path):
+    """CUT's reference loader: from the first decay epoch on, resize to the crop size, no crop."""
+    noise(tmp_path / "trainA" / "1.png")
+    noise(tmp_path / "trainB" / "1.png", seed=1)
+    dataset = unaligned(tmp_path, cache="memory", decay_load_size=CROP)
+    dataset.prepare()
+    dataset.start_decay_at(2)
+    whole = to_tensor(resize(read_rgb(tmp_path / "trainA" / "1.png"), CROP))
+    flips = set()
+    for epoch in range(12):
+        dataset.set_epoch(epoch)
+        sample = dataset[0]["input"]
+        unflipped, flipped = torch.equal(sample, whole), torch.equal(sample, whole.flip(2))
+        assert (unflipped or flipped) == (epoch >= 2), epoch
+        if epoch >= 2:
+            flips.add(flipped)
+    assert flips == {False, True}, "the flip still applies"
+    assert dataset.a.cache is None, "the cache at load_size is not resized a second time"
+    dataset.set_epoch(0)
+    assert not torch.equal(dataset[0]["input"], whole), "back before the decay: the random crop again"
+
+
+def test_a_copy_at_another_epoch_leaves_the_original_as_it_was(tmp_path):
+    import copy
+
+    noise(tmp_path / "trainA" / "1.png")
+    noise(tmp_path / "trainB" / "1.png", seed=1)
+    dataset = unaligned(tmp_path, decay_load_size=CROP)
+    dataset.start_decay_at(1)
+    dataset.set_epoch(3)
+    before = dataset[0]["input"]
+    view = copy.copy(dataset)
+    view.set_epoch(0)  # as precise BN's fixed batches do
+    assert view.a.size == LOAD and dataset.a.size == CROP
+    assert torch.equal(dataset[0]["input"], before)
+
+
+def test_decay_load_size_is_checked_against_the_crop(tmp_path):
+    with pytest.raises(ValueError, match="crop_size 32 is larger than decay_load_size 30"):
+        unaligned(tmp_path, decay_load_size=30)
 
 
 def test_direction_and_channels(tmp_path):

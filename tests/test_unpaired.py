@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -25,7 +27,8 @@ def unpaired_recipe(method: str, root, **train) -> dict:
         model={"generator": {"name": "resnet", "params": {"ngf": 4, "n_blocks": 2, "antialias": method != "cyclegan"}},
                "discriminator": {"name": "patchgan", "params": {"ndf": 4, "n_layers": 2, "norm": "instance"}}},
         losses=[{"name": "gan", "params": {"mode": "lsgan"}}],
-        data={"dataset": {"name": "unaligned"}, "root": str(root)},
+        # CUT's published loader: resize to the crop size, no crop, once the learning rate decays.
+        data={"dataset": {"name": "unaligned"}, "root": str(root), "decay_load_size": None if method == "cyclegan" else 32},
         train={"checkpoint_every": 1000, "tensorboard": False, **train},
     )
 
@@ -36,11 +39,12 @@ def train(method: str, root, run_dir, max_steps: int, resume: bool = False) -> T
     return trainer
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_resume_midway_equals_a_straight_run(method, fake_data_root, tmp_path):
-    # 4 samples a epoch (max of 3 A and 4 B): the learning rate decays from step 4 on.
+@pytest.mark.parametrize("method, split", [("cyclegan", 3), ("cut", 3), ("cut", 5), ("fastcut", 3)])
+def test_resume_midway_equals_a_straight_run(method, split, fake_data_root, tmp_path):
+    # 4 samples a epoch (max of 3 A and 4 B): the learning rate decays from step 4 on, and CUT's
+    # data switches to decay_load_size there; resumed before the switch (3) and after it (5).
     straight = train(method, fake_data_root, tmp_path / "straight", 6)
-    train(method, fake_data_root, tmp_path / "split", 3)
+    train(method, fake_data_root, tmp_path / "split", split)
     resumed = train(method, fake_data_root, tmp_path / "split", 6, resume=True)
     assert resumed.step == 6
     assert straight.networks.keys() == resumed.networks.keys()
@@ -164,3 +168,19 @@ def test_no_eval_statistics_for_generators_without_batchnorm(fake_data_root, tmp
     trainer.fit()
     checkpoint = trainer.run_dir / "checkpoints" / "step_00000001"
     assert not (checkpoint / "generator_eval.safetensors").exists()
+
+
+@pytest.mark.parametrize("method, roles", [
+    ("cyclegan", ["generator", "generator_ba", "discriminator", "discriminator_a"]),
+    ("cut", ["generator", "nce_heads", "discriminator"]),
+])
+def test_the_start_summary_lists_every_network_with_its_parameters(method, roles, fake_data_root, tmp_path):
+    from i2i.run import start_summary
+
+    trainer = Trainer(Recipe.from_dict(unpaired_recipe(method, fake_data_root, max_steps=1)), run_dir=tmp_path / "run")
+    summary = start_summary(trainer, tensorboard=False)
+    listed = re.findall(r"^  (\w+) +(\w+) \(([\d,]+) parameters\)$", summary, re.M)
+    assert [role for role, _, _ in listed] == roles == list(trainer.networks)
+    for role, name, count in listed:
+        assert int(count.replace(",", "")) == sum(p.numel() for p in trainer.networks[role].parameters()), role
+    assert dict((role, name) for role, name, _ in listed)["discriminator"] == "patchgan"

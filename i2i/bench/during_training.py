@@ -2,7 +2,10 @@
 
 Every ``eval_every`` epochs, right after the end-of-epoch checkpoint, the first
 ``eval_images`` val samples are translated (generator in the default inference mode,
-``eval_mode`` in the record) and scored; the figures go to log.jsonl as ``eval_*`` and the
+``eval_mode`` in the record) and scored as ``i2i bench quality`` scores them: a set without
+pairs (``unaligned``: testA, testB) as two sets, FID and KID of the translated inputs against
+the targets, with no SSIM or PSNR, which need a true pair (``unpaired_aligned`` and paired
+sets have one); the figures go to log.jsonl as ``eval_*`` and the
 checkpoint with the lowest FID so far is copied to ``<run dir>/best`` with the
 figures in its manifest. The val features are extracted once per run.
 """
@@ -17,7 +20,7 @@ from pathlib import Path
 from i2i.bench import EVALUATION_MODE
 from i2i.bench.inception import inception_extractor
 from i2i.bench.metrics import QualityMeter
-from i2i.bench.quality import evaluate
+from i2i.bench.quality import evaluate, evaluate_unpaired
 from i2i.engine.build import build_dataset
 from i2i.engine.checkpoint import MANIFEST
 from i2i.engine.callbacks import Callback
@@ -63,9 +66,12 @@ class EvaluationCallback(Callback):
         except I2IError as error:
             raise I2IError(f"train.eval_every needs a val split to evaluate on: {error}") from None
         self.dataset.prepare()
-        self.images = min(trainer.cfg.eval_images, len(self.dataset))
+        sizes = self.dataset.unpaired_sizes()
+        self.score = evaluate if sizes is None else evaluate_unpaired
+        self.images = min(trainer.cfg.eval_images, *(sizes or (len(self.dataset),)))
         if self.images < 2:
-            raise I2IError(f"train.eval_every: FID needs at least 2 val images, the val split has {len(self.dataset)}")
+            held = len(self.dataset) if sizes is None else f"{sizes[0]} inputs and {sizes[1]} targets"
+            raise I2IError(f"train.eval_every: FID needs at least 2 val images, the val split has {held}")
         self.extractor = None  # loaded at the first evaluation
         self.real_features = None
         self.best = best_fid(trainer.run_dir)
@@ -78,15 +84,16 @@ class EvaluationCallback(Callback):
             self.extractor = inception_extractor(trainer.device)
         meter = QualityMeter(self.extractor)
         generator = trainer.inference_generator(eval_statistics=EVALUATION_MODE == "eval") or trainer.generator
-        metrics = evaluate(
+        metrics = self.score(
             generator, self.dataset, meter, EVALUATION_MODE, trainer.device, self.images, trainer.cfg.seed, self.real_features
         )
         self.real_features = meter.real_features_all()
+        scored = [key for key in ("fid", "kid", "ssim", "psnr") if key in metrics]  # ssim, psnr: only with true pairs
         record = {"step": trainer.step, "epoch": epochs_done - 1, "eval_images": metrics["images"],
-                  "eval_mode": EVALUATION_MODE,
-                  **{f"eval_{key}": metrics[key] for key in ("fid", "kid", "ssim", "psnr")}}
+                  "eval_mode": EVALUATION_MODE, **{f"eval_{key}": metrics[key] for key in scored}}
         trainer.log(record)  # log.jsonl, the console, TensorBoard and the report
-        line = f"eval at step {trainer.step}: FID {metrics['fid']:.2f}  SSIM {metrics['ssim']:.4f}  PSNR {metrics['psnr']:.2f}"
+        shown = {"fid": ("FID", ".2f"), "kid": ("KID", ".4f"), "ssim": ("SSIM", ".4f"), "psnr": ("PSNR", ".2f")}
+        line = f"eval at step {trainer.step}: " + "  ".join(f"{shown[k][0]} {metrics[k]:{shown[k][1]}}" for k in scored)
         if self.best is None or metrics["fid"] < self.best:
             self.best = metrics["fid"]
             checkpoint = trainer.run_dir / "checkpoints" / f"step_{trainer.step:08d}"

@@ -100,6 +100,7 @@ class DecodedImages(ABC):
         self.train = train
         self.seed = seed
         self.epoch = 0
+        self.decay_start: int | None = None  # the first epoch at data.decay_load_size
         # Training resizes to load_size and crops; evaluation resizes straight to crop_size.
         self.size = data.load_size if train else data.crop_size
         self.crop = data.crop_size
@@ -108,6 +109,23 @@ class DecodedImages(ABC):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        size = self.size_in(epoch)
+        if size != self.size:
+            # The cache holds the images at the old size; resizing those again would differ
+            # from resizing the files, so from here each sample is decoded from its file.
+            self.size, self.cache = size, None
+
+    def start_decay_at(self, epoch: int) -> None:
+        self.decay_start = epoch
+        self.set_epoch(self.epoch)
+
+    def size_in(self, epoch: int) -> int:
+        """The side images are resized to in ``epoch``: training switches from load_size to
+        decay_load_size where the learning rate starts to decay (CUT's reference loader)."""
+        if not self.train:
+            return self.crop
+        decaying = self.decay_start is not None and epoch >= self.decay_start
+        return self.data.decay_load_size if decaying and self.data.decay_load_size else self.data.load_size
 
     @abstractmethod
     def __len__(self) -> int: ...

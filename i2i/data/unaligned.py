@@ -22,6 +22,7 @@ the input's and the target's (1: ITU-R 601 luma).
 
 from __future__ import annotations
 
+import copy
 from abc import abstractmethod
 from functools import partial
 from pathlib import Path
@@ -92,6 +93,18 @@ class UnpairedDataset(PairedDataset):
         self.epoch = epoch
         self.a.set_epoch(epoch)
         self.b.set_epoch(epoch)
+
+    def start_decay_at(self, epoch: int) -> None:
+        self.a.start_decay_at(epoch)
+        self.b.start_decay_at(epoch)
+
+    def __copy__(self) -> UnpairedDataset:
+        # A copy sets its own epoch (precise BN's view of epoch 0): its sides, which hold the
+        # epoch and the image size, must be its own too; the decoded images stay shared.
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.a, clone.b = copy.copy(self.a), copy.copy(self.b)
+        return clone
 
     def prepare(self) -> None:
         self.a.prepare()

@@ -28,6 +28,13 @@ def build_discriminator(recipe: Recipe, in_channels: int, out_channels: int) -> 
     return DISCRIMINATORS.build(spec.name, spec.params, plugins=recipe.plugins, in_channels=in_channels + out_channels)
 
 
+def network_name(recipe: Recipe, role: str, network: torch.nn.Module) -> str:
+    """The registry name a method's network was built from (a second direction's spec defaults
+    to the first's); the class name for a network of the method's own (CUT's ``nce_heads``)."""
+    spec = getattr(recipe.model, role, None) or getattr(recipe.model, role.split("_")[0], None)
+    return spec.name if spec is not None else type(network).__name__
+
+
 def build_method(recipe: Recipe) -> Method:
     spec = recipe.method
     return METHODS.build(spec.name, spec.params, plugins=recipe.plugins, recipe=recipe)

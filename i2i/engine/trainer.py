@@ -62,6 +62,7 @@ class Trainer:
 
         self.dataset = build_dataset(recipe, "train", train=True)
         self.dataset.prepare()  # decode-once cache and on_bad_image, before the sampler counts samples
+        self.dataset.start_decay_at(self.cfg.epochs)  # data.decay_load_size applies from there
         self.in_channels, self.out_channels = self.dataset.in_channels, self.dataset.out_channels
         self.use_schedule(None)
         self.engine = self.choose_engine()

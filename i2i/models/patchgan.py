@@ -4,6 +4,13 @@
 1 gives 16x16 patches and 5 gives 286x286. ``pixelgan`` judges single pixels;
 ``multiscale`` runs several PatchGANs on successively downsampled inputs.
 The input is the channel concatenation (condition, image).
+
+``antialias: true`` is CUT's discriminator (taesungp/contrastive-unpaired-translation,
+its default ``no_antialias=False``): each stride-2 4x4 conv becomes a stride-1 4x4 conv,
+its norm and LeakyReLU, then the fixed 3x3 binomial blur with stride 2 and reflection
+padding (``BlurDown``, their ``Downsample``). The blur is a constant, so the parameter count
+stays the same (2,764,737 at ndf 64, n_layers 3, 3 input channels) and so does the output
+size, but the strided layers now run at 4x the positions before the blur.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from torch import nn
 
 from i2i.contracts import Discriminator, Params
 from i2i.models.layers import Norm, conv_bias, init_weights, norm_layer
+from i2i.models.resnet import BlurDown
 from i2i.registry import DISCRIMINATORS
 
 
@@ -22,27 +30,28 @@ class PatchGANParams(Params):
     norm: Norm = "batch"
     spectral_norm: bool = False
     init_std: float = Field(0.02, gt=0.0)
+    antialias: bool = Field(False, description="CUT's discriminator: each stride-2 conv as a stride-1 conv then a "
+                            "blurred stride-2 downsampling (same parameters)")
 
 
 @DISCRIMINATORS.register("patchgan", params=PatchGANParams, example={"ndf": 8, "n_layers": 2})
 class PatchGANDiscriminator(Discriminator):
     def __init__(self, params: PatchGANParams, in_channels: int = 6):
         super().__init__()
-        ndf, norm = params.ndf, params.norm
+        ndf, norm, antialias = params.ndf, params.norm, params.antialias
         bias = conv_bias(norm)
-        layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, ndf, 4, 2, 1),
-            nn.LeakyReLU(0.2),
-        ]
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, 1 if antialias else 2, 1), nn.LeakyReLU(0.2)]
+        layers += [BlurDown(ndf)] if antialias else []
         mult = 1
         for n in range(1, params.n_layers + 1):
             prev, mult = mult, min(2**n, 8)
-            stride = 2 if n < params.n_layers else 1  # the last feature layer keeps the resolution
+            strided = n < params.n_layers  # the last feature layer keeps the resolution
             layers += [
-                nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1, bias=bias),
+                nn.Conv2d(ndf * prev, ndf * mult, 4, 2 if strided and not antialias else 1, 1, bias=bias),
                 norm_layer(norm, ndf * mult),
                 nn.LeakyReLU(0.2),
             ]
+            layers += [BlurDown(ndf * mult)] if strided and antialias else []
         layers.append(nn.Conv2d(ndf * mult, 1, 4, 1, 1))
         self.model = nn.Sequential(*layers)
         init_weights(self, params.init_std)
