@@ -237,6 +237,7 @@ def test_loader_bench_reads_both_sides(tmp_path):
         noise(tmp_path / "trainA" / f"{i}.png", seed=i)
         noise(tmp_path / "trainB" / f"{i}.png", seed=10 + i)
     data = {"dataset": {"name": "unaligned"}, "root": str(tmp_path), "load_size": LOAD, "crop_size": CROP}
-    results = bench_loader(Recipe.from_dict(tiny_recipe(data=data), "test"), samples=4)
+    recipe = tiny_recipe(data=data, method={"name": "cyclegan"}, losses=[{"name": "gan", "params": {"mode": "lsgan"}}])
+    results = bench_loader(Recipe.from_dict(recipe, "test"), samples=4)
     assert results["cache_mb"] == 2 * 3 * LOAD * LOAD * 3 / 2**20
     assert "on_device_per_s" not in results, "the unpaired sides are not one array of pairs"

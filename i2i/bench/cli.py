@@ -132,9 +132,9 @@ def speed(
                          on_config=lambda name: console.print(f"timing {name} ...", highlight=False),
                          compile_inference=compile_inference, peak_sizes=tuple(peak_sizes))
     console.print(speed_table(record))
-    console.print(describe_limit(record), highlight=False)
-    console.print(describe_roofline(record), highlight=False)
-    console.print(describe_settings(record), highlight=False)
+    console.print(describe_limit(record), highlight=False, soft_wrap=True)
+    console.print(describe_roofline(record), highlight=False, soft_wrap=True)
+    console.print(describe_settings(record), highlight=False, soft_wrap=True)
     console.print(f"appended to {results}", highlight=False)
 
 
