@@ -24,18 +24,16 @@ import yaml
 
 from i2i.version import __version__
 from i2i.engine.callbacks import Callback
+from i2i.engine.run_log import BOOKKEEPING, is_loss
 from i2i.engine.trainer import Trainer
 from i2i.errors import I2IError
-from i2i.safe_files import describe_write_failure, failed_to_write, replacing, write_file
+from i2i.safe_files import describe_write_failure, failed_to_write, own_folder, replacing, write_file
 
 REPORT = "report.html"
 ENVIRONMENT = "environment.json"
 PLOTS = "plots"
 # Grids shown besides the latest one: spread evenly over the run, so the page stays light.
 HISTORY = 11
-# Bookkeeping fields of a log record (``eval_images``, ``eval_mode``: the size of the evaluation
-# set of train.eval_every and the generator's mode); every other number is a loss (G_*, D_*) or a metric.
-BOOKKEEPING = {"step", "epoch", "lr", "steps_per_s", "eval_images", "eval_mode"}
 
 
 class ReportError(I2IError):
@@ -58,10 +56,6 @@ def read_log(run_dir: Path) -> list[dict[str, Any]]:
                 break  # half-written while a run appends to it
             raise ReportError(f"{path}:{number}: not a JSON record") from None
     return records
-
-
-def is_loss(key: str) -> bool:
-    return key.startswith(("G_", "D_"))
 
 
 def series(records: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
@@ -156,6 +150,7 @@ def build_report(run_dir: Path) -> Path:
 def _build_report(run_dir: Path) -> Path:
     if not (run_dir / "recipe.yaml").is_file():
         raise ReportError(f"{run_dir} is not a run directory (no recipe.yaml); pass the folder `i2i run` wrote")
+    own_folder(run_dir / PLOTS)  # plots are written and deleted there: never through a link
     records = read_log(run_dir)
     curves = series(records)
     losses = {k: v for k, v in curves.items() if is_loss(k)}

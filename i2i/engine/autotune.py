@@ -30,7 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from i2i.engine.build import cpu_has_fast_bf16
-from i2i.safe_files import write_file
+from i2i.safe_files import cache_root, write_file
 
 ENGINE_SETTINGS = ("precision", "channels_last", "fused_adam", "cpu_speedups", "cuda_graph", "compile")
 REFERENCE = {"precision": "fp32", "channels_last": False, "fused_adam": False, "cpu_speedups": False,
@@ -99,8 +99,7 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def cache_dir() -> Path:
-    """``$I2I_CACHE/engine``; an empty I2I_CACHE counts as unset (not the current folder)."""
-    return Path(os.environ.get("I2I_CACHE") or Path.home() / ".cache" / "i2i").expanduser() / "engine"
+    return cache_root() / "engine"
 
 
 def probe_allowed(configured: bool) -> bool:
