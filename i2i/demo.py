@@ -145,10 +145,10 @@ def serve(source: str, host: str = "127.0.0.1", port: int | None = None, device:
     Everything it writes (the val examples, gradio's copies of uploads) lies in one temporary
     folder, removed however the demo stops."""
     check_address(host, port)
-    gr = _gradio()
-    theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=["ui-monospace", "monospace"])
     with tempfile.TemporaryDirectory(prefix="i2i-demo-") as examples, _leaving_on_sigterm(), \
-            _uploads_in(Path(examples) / "uploads"):
+            _uploads_in(Path(examples) / "gradio"):
+        gr = _gradio()  # imported after GRADIO_TEMP_DIR is set: some of its modules read it once, at import
+        theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=["ui-monospace", "monospace"])
         page = build_page(source, device, Path(examples), direction)
         try:
             _, url, _ = page.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=True, quiet=True,
@@ -183,7 +183,7 @@ def _leaving_on_sigterm() -> Iterator[None]:
 @contextlib.contextmanager
 def _uploads_in(folder: Path) -> Iterator[None]:
     """gradio keeps its copies of uploads and examples in ``GRADIO_TEMP_DIR`` (else /tmp/gradio,
-    left there): here, ``folder``, read when the page is built."""
+    left there): here, ``folder``."""
     previous = os.environ.get("GRADIO_TEMP_DIR")
     os.environ["GRADIO_TEMP_DIR"] = str(folder)
     try:

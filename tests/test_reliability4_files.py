@@ -9,8 +9,6 @@ import os
 import pickle
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 import zipfile
@@ -461,25 +459,22 @@ def test_a_folder_named_like_a_shipped_recipe_does_not_hide_it(tmp_path, monkeyp
         Recipe.from_file("mine")
 
 
-def test_sigterm_to_the_demo_leaves_no_temporary_folder(tiny_run, tmp_path):
+def test_sigterm_to_the_demo_leaves_no_temporary_folder(tiny_run, tmp_path, monkeypatch):
+    """As `kill` or a service manager stops it: through the clean-up of every block, exit 143."""
+    import tempfile
+
+    from i2i.demo import serve
+
     pytest.importorskip("gradio")
-    temporary = tmp_path / "tmp"
-    temporary.mkdir()
-    env = {**os.environ, "TMPDIR": str(temporary), "GRADIO_ANALYTICS_ENABLED": "False"}
-    demo = subprocess.Popen([sys.executable, "-m", "i2i", "demo", str(tiny_run), "--device", "cpu"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    try:
-        lines = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not any("http://" in line for line in lines):
-            line = demo.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-        assert any("http://" in line for line in lines), "".join(lines)
-        assert [p.name for p in temporary.iterdir() if p.name.startswith("i2i-demo-")], "the demo's folder exists"
-        demo.send_signal(signal.SIGTERM)
-        assert demo.wait(30) == 143
-    finally:
-        demo.kill()
-    assert [p.name for p in temporary.iterdir()] == []
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gradio_folder, seen = os.environ.get("GRADIO_TEMP_DIR"), []
+
+    def stop(url: str) -> None:
+        seen.extend(p.name for p in tmp_path.iterdir())
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+
+    with pytest.raises(SystemExit) as stopped:
+        serve(str(tiny_run), device="cpu", on_ready=stop)
+    assert stopped.value.code == 143 and [name for name in seen if name.startswith("i2i-demo-")]
+    assert list(tmp_path.iterdir()) == [] and os.environ.get("GRADIO_TEMP_DIR") == gradio_folder
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
