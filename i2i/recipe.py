@@ -42,16 +42,19 @@ def shipped_recipes() -> Path:
 
 def find_recipe(spec: str | Path) -> Path:
     """``spec`` where it is (or names) a file, else the recipe of that name that comes with i2i
-    (``pix2pix_maps``), from any folder. A folder of that name here (a run directory, a data
-    set) is no recipe: it never hides the shipped one."""
+    (``pix2pix_maps``), from any folder. A path wins over a name: a folder of that name here (a
+    run directory, a data set) is refused, saying which shipped recipe it hides."""
     path = Path(spec)
-    if (path.exists() and not path.is_dir()) or path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+    if path.is_dir():
+        shipped = shipped_recipes() / f"{spec}.yaml"
+        hidden = len(path.parts) == 1 and shipped.is_file()
+        raise RecipeError(str(spec), ["is a folder, not a recipe file" + (
+            f"; it hides the recipe of that name that comes with i2i: pass {shipped} for that one" if hidden else "")])
+    if path.exists() or path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
         return path
     folder = shipped_recipes()
     if (folder / f"{spec}.yaml").is_file():
         return folder / f"{spec}.yaml"
-    if path.is_dir():
-        raise RecipeError(str(spec), ["is a folder, not a recipe file, and no recipe of that name comes with i2i"])
     if not folder.is_dir():
         raise RecipeError(str(spec), [f"no such file, and the recipes that come with i2i are missing: {NOT_INSTALLED}"])
     names = sorted(p.stem for p in folder.glob("*.yaml"))
@@ -281,10 +284,9 @@ class Recipe(Params):
 def without_file_params(data: Any) -> Any:
     """``data`` (a recipe as parsed YAML, before validation) without the component params that
     name a file or folder (a field annotated with ``Path``, such as timm_unet's
-    ``pretrained_path``). For a recipe that comes inside a
-    weights file: the file holds the trained weights themselves, and its recipe must never make
-    i2i open a file (a pickle above all). Components the registries do not know are left as they
-    are; validation names them."""
+    ``pretrained_path``). For a recipe that comes inside a weights file: the file holds the
+    trained weights themselves, and its recipe must never make i2i open a file (a pickle above
+    all). Components the registries do not know are left as they are; validation names them."""
     if not isinstance(data, dict):
         return data
     model, section = data.get("model"), data.get("data")

@@ -426,9 +426,9 @@ def test_quiet_prints_no_engine_probe_lines(tmp_path, write_recipe, monkeypatch,
 
     real = trainer_module.choose_engine
 
-    def choose_noting(recipe, device, channels, step, planned, log_line):
+    def choose_noting(recipe, device, channels, step, planned, log_line, warn):
         log_line("engine probe: fused_adam runs 1.10x the speed of no fused_adam")
-        return real(recipe, device, channels, step, planned, log_line)
+        return real(recipe, device, channels, step, planned, log_line, warn)
 
     monkeypatch.setattr(trainer_module, "choose_engine", choose_noting)
     train(write_recipe(tiny_recipe(train={"max_steps": 1, "tensorboard": False})), quiet=True,
@@ -450,12 +450,16 @@ def test_cycle_and_nce_terms_are_losses_in_the_progress_line_and_the_report(run_
     assert plotted == {"losses": ["D_real", "G_GAN", "NCE", "cycle_a", "idt_b"], "metrics": ["eval_fid"]}
 
 
-def test_a_folder_named_like_a_shipped_recipe_does_not_hide_it(tmp_path, monkeypatch):
+def test_a_folder_named_like_a_shipped_recipe_says_what_it_hides(tmp_path, monkeypatch, capsys):
+    from i2i.recipe import shipped_recipes
+
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "pix2pix_maps").mkdir()  # a run directory or a data set of that name
-    assert Recipe.from_file("pix2pix_maps").name == "pix2pix_maps"
+    (tmp_path / "pix2pix_maps").mkdir()  # a run directory or a data set of that name: a path wins over a name
+    code, err = run_cli(["validate", "pix2pix_maps"], monkeypatch, capsys)
+    assert code == 2 and f"it hides the recipe of that name that comes with i2i: pass {shipped_recipes()}" in err
+    assert Recipe.from_file(shipped_recipes() / "pix2pix_maps.yaml").name == "pix2pix_maps"
     (tmp_path / "mine").mkdir()
-    with pytest.raises(I2IError, match="is a folder, not a recipe file"):
+    with pytest.raises(I2IError, match="mine:\n  - is a folder, not a recipe file$"):
         Recipe.from_file("mine")
 
 

@@ -380,10 +380,13 @@ def choose_engine(
     make_step: Callable[[dict[str, Any]], Callable[[], Any]],
     planned_steps: int,
     log_line: Callable[[str], None] = print,
+    warn: Callable[[str], None] | None = None,
 ) -> EngineChoice:
     """The engine settings ``recipe`` trains with on ``device``; ``channels`` are the data's
     (in, out); ``make_step(settings)`` builds a throwaway trainer with every engine setting
-    given and returns one training step on a fixed batch."""
+    given and returns one training step on a fixed batch. ``log_line`` hears the probe's
+    timings, ``warn`` (default: ``log_line``) a cache that cannot be read or written."""
+    warn = warn or log_line
     train = recipe.train
     fixed = {name: getattr(train, name) for name in ENGINE_SETTINGS if getattr(train, name) is not None}
     if train.engine == "reference":
@@ -396,7 +399,7 @@ def choose_engine(
         return EngineChoice(first, reasons_for(first, fixed, [], device), "recipe" if not keys else "static")
     key = shape_key(recipe, device, channels, fixed)
     path = cache_file(key)
-    entry = read_cached(path, key, planned_steps, log_line)
+    entry = read_cached(path, key, planned_steps, warn)
     source = "cached"
     if entry is None:
         cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
@@ -404,7 +407,7 @@ def choose_engine(
             best, comparisons, complete = probe(first, keys, make_step, device, planned_steps, log_line)
         entry = {"key": key, "settings": best, "reasons": reasons_for(best, fixed, comparisons, device),
                  "comparisons": comparisons, "complete": complete, "planned_steps": planned_steps}
-        write_cached(path, entry, log_line)
+        write_cached(path, entry, warn)
         source = "measured"
     # The cache decides only what is probed here: what the recipe sets, and what this device
     # cannot use, stay as the recipe and the static rule say, whatever a cache file holds.

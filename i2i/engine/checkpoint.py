@@ -196,7 +196,7 @@ def verify_checkpoint(path: Path) -> None:
         manifest = json.loads((path / MANIFEST).read_text())
         expected = dict(manifest["files"])
         sizes = dict(manifest.get("sizes") or {})
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise CheckpointError(f"checkpoint {path}: unreadable {MANIFEST} ({error})") from None
     for name, digest in expected.items():
         file = listed_file(path, name, sizes.get(name))

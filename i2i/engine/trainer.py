@@ -107,7 +107,7 @@ class Trainer:
         if self.is_main:
             choice = choose_engine(self.recipe, self.device, (self.in_channels, self.out_channels),
                                    lambda settings: probe_step(self.recipe, settings), self.schedule.total_steps,
-                                   self.log_line)
+                                   self.log_line, self.warn_line)
         return broadcast_from_main(choice) if self.world_size > 1 else choice
 
     def autocast(self):
@@ -224,7 +224,8 @@ class Trainer:
             print(text, flush=True)
 
     def warn_line(self, text: str) -> None:
-        """What goes wrong without stopping the run (a damaged checkpoint passed over): --quiet or not."""
+        """What goes wrong without stopping the run (a damaged checkpoint passed over, an engine cache
+        that cannot be used): --quiet or not."""
         if self.is_main:
             print(text, flush=True)
 
