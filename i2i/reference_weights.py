@@ -241,13 +241,13 @@ def import_reference_weights(file: Path, recipe: Recipe, output: Path) -> Path:
     state = read_reference_weights(file)
     in_channels, out_channels = channels_of(state, spec.name)
     generator = build_generator(recipe, in_channels, out_channels)
+    tensors = convert(state, generator, str(file))
     # InstanceNorm keeps no tensors and i2i's convolutions keep their bias without a norm: the layouts
     # match, the outputs do not (off by about 1.0)
     trained, recipe_norm = reference_norm(state, generator), spec.params.norm
     if trained != recipe_norm:
         raise WeightsError(f"{file} was trained with {trained} normalization, and recipe {recipe.name}'s generator has "
                            f"norm {recipe_norm}; use a recipe with model.generator.params.norm: {trained}")
-    tensors = convert(state, generator, str(file))
     bad = first_nonfinite(tensors)
     if bad is not None:
         raise WeightsError(f"{file}: tensor {layout_of(generator)[1](bad)} (i2i {bad}) holds NaN or infinite "
