@@ -84,8 +84,10 @@ def read_generator_metadata(metadata: dict[str, str], source: Path) -> tuple[Rec
     needed = GENERATORS.get(spec.name, recipe.plugins).obj.size_multiple_for(spec.params)
     multiple = fields.size_multiple or needed
     forward = recipe.model.generator
-    if multiple % needed and spec is not forward and multiple == GENERATORS.get(forward.name, recipe.plugins).obj.size_multiple_for(forward.params):
-        multiple = needed  # a B -> A file written before each generator kept its own multiple holds the A -> B one's
+    if multiple % needed and spec is not forward:
+        # a B -> A file written before each generator kept its own multiple holds the A -> B one's
+        if multiple == GENERATORS.get(forward.name, recipe.plugins).obj.size_multiple_for(forward.params):
+            multiple = needed
     if multiple % needed:
         raise CheckpointError(
             f"{source}: metadata size_multiple {multiple} does not suit generator {spec.name}, whose input sides must "
