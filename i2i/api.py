@@ -42,8 +42,10 @@ from i2i.engine.build import resolve_device
 from i2i.engine.checkpoint import CheckpointError
 from i2i.engine.inference import (
     DEFAULT_MULTIPLE,
+    DIRECTIONS,
     finite,
     generator_mode,
+    input_side_floor,
     load_generator,
     tile_size,
     translate_batch,
@@ -88,7 +90,9 @@ class Translator:
         self.in_channels = int(metadata["in_channels"])
         self.out_channels = int(metadata["out_channels"])
         self.size_multiple = int(metadata.get("size_multiple") or getattr(generator, "size_multiple", DEFAULT_MULTIPLE))
-        self.tile = tile_size(tile, overlap, self.size_multiple)  # rounded to the multiple
+        # the smallest side the generator runs at: smaller images (and tiles) are padded up to it
+        self.floor = input_side_floor(recipe, {**metadata, "size_multiple": str(self.size_multiple)})
+        self.tile = max(tile_size(tile, overlap, self.size_multiple), self.floor)  # rounded to the multiple
         self.overlap = overlap
         self.batch_size = batch_size
 
@@ -116,7 +120,8 @@ class Translator:
         """NxCxHxW in [-1, 1] -> NxC'xHxW float32 in [-1, 1] on this translator's device, as one
         batch (or its tiles, ``batch_size`` at a time)."""
         with generator_mode(self.generator, self.mode):
-            y = translate_batch(self._run, x.to(self.device), self.size_multiple, self.tile, self.overlap, self.batch_size)
+            y = translate_batch(self._run, x.to(self.device), self.size_multiple, self.tile, self.overlap,
+                                self.batch_size, self.floor)
         if not finite(y):  # finite weights can still overflow (huge values): NaN pixels would be written as black
             raise CheckpointError(f"the generator of recipe {self.recipe.name!r} gives NaN or infinite values for this "
                                   f"image: its weights overflow, and it cannot translate anything")
@@ -256,15 +261,14 @@ def load(
         raise DataError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if batch_size < 1:
         raise DataError(f"batch size must be at least 1, got {batch_size}")
+    if direction not in DIRECTIONS:
+        raise DataError(f"direction must be AtoB or BtoA, got {direction!r}")
     path = resolve_source(source, direction)
     torch_device = resolve_device(device)
     if path.suffix == ".onnx" or backend == "onnxruntime":
         if backend in ("fast", "compiled"):
             raise DataError(f"{path} is an ONNX export: it runs with backend onnxruntime, not {backend}")
-        if direction != "AtoB" and path.suffix != ".onnx":
-            raise DataError("--backend onnxruntime exports the A -> B generator; export the other with "
-                            "`i2i export --direction BtoA` and translate with that .onnx file")
-        generator, recipe, metadata = onnxruntime_generator(path, mode, **({"warn": warn} if warn else {}))
+        generator, recipe, metadata = onnxruntime_generator(path, mode, direction, **({"warn": warn} if warn else {}))
         return Translator(generator, generator, recipe, metadata, mode, torch_device, "onnxruntime", tile, overlap, batch_size)
     generator, recipe, metadata = load_generator(path, torch_device, direction=direction, **({"warn": warn} if warn else {}))
     run: Callable[[torch.Tensor], torch.Tensor] = generator

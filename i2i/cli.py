@@ -73,6 +73,8 @@ def run(
     if out == "":  # Path("") would be the current folder
         raise I2IError("--out is empty; give a run directory (without --out: the recipe's output_dir, else runs/<name>)")
     run_dir = None if out is None else Path(out)
+    if nproc < 1:  # before the run directory is made
+        raise I2IError(f"--nproc {nproc}: a run needs at least one process")
 
     if nproc != 1:
         check_before_launch(recipe, overrides, run_dir, resume, overwrite, allow_changes, console, nproc, force_nproc)

@@ -13,13 +13,16 @@ anything is decoded.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 import socket
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from PIL import Image, UnidentifiedImageError
 
@@ -138,11 +141,14 @@ def build_page(source: str, device: str, examples_folder: Path, direction: str =
 
 def serve(source: str, host: str = "127.0.0.1", port: int | None = None, device: str = "auto",
           on_ready: Callable[[str], None] = print, direction: str = "AtoB") -> None:
-    """Build the page, launch it, hand its URL to ``on_ready`` and serve until Ctrl+C."""
+    """Build the page, launch it, hand its URL to ``on_ready`` and serve until Ctrl+C or SIGTERM.
+    Everything it writes (the val examples, gradio's copies of uploads) lies in one temporary
+    folder, removed however the demo stops."""
     check_address(host, port)
-    gr = _gradio()
-    theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=["ui-monospace", "monospace"])
-    with tempfile.TemporaryDirectory(prefix="i2i-demo-") as examples:
+    with tempfile.TemporaryDirectory(prefix="i2i-demo-") as examples, _leaving_on_sigterm(), \
+            _uploads_in(Path(examples) / "gradio"):
+        gr = _gradio()  # imported after GRADIO_TEMP_DIR is set: some of its modules read it once, at import
+        theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=["ui-monospace", "monospace"])
         page = build_page(source, device, Path(examples), direction)
         try:
             _, url, _ = page.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=True, quiet=True,
@@ -154,6 +160,39 @@ def serve(source: str, host: str = "127.0.0.1", port: int | None = None, device:
             page.block_thread()
         finally:
             page.close(verbose=False)
+
+
+@contextlib.contextmanager
+def _leaving_on_sigterm() -> Iterator[None]:
+    """SIGTERM (a service manager, ``timeout``, ``kill``) leaves as Ctrl+C does, through the
+    clean-up of every block, where its default would end the process on the spot. Exit 143."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def leave(signum: int, frame) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, leave)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _uploads_in(folder: Path) -> Iterator[None]:
+    """gradio keeps its copies of uploads and examples in ``GRADIO_TEMP_DIR`` (else /tmp/gradio,
+    left there): here, ``folder``."""
+    previous = os.environ.get("GRADIO_TEMP_DIR")
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = previous
 
 
 def check_address(host: str, port: int | None) -> None:

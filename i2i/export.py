@@ -28,7 +28,9 @@ import torch
 from torch import nn
 
 from i2i.engine.fast_inference import normalize_each_image
-from i2i.engine.inference import Direction, finite, load_generator, read_generator_metadata, resolve_generator_file
+from i2i.engine.inference import (
+    DIRECTIONS, Direction, finite, generator_role, load_generator, read_generator_metadata, resolve_generator_file,
+)
 from i2i.engine.limits import MAX_SIDE
 from i2i.modes import DEFAULT_MODE
 from i2i.recipe import Recipe
@@ -228,10 +230,11 @@ class OnnxRuntimeGenerator(nn.Module):
 
 
 def onnxruntime_generator(
-    checkpoint: Path, mode: str, warn: Callable[[str], None] = warnings.warn
+    checkpoint: Path, mode: str, direction: Direction = "AtoB", warn: Callable[[str], None] = warnings.warn
 ) -> tuple[OnnxRuntimeGenerator, Recipe, dict[str, str]]:
     """For ``i2i translate --backend onnxruntime``: an .onnx file from ``i2i export`` as is,
-    anything else exported first (into a temporary folder)."""
+    anything else exported first (into a temporary folder), in ``direction``. An .onnx file holds
+    one generator: ``direction`` BtoA needs the export of the run's B -> A generator."""
     if mode not in EXPORTABLE_MODES:
         raise ExportError(f"--backend onnxruntime runs an exported generator, in mode {' or '.join(EXPORTABLE_MODES)}; "
                           f"not {mode}")
@@ -240,7 +243,7 @@ def onnxruntime_generator(
         generator = OnnxRuntimeGenerator(checkpoint)
     else:  # the session holds the model in memory: the exported file is not needed after it is built
         with tempfile.TemporaryDirectory(prefix="i2i-onnx-") as folder:
-            exported = export_generator(checkpoint, "onnx", Path(folder) / "generator.onnx", mode=mode)
+            exported = export_generator(checkpoint, "onnx", Path(folder) / "generator.onnx", mode=mode, direction=direction)
             generator = OnnxRuntimeGenerator(exported.path)
     if "recipe" not in generator.metadata:
         raise ExportError(f"{checkpoint} has no recipe in its metadata; export it with `i2i export`")
@@ -251,4 +254,32 @@ def onnxruntime_generator(
     recipe, metadata = read_generator_metadata(dict(generator.metadata), checkpoint)
     if checkpoint.suffix == ".onnx":  # an export made just now was checked against PyTorch already
         check_claimed_graph(generator, checkpoint, warn)
+    metadata = {**metadata, "direction": export_direction(recipe, metadata, checkpoint)}
+    if direction == "BtoA" and metadata["direction"] == "AtoB":
+        raise ExportError(f"{checkpoint} is an export of the A -> B generator; for --direction BtoA export the run's "
+                          f"other generator (`i2i export --direction BtoA`) and translate with that file")
+    check_graph_channels(generator, metadata, checkpoint)
     return generator, recipe, metadata
+
+
+def export_direction(recipe: Recipe, metadata: dict[str, str], source: Path) -> Direction:
+    """The direction of the generator an export holds: its ``network`` metadata says which of the
+    run's generators it is, and a ``direction`` it states must agree (exports from before it was
+    stated hold the A -> B generator unless ``network`` names the other)."""
+    held = generator_role(recipe, metadata)[3]
+    stated = metadata.get("direction", held)
+    if stated not in DIRECTIONS or stated != held:
+        raise ExportError(f"{source}: metadata direction {str(stated)[:40]!r} does not match the network it names "
+                          f"({metadata.get('network', 'generator')}, {held}); the file was altered")
+    return held
+
+
+def check_graph_channels(generator: OnnxRuntimeGenerator, metadata: dict[str, str], source: Path) -> None:
+    """The channel counts the metadata states against the graph's input and output, where the
+    graph fixes them (``i2i export`` keeps only batch, height and width dynamic)."""
+    for key, ports in (("in_channels", generator.session.get_inputs()), ("out_channels", generator.session.get_outputs())):
+        shape = ports[0].shape
+        graph = shape[1] if len(shape) == 4 else None
+        if isinstance(graph, int) and graph != int(metadata[key]):
+            raise ExportError(f"{source}: metadata {key} {metadata[key]} does not match its graph, which has {graph} "
+                              f"channels there; the file was altered")

@@ -42,7 +42,7 @@ from typing import Literal
 from i2i.data.download import fetch_file, sha256_of
 from i2i.engine.checkpoint import MANIFEST, CheckpointError, verify_checkpoint
 from i2i.errors import I2IError
-from i2i.safe_files import write_file
+from i2i.safe_files import cache_root, write_file
 from i2i.recipe import Recipe
 from i2i.reference_weights import import_reference_weights
 
@@ -144,7 +144,7 @@ def lookup(name: str) -> ModelEntry:
 
 
 def default_cache() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "i2i").expanduser() / "models"
+    return cache_root() / "models"
 
 
 def models_url(cyclegan: bool = False, cut: bool = False) -> str:

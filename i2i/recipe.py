@@ -12,6 +12,7 @@ import difflib
 import math
 import re
 import reprlib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -43,8 +44,14 @@ def shipped_recipes() -> Path:
 
 def find_recipe(spec: str | Path) -> Path:
     """``spec`` where it is (or names) a file, else the recipe of that name that comes with i2i
-    (``pix2pix_maps``), from any folder."""
+    (``pix2pix_maps``), from any folder. A path wins over a name: a folder of that name here (a
+    run directory, a data set) is refused, saying which shipped recipe it hides."""
     path = Path(spec)
+    if path.is_dir():
+        shipped = shipped_recipes() / f"{spec}.yaml"
+        hidden = len(path.parts) == 1 and shipped.is_file()
+        raise RecipeError(str(spec), ["is a folder, not a recipe file" + (
+            f"; it hides the recipe of that name that comes with i2i: pass {shipped} for that one" if hidden else "")])
     if path.exists() or path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
         return path
     folder = shipped_recipes()
@@ -349,6 +356,38 @@ class Recipe(Params):
                 node = node[section]
             node[last] = value
         return _validate(data, f"{self.name} (variant)")
+
+
+def without_file_params(data: Any) -> Any:
+    """``data`` (a recipe as parsed YAML, before validation) without the component params that
+    name a file or folder (a field annotated with ``Path``, such as timm_unet's
+    ``pretrained_path``). For a recipe that comes inside a weights file: the file holds the
+    trained weights themselves, and its recipe must never make i2i open a file (a pickle above
+    all). Components the registries do not know are left as they are; validation names them."""
+    if not isinstance(data, dict):
+        return data
+    model, section = data.get("model"), data.get("data")
+    specs = [(METHODS, data.get("method"))]
+    specs += [(registry, model.get(role)) for role, registry in
+              (("generator", GENERATORS), ("discriminator", DISCRIMINATORS), ("generator_ba", GENERATORS),
+               ("discriminator_a", DISCRIMINATORS))] if isinstance(model, dict) else []
+    specs += [(DATASETS, section.get("dataset"))] if isinstance(section, dict) else []
+    losses = data.get("losses")
+    specs += [(LOSSES, spec) for spec in losses] if isinstance(losses, list) else []
+    for registry, spec in specs:
+        if not (isinstance(spec, dict) and isinstance(spec.get("name"), str) and isinstance(spec.get("params"), dict)):
+            continue
+        try:
+            fields = registry.get(spec["name"], data.get("plugins")).params.model_fields
+        except (I2IError, TypeError):
+            continue
+        for key in [key for key in spec["params"] if key in fields and _names_a_file(fields[key].annotation)]:
+            del spec["params"][key]
+    return data
+
+
+def _names_a_file(annotation: Any) -> bool:
+    return annotation is Path or any(_names_a_file(arg) for arg in typing.get_args(annotation))
 
 
 # Bounded reprs of bad values: a YAML alias bomb (lists nested by reference) would

@@ -206,6 +206,16 @@ def convert(state: dict[str, torch.Tensor], generator: nn.Module, source: str) -
     return converted
 
 
+def reference_norm(state: dict[str, torch.Tensor], generator: nn.Module) -> str:
+    """The normalization the reference trained ``state`` with. BatchNorm keeps a scale beside its
+    statistics; InstanceNorm keeps nothing, but the reference gives its convolutions a bias only
+    under InstanceNorm (``use_bias``), so the first convolution's bias tells it from no norm."""
+    if any(key.endswith(".running_mean") and key.removesuffix("running_mean") + "weight" in state for key in state):
+        return "batch"
+    first = "model.1.bias" if isinstance(generator, ResnetGenerator) else level_prefix(1) + "1.bias"
+    return "instance" if first in state else "none"
+
+
 def channels_of(state: dict[str, torch.Tensor], generator: str) -> tuple[int, int]:
     """(in, out) channels from the outermost convolutions of a ``unet`` or ``resnet``; RGB where
     they are absent (the mapping then lists what is missing)."""
@@ -298,6 +308,12 @@ def import_reference_weights(file: Path, recipe: Recipe, output: Path) -> Path:
     in_channels, out_channels = channels_of(state, spec.name)
     generator = build_generator(recipe, in_channels, out_channels)
     tensors = (convert_cut if is_cut_resnet(generator) else convert)(state, generator, str(file))
+    # InstanceNorm keeps no tensors and i2i's convolutions keep their bias without a norm: the layouts
+    # match, the outputs do not (off by about 1.0)
+    trained, recipe_norm = reference_norm(state, generator), spec.params.norm
+    if trained != recipe_norm:
+        raise WeightsError(f"{file} was trained with {trained} normalization, and recipe {recipe.name}'s generator has "
+                           f"norm {recipe_norm}; use a recipe with model.generator.params.norm: {trained}")
     bad = first_nonfinite(tensors)
     if bad is not None:
         raise WeightsError(f"{file}: tensor {layout_of(generator)[1](bad)} (i2i {bad}) holds NaN or infinite "

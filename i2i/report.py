@@ -25,18 +25,16 @@ import yaml
 
 from i2i.version import __version__
 from i2i.engine.callbacks import Callback
+from i2i.engine.run_log import BOOKKEEPING, is_loss
 from i2i.engine.trainer import Trainer
 from i2i.errors import I2IError
-from i2i.safe_files import describe_write_failure, failed_to_write, replacing, write_file
+from i2i.safe_files import describe_write_failure, failed_to_write, own_folder, replacing, write_file
 
 REPORT = "report.html"
 ENVIRONMENT = "environment.json"
 PLOTS = "plots"
 # Grids shown besides the latest one: spread evenly over the run, so the page stays light.
 HISTORY = 11
-# Bookkeeping fields of a log record (``eval_images``, ``eval_mode``: the size of the evaluation
-# set of train.eval_every and the generator's mode); every other number is a loss (G_*, D_*) or a metric.
-BOOKKEEPING = {"step", "epoch", "lr", "steps_per_s", "eval_images", "eval_mode"}
 SKIPPED_SHOWN = 10  # damaged records named on the page; the rest are counted
 
 
@@ -79,10 +77,6 @@ def record_problem(record: Any) -> str | None:
     if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step < 2**63:
         return f"its step is {str(step)[:40]!r}, not a count"
     return None
-
-
-def is_loss(key: str) -> bool:
-    return key.startswith(("G_", "D_"))
 
 
 def series(records: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
@@ -181,6 +175,7 @@ def build_report(run_dir: Path, warn: Callable[[str], None] = warnings.warn) -> 
 def _build_report(run_dir: Path, warn: Callable[[str], None] = warnings.warn) -> Path:
     if not (run_dir / "recipe.yaml").is_file():
         raise ReportError(f"{run_dir} is not a run directory (no recipe.yaml); pass the folder `i2i run` wrote")
+    own_folder(run_dir / PLOTS)  # plots are written and deleted there: never through a link
     skipped: list[str] = []
     records = read_log(run_dir, skipped)
     curves = series(records)

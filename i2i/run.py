@@ -31,6 +31,7 @@ from i2i.engine.budget import describe
 from i2i.engine.build import network_name, resolve_device
 from i2i.engine.distributed import barrier, local_rank, process_count_problem, rank_and_world_size
 from i2i.engine.limits import check_limits, parameter_count
+from i2i.engine.run_log import is_loss
 from i2i.engine.tensorboard import TensorBoardCallback
 from i2i.engine.trainer import Trainer
 from i2i.errors import I2IError
@@ -45,7 +46,7 @@ def _count(module: torch.nn.Module) -> str:
 
 
 def format_losses(record: dict[str, Any]) -> str:
-    return "  ".join(f"{k} {v:.3f}" for k, v in record.items() if k.startswith(("G_", "D_")))
+    return "  ".join(f"{k} {v:.3f}" for k, v in record.items() if is_loss(k) and isinstance(v, (int, float)))
 
 
 def format_duration(seconds: float) -> str:
@@ -164,9 +165,9 @@ def end_summary(trainer: Trainer, losses: dict[str, float], seconds: float, tens
     return "\n".join(lines)
 
 
-def build_trainer(recipe: Recipe, run_dir: Path | None = None, tensorboard: bool = True) -> Trainer:
+def build_trainer(recipe: Recipe, run_dir: Path | None = None, tensorboard: bool = True, quiet: bool = False) -> Trainer:
     """A trainer with the observers the recipe asks for (the console is added by ``train_from_recipe``)."""
-    trainer = Trainer(recipe, run_dir=run_dir)
+    trainer = Trainer(recipe, run_dir=run_dir, quiet=quiet)
     if not trainer.is_main:
         return trainer
     if recipe.train.eval_every:
@@ -285,7 +286,7 @@ def _train(recipe: Recipe, console: Console, resume: bool, quiet: bool, tensorbo
     if local_rank() == 0 and not is_main:  # then each other node without a shared filesystem fetches its own
         ensure_data(recipe.data, show_progress=False)
     barrier()
-    trainer = build_trainer(recipe, tensorboard=tensorboard)
+    trainer = build_trainer(recipe, tensorboard=tensorboard, quiet=quiet)
     tensorboard = tensorboard and recipe.train.tensorboard
     started = time.perf_counter()
     if quiet:

@@ -24,6 +24,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import time
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +36,7 @@ from i2i.engine.checkpoint import MANIFEST
 from i2i.engine.run_log import LOG
 from i2i.errors import I2IError
 from i2i.recipe import Recipe, RecipeError
+from i2i.safe_files import VIRTUAL_FILE_SYSTEMS
 
 LOCK_NAME = ".i2i-run.lock"
 # What an i2i run writes first (recipe.yaml), and what makes it worth keeping.
@@ -43,7 +45,7 @@ RUN_MARKERS = ("checkpoints", "log.jsonl", "recipe.yaml")
 # so a folder that also holds the user's data or recipes keeps them where they are.
 RUN_OUTPUTS = ("checkpoints", "best", "samples", "plots", "tensorboard", "log.jsonl", "report.html", "recipe.yaml",
                "environment.json")
-VIRTUAL_FILE_SYSTEMS = (Path("/proc"), Path("/sys"))
+RUN_FOLDERS = ("checkpoints", "best", "samples", "plots", "tensorboard")  # what a run writes and deletes files in
 # Recipe keys a resumed run may change without --allow-changes: how long to train and how
 # often to log, sample, save and evaluate, never what is trained or how.
 FREE_TO_CHANGE = (
@@ -112,10 +114,15 @@ class RunLock:
     def acquire(self) -> None:
         while True:
             try:  # never through a link: the holder's record is written into the file opened
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+                # O_NONBLOCK: opening a FIFO planted there returns at once (and is refused below)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
             except OSError as error:
                 reason = "it is a symbolic link" if error.errno == errno.ELOOP else error.strerror
                 raise RunDirError(f"cannot open the lock {self.path}: {reason}; remove it, or choose another --out") from None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise RunDirError(f"cannot use the lock {self.path}: it is not a regular file (a FIFO, a device or a "
+                                  f"folder); remove it, or choose another --out")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -227,6 +234,7 @@ def claim_run_dir(
                     )
                 aside = move_aside(resolved)
                 note(f"moved the previous run in {run_dir} aside to {aside}; delete that folder when you no longer need it")
+            refuse_planted_links(resolved, run_dir)
             yield resolved
     finally:
         # A run that failed before writing anything (its first data download, say) leaves no empty
@@ -236,6 +244,15 @@ def claim_run_dir(
                 folder.rmdir()
             except OSError:
                 break
+
+
+def refuse_planted_links(resolved: Path, run_dir: Path) -> None:
+    """A run writes and deletes files in its folders (``RUN_FOLDERS``): one that is a link would
+    lead those writes elsewhere, over the files there."""
+    for name in RUN_FOLDERS:
+        if (resolved / name).is_symlink():
+            raise RunDirError(f"{run_dir / name} is a symbolic link; a run writes and deletes files only inside its "
+                              f"run directory and never through a link: remove it, or choose another --out")
 
 
 # ------------------------------------------------------------------ resuming

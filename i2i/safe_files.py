@@ -16,11 +16,14 @@ import errno
 import os
 import secrets
 import shutil
+import stat
 from pathlib import Path
 from typing import IO, Iterator
 
 # A disk out of space or a user out of quota: the same advice.
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+LINK_REASON = "it is a symbolic link, and i2i does not write through links"
+VIRTUAL_FILE_SYSTEMS = (Path("/proc"), Path("/sys"))  # their files take no data, whatever their modes say
 
 
 class WriteError(OSError):
@@ -44,7 +47,7 @@ def describe_write_failure(error: OSError) -> str:
 
 
 def _write_error(error: OSError, target: Path) -> WriteError:
-    reason = "it is a symbolic link, and i2i does not write through links" if error.errno == errno.ELOOP else error.strerror
+    reason = LINK_REASON if error.errno == errno.ELOOP else error.strerror
     return WriteError(error.errno, reason or str(error), str(target))
 
 
@@ -103,3 +106,60 @@ def remove_tree(path: Path) -> None:
         path.unlink()
     else:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def cache_root() -> Path:
+    """Where i2i keeps its caches (the engine's choices, the Inception weights, converted models):
+    ``$I2I_CACHE``, else ~/.cache/i2i. An empty I2I_CACHE counts as unset, not as the current folder."""
+    return Path(os.environ.get("I2I_CACHE") or Path.home() / ".cache" / "i2i").expanduser()
+
+
+def own_folder(path: Path) -> Path:
+    """``path``, a folder made where missing, refused when it is a link: what i2i writes or
+    deletes in a folder of its own (a run directory's ``samples/``, ``plots/``, ``checkpoints/``)
+    stays inside it, as a link planted there would lead elsewhere."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _write_error(error, path) from None
+    if path.is_symlink():
+        raise WriteError(errno.ELOOP, LINK_REASON, str(path))
+    return path
+
+
+def check_writable(target: Path) -> None:
+    """A WriteError now where ``target`` could not be written or appended to later (a link, a
+    folder or other special file, a file on /proc or /sys, a folder that takes no new files):
+    for a command whose long work would otherwise be lost at its end. Nothing is left behind."""
+    target = Path(target)
+    virtual = next((folder for folder in VIRTUAL_FILE_SYSTEMS if target.resolve().is_relative_to(folder)), None)
+    if virtual is not None:
+        raise WriteError(errno.EACCES, f"it is on the virtual file system {virtual}, which keeps no files", str(target))
+    try:
+        found = target.lstat()
+    except FileNotFoundError:
+        found = None
+    except OSError as error:
+        raise _write_error(error, target) from None
+    if found is not None:
+        if stat.S_ISLNK(found.st_mode):
+            raise WriteError(errno.ELOOP, LINK_REASON, str(target))
+        if not stat.S_ISREG(found.st_mode):
+            folder = stat.S_ISDIR(found.st_mode)
+            raise WriteError(errno.EISDIR if folder else errno.EINVAL,
+                             "it is a folder" if folder else "it is not a regular file", str(target))
+        try:
+            os.close(os.open(target, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW))
+        except OSError as error:
+            raise _write_error(error, target) from None
+        return
+    folder = next(parent for parent in target.absolute().parents if parent.exists())  # its folder, or the nearest above
+    if not folder.is_dir():
+        raise WriteError(errno.ENOTDIR, f"{folder} is a file", str(target))
+    try:
+        fd, temporary = _create_new(folder, target.name)
+    except OSError as error:
+        raise _write_error(error, target) from None
+    os.close(fd)
+    temporary.unlink()

@@ -182,6 +182,7 @@ def test_resume_refuses_a_hostile_state_file_even_with_a_matching_manifest(tmp_p
     torch.save({"step": 1, "opt_g": RunsCode(marker)}, checkpoint / "state.pt")
     manifest = json.loads((checkpoint / "manifest.json").read_text())
     manifest["files"]["state.pt"] = checkpoint_module.sha256_file(checkpoint / "state.pt")
+    manifest["sizes"]["state.pt"] = (checkpoint / "state.pt").stat().st_size
     (checkpoint / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match="refusing to load"):
         make_trainer(tmp_path, max_steps=2).fit(resume=True)
@@ -194,6 +195,7 @@ def test_a_state_file_of_plain_but_wrong_data_is_a_clear_error(tmp_path):
     torch.save({"step": 1}, checkpoint / "state.pt")
     manifest = json.loads((checkpoint / "manifest.json").read_text())
     manifest["files"]["state.pt"] = checkpoint_module.sha256_file(checkpoint / "state.pt")
+    manifest["sizes"]["state.pt"] = (checkpoint / "state.pt").stat().st_size
     (checkpoint / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match="not a training state.*KeyError"):
         make_trainer(tmp_path, max_steps=2).fit(resume=True)

@@ -629,7 +629,7 @@ def test_recipes_that_come_with_i2i_are_found_by_name_from_any_folder(tmp_path, 
     assert Recipe.from_file("pix2pix_maps").name == "pix2pix_maps"
     (tmp_path / "pix2pix_maps").mkdir()  # a path still wins over a name
     code, err = run_cli(["validate", "pix2pix_maps"], monkeypatch, capsys)
-    assert code == 2 and "pix2pix_maps" in err and "cannot read" in err
+    assert code == 2 and "pix2pix_maps" in err and "is a folder, not a recipe file; it hides the recipe" in err
 
 
 def test_a_checkout_without_pip_install_says_so(monkeypatch):

@@ -166,7 +166,7 @@ def quality(
                                       direction=direction, per_image=per_image)
     first = records[0]
     against = f" against {first['metrics']['real_images']} real ones (no pairs)" if "real_images" in first["metrics"] else ""
-    console.print(f"{first['recipe']} {direction} step {first['steps_trained']} ({first['weights']}): "
+    console.print(f"{first['recipe']} {first['direction']} step {first['steps_trained']} ({first['weights']}): "
                   f"{first['metrics']['images']} {split} images{against}", highlight=False)
     table = Table("metric", *(f"{record['mode']} mode" for record in records))
     for key in first["unpaired_metrics"] + first["paired_metrics"]:

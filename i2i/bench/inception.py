@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-import os
 import warnings
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 from torch import nn
 
 from i2i.errors import I2IError
-from i2i.safe_files import write_file
+from i2i.safe_files import cache_root, write_file
 
 SOURCE_FILE = "default_1.pt"
 SOURCE_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
@@ -32,10 +31,6 @@ LOGITS = 1008
 
 class InceptionError(I2IError):
     pass
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("I2I_CACHE", Path.home() / ".cache" / "i2i"))
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -105,7 +100,7 @@ def convert(source: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def converted_weights() -> Path:
     """The cached torch-fidelity-layout file, written on first use; a file that no longer
     matches its recorded sha256 is converted again."""
-    path = cache_dir() / CONVERTED_NAME
+    path = cache_root() / CONVERTED_NAME
     digest_file = path.with_name(path.name + ".sha256")
     if path.is_file() and digest_file.is_file() and sha256_bytes(path.read_bytes()) == digest_file.read_text().strip():
         return path

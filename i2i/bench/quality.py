@@ -47,7 +47,7 @@ from i2i.engine.inference import (
 from i2i.modes import MODES
 from i2i.recipe import Recipe
 from i2i.errors import I2IError
-from i2i.safe_files import write_file
+from i2i.safe_files import check_writable, describe_write_failure, write_file
 
 IMAGE_SIZE = 256
 TRAINING_SPLIT_WARNING = (
@@ -244,6 +244,11 @@ def bench_quality_modes(
         raise I2IError(f"modes must be some of {', '.join(MODES)}, got {list(modes)}")
     if direction not in DIRECTIONS:
         raise I2IError(f"--direction must be AtoB or BtoA, got {direction!r}")
+    if results is not None:  # now, not after the scoring, whose figures would be lost
+        try:
+            check_writable(results)
+        except OSError as error:
+            raise I2IError(f"--results: {describe_write_failure(error)}; choose another file (nothing was scored)") from None
     warning = TRAINING_SPLIT_WARNING.format(data=data_root) if split == "train" else None
     if warning:  # before the long scoring, where it cannot be missed
         print(f"WARNING: {warning}", file=sys.stderr, flush=True)
@@ -252,6 +257,7 @@ def bench_quality_modes(
     if direction == "BtoA":
         weights = reverse_generator_file(weights)
     generator, recipe, metadata = load_generator(weights, torch_device)
+    direction = metadata["direction"]  # the file's own: a run's generator_ba.safetensors, named directly, is BtoA
     dataset = protocol_dataset(recipe, data_root, split)
     if direction == "BtoA":
         dataset = Reversed(dataset)

@@ -47,6 +47,10 @@ CYCLEGAN_URL = "http://efrosgans.eecs.berkeley.edu/cyclegan/datasets/{name}.zip"
 # The reference publishes no image counts for its CycleGAN zips: each folder must hold images.
 CYCLEGAN_SPLITS: dict[str, int | None] = {"trainA": None, "trainB": None, "testA": None, "testB": None}
 CHUNK = 1 << 20
+# The sets are compressed images, which barely compress again (maps: 1.0x): an archive whose members
+# add up to more than this many times its own size is a bomb. Below the floor, any expansion is harmless.
+MAX_EXPANSION = 20
+EXPANSION_FLOOR = 64 << 20
 READ_TIMEOUT = 60.0  # seconds without a byte before a connection counts as stalled (and is retried)
 
 
@@ -275,16 +279,30 @@ def checked_zip_members(archive_file: zipfile.ZipFile, archive: Path) -> list[zi
     return members
 
 
+def refuse_expanding(archive: Path, expanded: int) -> None:
+    """A bomb is refused from the sizes its headers state (a zip member inflates to no more than
+    its stated size, a tar member holds exactly its size), before anything is extracted."""
+    size = archive.stat().st_size
+    if expanded > max(MAX_EXPANSION * size, EXPANSION_FLOOR):
+        raise DownloadError(
+            f"{archive}: refusing to extract: its members would expand from {size:,} to {expanded:,} bytes, over "
+            f"{MAX_EXPANSION} times the archive (image sets barely compress); nothing was extracted. Delete it and "
+            f"download again"
+        )
+
+
 def unpack(archive: Path, staging: Path) -> None:
     """Every member of the .tar.gz or .zip ``archive`` into ``staging``, once all are checked."""
     if archive.suffix == ".zip":
         with zipfile.ZipFile(archive) as archive_file:
             members = checked_zip_members(archive_file, archive)
+            refuse_expanding(archive, sum(member.file_size for member in members))
             staging.mkdir(parents=True)
             archive_file.extractall(staging, members=members)
         return
     with tarfile.open(archive, "r:gz") as tar:
         members = checked_members(tar, archive)
+        refuse_expanding(archive, sum(member.size for member in members))
         staging.mkdir(parents=True)
         tar.extractall(staging, members=members, filter="data")
 

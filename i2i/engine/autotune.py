@@ -30,7 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from i2i.engine.build import cpu_has_fast_bf16
-from i2i.safe_files import write_file
+from i2i.safe_files import cache_root, write_file
 
 ENGINE_SETTINGS = ("precision", "channels_last", "fused_adam", "cpu_speedups", "cuda_graph", "compile")
 REFERENCE = {"precision": "fp32", "channels_last": False, "fused_adam": False, "cpu_speedups": False,
@@ -99,8 +99,7 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def cache_dir() -> Path:
-    """``$I2I_CACHE/engine``; an empty I2I_CACHE counts as unset (not the current folder)."""
-    return Path(os.environ.get("I2I_CACHE") or Path.home() / ".cache" / "i2i").expanduser() / "engine"
+    return cache_root() / "engine"
 
 
 def probe_allowed(configured: bool) -> bool:
@@ -381,10 +380,13 @@ def choose_engine(
     make_step: Callable[[dict[str, Any]], Callable[[], Any]],
     planned_steps: int,
     log_line: Callable[[str], None] = print,
+    warn: Callable[[str], None] | None = None,
 ) -> EngineChoice:
     """The engine settings ``recipe`` trains with on ``device``; ``channels`` are the data's
     (in, out); ``make_step(settings)`` builds a throwaway trainer with every engine setting
-    given and returns one training step on a fixed batch."""
+    given and returns one training step on a fixed batch. ``log_line`` hears the probe's
+    timings, ``warn`` (default: ``log_line``) a cache that cannot be read or written."""
+    warn = warn or log_line
     train = recipe.train
     fixed = {name: getattr(train, name) for name in ENGINE_SETTINGS if getattr(train, name) is not None}
     if train.engine == "reference":
@@ -397,7 +399,7 @@ def choose_engine(
         return EngineChoice(first, reasons_for(first, fixed, [], device), "recipe" if not keys else "static")
     key = shape_key(recipe, device, channels, fixed)
     path = cache_file(key)
-    entry = read_cached(path, key, planned_steps, log_line)
+    entry = read_cached(path, key, planned_steps, warn)
     source = "cached"
     if entry is None:
         cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
@@ -405,7 +407,7 @@ def choose_engine(
             best, comparisons, complete = probe(first, keys, make_step, device, planned_steps, log_line)
         entry = {"key": key, "settings": best, "reasons": reasons_for(best, fixed, comparisons, device),
                  "comparisons": comparisons, "complete": complete, "planned_steps": planned_steps}
-        write_cached(path, entry, log_line)
+        write_cached(path, entry, warn)
         source = "measured"
     # The cache decides only what is probed here: what the recipe sets, and what this device
     # cannot use, stay as the recipe and the static rule say, whatever a cache file holds.

@@ -25,6 +25,7 @@ import json
 import os
 import pickle
 import shutil
+import stat
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -35,7 +36,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from i2i.errors import I2IError
-from i2i.safe_files import remove_tree, write_file
+from i2i.safe_files import own_folder, remove_tree, write_file
 
 MANIFEST = "manifest.json"
 WEIGHTS_SHA256 = "i2i_weights_sha256"  # metadata key of a .safetensors file's own checksum
@@ -81,17 +82,25 @@ def _serialise(
     step: int, modules: dict[str, nn.Module], state: dict[str, Any], metadata: dict[str, str]
 ) -> dict[str, bytes]:
     """Every file of a checkpoint as bytes, the manifest last. Each weights file names its
-    network in its metadata (``network``), so that one file alone says what it holds."""
+    network in its metadata (``network``), and a generator its own ``size_multiple`` (a CycleGAN
+    run's two generators may be of different kinds), so that one file alone says what it holds."""
     files = {
-        f"{name}.safetensors": weights_with_checksum(_weights(module), {**metadata, "network": name})
+        f"{name}.safetensors": weights_with_checksum(_weights(module), {**metadata, "network": name, **_multiple(module)})
         for name, module in modules.items()
     }
     buffer = io.BytesIO()
     torch.save(state, buffer)
     files["state.pt"] = buffer.getvalue()
-    manifest = {"step": step, "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}}
+    manifest = {"step": step, "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
+                "sizes": {name: len(data) for name, data in files.items()}}
     files[MANIFEST] = json.dumps(manifest, indent=1).encode()
     return files
+
+
+def _multiple(module: nn.Module) -> dict[str, str]:
+    """What ``i2i translate`` pads inputs to, kept where an export has no module to ask (generators only)."""
+    multiple = getattr(module, "size_multiple", None)
+    return {} if multiple is None else {"size_multiple": str(multiple)}
 
 
 def _split_safetensors(data: bytes) -> tuple[dict[str, Any], memoryview]:
@@ -132,7 +141,7 @@ def save_checkpoint(
     The files are serialised in memory first, so writing them can only fail in the
     file system (a full disk above all); any failure leaves the earlier checkpoints as they were.
     """
-    folder.mkdir(parents=True, exist_ok=True)
+    own_folder(folder)  # old checkpoints are deleted there: never through a link
     for leftover in folder.glob(".step_*"):  # from a save or a deletion that was killed
         remove_tree(leftover)
     files = _serialise(step, modules, state, metadata)
@@ -186,13 +195,36 @@ def verify_checkpoint(path: Path) -> None:
     try:
         manifest = json.loads((path / MANIFEST).read_text())
         expected = dict(manifest["files"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
+        sizes = dict(manifest.get("sizes") or {})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise CheckpointError(f"checkpoint {path}: unreadable {MANIFEST} ({error})") from None
     for name, digest in expected.items():
-        if not (path / name).is_file():
-            raise CheckpointError(f"checkpoint {path} is missing {name}")
-        if sha256_file(path / name) != digest:
+        file = listed_file(path, name, sizes.get(name))
+        if sha256_file(file) != digest:
             raise CheckpointError(f"checkpoint {path}: {name} does not match its sha256 in {MANIFEST}")
+
+
+def listed_file(folder: Path, name: Any, size: Any = None) -> Path:
+    """The file a manifest of ``folder`` lists as ``name``, before it is hashed: a plain file of that
+    folder (one name part, no link: a manifest never makes i2i read elsewhere) of the size the
+    manifest records, where it records one (manifests from before sizes were kept record none)."""
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
+        raise CheckpointError(f"checkpoint {folder}: {MANIFEST} lists {str(name)[:80]!r}, which is no file name of "
+                              f"the checkpoint folder; the manifest was altered")
+    file = folder / name
+    try:
+        found = file.lstat()
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {folder} is missing {name}") from None
+    except OSError as error:
+        raise CheckpointError(f"checkpoint {folder}: cannot read {name}: {error.strerror or error}") from None
+    if not stat.S_ISREG(found.st_mode):
+        kind = "a symbolic link" if stat.S_ISLNK(found.st_mode) else "not a regular file"
+        raise CheckpointError(f"checkpoint {folder}: {name} is {kind}; a checkpoint holds plain files only")
+    if size is not None and found.st_size != size:
+        raise CheckpointError(f"checkpoint {folder}: {name} holds {found.st_size:,} bytes, its {MANIFEST} says "
+                              f"{str(size)[:40]}; the file is damaged")
+    return file
 
 
 def latest_good_checkpoint(run_dir: Path, warn: Callable[[str], None]) -> Path | None:
@@ -263,10 +295,12 @@ def verify_in_manifest(file: Path) -> None:
     if not manifest.is_file():
         return
     try:
-        expected = json.loads(manifest.read_text())["files"][Path(file).name]
-    except (OSError, ValueError, KeyError, TypeError) as error:
+        listed = json.loads(manifest.read_text())
+        expected = listed["files"][Path(file).name]
+        size = (listed.get("sizes") or {}).get(Path(file).name)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise CheckpointError(f"{manifest}: unreadable or without an entry for {Path(file).name} ({error})") from None
-    if sha256_file(file) != expected:
+    if sha256_file(listed_file(Path(file).parent, Path(file).name, size)) != expected:
         raise CheckpointError(
             f"{file} does not match its sha256 in {manifest}: the file is damaged; "
             f"use another checkpoint (a run directory picks the newest good one)"

@@ -1,8 +1,10 @@
 """What training does when something goes wrong: a stop signal, a NaN, no memory.
 
-``StopSignals``: the first SIGINT/SIGTERM asks the trainer to save a checkpoint at
-the next step boundary and exit; the signal's own default behaviour is restored
-at once, so a second Ctrl-C (or SIGTERM) ends the process without waiting.
+``StopSignals``: while training steps run, the first SIGINT/SIGTERM asks the trainer to
+save a checkpoint at the next step boundary and exit; the signal's own default behaviour
+is restored at once, so a second Ctrl-C (or SIGTERM) ends the process without waiting.
+Outside the steps (resuming: verifying and loading a checkpoint; the end of the run) there
+is no step boundary to wait for: the signal stops the run at once.
 
 ``NonFiniteGuard``: watches every loss term and the gradients of each network.
 Under ``stop`` it records, on the device and without a host sync, the first step
@@ -41,12 +43,15 @@ class NonFiniteError(I2IError):
 
 
 class StopSignals:
-    """``requested`` is the number of the first SIGINT/SIGTERM received, else None."""
+    """``requested`` is the number of the first SIGINT/SIGTERM received, else None. ``at_once``,
+    where set, says where the run stands outside the training steps: a signal then raises
+    ``TrainingInterrupted`` with it at once."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested: int | None = None
+        self.at_once: str | None = None
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopSignals:
@@ -66,6 +71,8 @@ class StopSignals:
     def _on_signal(self, signum: int, frame) -> None:
         self.requested = signum
         self._restore()
+        if self.at_once is not None:
+            raise TrainingInterrupted(f"stopped by {signal.Signals(signum).name} {self.at_once}", signum)
         sys.stderr.write(
             f"\n{signal.Signals(signum).name} received: saving a checkpoint after this step, then stopping "
             f"(send it again to stop at once, without saving)\n"

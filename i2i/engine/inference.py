@@ -32,9 +32,9 @@ from i2i.engine.checkpoint import (
     read_weights,
     verify_in_manifest,
 )
-from i2i.engine.limits import MAX_SIDE, check_limits, forward_memory_problem
+from i2i.engine.limits import MAX_SIDE, check_limits, forward_memory_problem, smallest_side
 from i2i.modes import Mode
-from i2i.recipe import ComponentSpec, Recipe
+from i2i.recipe import ComponentSpec, Recipe, without_file_params
 from i2i.registry import GENERATORS, METHODS
 
 Direction = Literal["AtoB", "BtoA"]  # A -> B: the recipe's input to its target
@@ -62,9 +62,10 @@ class GeneratorMetadata(BaseModel):
 
 
 def read_generator_metadata(metadata: dict[str, str], source: Path) -> tuple[Recipe, dict[str, str]]:
-    """The recipe in ``metadata`` (validated and within the limits of a recipe file) and the
-    metadata with its numbers checked and ``size_multiple`` filled in (one the generator's
-    own multiple divides; another would pad images to sizes the generator cannot take)."""
+    """The recipe in ``metadata`` (validated and within the limits of a recipe file, without the
+    params that name files: ``without_file_params``) and the metadata with its numbers checked
+    and ``size_multiple`` filled in (one the generator's own multiple divides; another would pad
+    images to sizes the generator cannot take)."""
     try:
         fields = GeneratorMetadata.model_validate(metadata)
     except ValidationError as error:
@@ -76,12 +77,17 @@ def read_generator_metadata(metadata: dict[str, str], source: Path) -> tuple[Rec
         recipe_data = yaml.safe_load(fields.recipe)
     except (yaml.YAMLError, ValueError) as error:
         raise CheckpointError(f"{source}: the recipe in its metadata is not valid YAML ({str(error).splitlines()[0]})") from None
-    recipe = Recipe.from_dict(recipe_data, f"{source} (embedded recipe)")
+    recipe = Recipe.from_dict(without_file_params(recipe_data), f"{source} (embedded recipe)")
     check_limits(recipe, f"{source} (embedded recipe)", training=False)
     checked = {**metadata, "in_channels": str(fields.in_channels), "out_channels": str(fields.out_channels)}
     spec = generator_role(recipe, checked)[0]  # the network this file holds (a CycleGAN run has two)
     needed = GENERATORS.get(spec.name, recipe.plugins).obj.size_multiple_for(spec.params)
     multiple = fields.size_multiple or needed
+    forward = recipe.model.generator
+    if multiple % needed and spec is not forward:
+        # a B -> A file written before each generator kept its own multiple holds the A -> B one's
+        if multiple == GENERATORS.get(forward.name, recipe.plugins).obj.size_multiple_for(forward.params):
+            multiple = needed
     if multiple % needed:
         raise CheckpointError(
             f"{source}: metadata size_multiple {multiple} does not suit generator {spec.name}, whose input sides must "
@@ -105,6 +111,14 @@ def _check_passes_fit(source: Path, recipe: Recipe, spec: ComponentSpec, in_chan
         problem = forward_memory_problem(generator, side, 1, "cpu")
         if problem:
             raise CheckpointError(f"{source}: {what} {problem}; the file was altered, or needs a larger machine")
+
+
+def input_side_floor(recipe: Recipe, metadata: dict[str, str]) -> int:
+    """The smallest side inputs are padded to for the generator a file's ``metadata`` describes
+    (``limits.smallest_side``): at least its ``size_multiple``."""
+    spec = generator_role(recipe, metadata)[0]
+    entry = GENERATORS.get(spec.name, recipe.plugins)
+    return smallest_side(entry, spec.params.model_dump_json(), int(metadata["size_multiple"]))
 
 
 def per_image_forward(layer: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
@@ -266,10 +280,11 @@ def finite(y: torch.Tensor) -> bool:
     return bool(torch.isfinite(low) & torch.isfinite(high))
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Reflect-pad H and W up to a multiple (replicate where the image is too small to reflect)."""
+def pad_to_multiple(x: torch.Tensor, multiple: int, floor: int = 1) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Reflect-pad H and W up to a multiple, and to at least ``floor`` (replicate where the image
+    is too small to reflect)."""
     h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
+    ph, pw = max(floor - h, (-h) % multiple), max(floor - w, (-w) % multiple)
     if ph or pw:
         mode = "reflect" if ph < h and pw < w else "replicate"
         x = F.pad(x, (0, pw, 0, ph), mode=mode)
@@ -352,11 +367,13 @@ def translate_batch(
     tile: int,
     overlap: int,
     batch_size: int,
+    floor: int = 1,
 ) -> torch.Tensor:
     """Images of one size in, translated images of that size out; ``tile`` is rounded to
-    ``multiple`` as ``tile_size`` says."""
-    tile = tile_size(tile, overlap, multiple)
-    padded, (h, w) = pad_to_multiple(x, multiple)
+    ``multiple`` as ``tile_size`` says. ``floor``: the smallest side the generator runs at (a
+    multiple of ``multiple``); smaller images and tiles are padded up to it."""
+    tile = max(tile_size(tile, overlap, multiple), floor)
+    padded, (h, w) = pad_to_multiple(x, multiple, floor)
     if padded.shape[-2] <= tile and padded.shape[-1] <= tile:
         y = generator(padded).float()
     else:

@@ -26,7 +26,7 @@ from torch import nn
 from i2i.engine.build import build_generator, build_method, resolve_device
 from i2i.engine.distributed import STATE_BYTES_PER_PARAMETER, available_memory
 from i2i.errors import I2IError
-from i2i.recipe import Recipe, RecipeError
+from i2i.recipe import ComponentSpec, Recipe, RecipeError
 from i2i.registry import DISCRIMINATORS, GENERATORS, Entry
 
 MAX_SIDE = 8192
@@ -50,18 +50,31 @@ def limit_problems(recipe: Recipe) -> list[str]:
     too_large = [_too_large(key, getattr(data, key)) for key in ("load_size", "crop_size") if getattr(data, key) > MAX_SIDE]
     if too_large:
         return too_large
-    g_spec, d_spec = recipe.model.generator, recipe.model.discriminator
+    model = recipe.model
+    pairs = [("generator", model.generator, "discriminator", model.discriminator)]
+    if model.generator_ba or model.discriminator_a:  # a method's second direction, with networks of its own
+        pairs.append(("generator_ba", model.generator_ba or model.generator,
+                      "discriminator_a", model.discriminator_a or model.discriminator))
+    for g_role, g_spec, d_role, d_spec in pairs:
+        problems = _pair_problems(recipe, g_role, g_spec, d_role, d_spec)
+        if problems:
+            return problems
+    return []
+
+
+def _pair_problems(recipe: Recipe, g_role: str, g_spec: ComponentSpec, d_role: str, d_spec: ComponentSpec) -> list[str]:
+    """The crop against one generator and the discriminator that judges its output."""
     g_entry, d_entry = GENERATORS.get(g_spec.name, recipe.plugins), DISCRIMINATORS.get(d_spec.name, recipe.plugins)
     g_params, d_params = g_entry.params.model_validate(g_spec.params), d_entry.params.model_validate(d_spec.params)
     multiple = g_entry.obj.size_multiple_for(g_params)
-    crop = data.crop_size
+    crop = recipe.data.crop_size
     if crop % multiple:
         below, above = crop // multiple * multiple, (crop // multiple + 1) * multiple
         choices = f"{below} or {above}" if below else str(above)
-        return [f"data.crop_size: {crop} is not a multiple of {multiple}, which generator {g_spec.name} needs "
+        return [f"data.crop_size: {crop} is not a multiple of {multiple}, which {g_role} {g_spec.name} needs "
                 f"(its input sides must divide by {multiple} with these params); use {choices}"]
     return list(_fit_problems(g_entry, g_params.model_dump_json(), d_entry, d_params.model_dump_json(),
-                              crop, recipe.train.batch_size, multiple))
+                              crop, recipe.train.batch_size, multiple, (g_role, d_role)))
 
 
 def _too_large(key: str, side: int) -> str:
@@ -76,28 +89,53 @@ def _size(count: int) -> str:
 
 @functools.lru_cache(maxsize=256)  # one build per setup in a process that checks it often (tests, fuzzing)
 def _fit_problems(
-    g_entry: Entry, g_params: str, d_entry: Entry, d_params: str, crop: int, batch: int, multiple: int
+    g_entry: Entry, g_params: str, d_entry: Entry, d_params: str, crop: int, batch: int, multiple: int,
+    roles: tuple[str, str] = ("generator", "discriminator"),
 ) -> tuple[str, ...]:
     networks = _build_on_meta(g_entry, g_params, d_entry, d_params)
     if networks is None:
         return ()
-    misfit = _dry_run(networks, g_entry.name, d_entry.name, crop, batch)
+    names = (f"{roles[0]} {g_entry.name}", f"{roles[1]} {d_entry.name}")
+    misfit = _dry_run(networks, *names, crop, batch)
     if misfit is None:
         return ()
     if misfit.certain:
-        return (f"model.generator: {misfit.reason}; a generator must return images of its input's size",)
+        return (f"model.{roles[0]}: {misfit.reason}; a generator must return images of its input's size",)
     control = multiple * math.ceil(max(COMFORTABLE_SIDE, 2 * crop) / multiple)
-    if _dry_run(networks, g_entry.name, d_entry.name, control, max(batch, 2)) is not None:
+    if _dry_run(networks, *names, control, max(batch, 2)) is not None:
         return ()  # the networks do not run on the meta device: nothing to learn from it
     low, high = crop // multiple, control // multiple  # in multiples: low fails, high fits
     while high - low > 1:
         middle = (low + high) // 2
-        if _dry_run(networks, g_entry.name, d_entry.name, middle * multiple, batch) is None:
+        if _dry_run(networks, *names, middle * multiple, batch) is None:
             high = middle
         else:
             low = middle
     return (f"data.crop_size: {crop} is too small at train.batch_size {batch}: {misfit.reason}. A crop of "
             f"{high * multiple} fits (or raise train.batch_size, or use fewer downsamplings)",)
+
+
+@functools.lru_cache(maxsize=64)
+@torch.no_grad()
+def smallest_side(entry: Entry, params: str, multiple: int) -> int:
+    """The smallest side, a multiple of ``multiple``, at which the generator runs on one image in
+    eval mode, tried on the meta device: inference pads smaller images up to it (a ResNet's 1x1
+    bottleneck cannot be normalized or reflect-padded). ``multiple`` where the generator does
+    not run on the meta device even at ``COMFORTABLE_SIDE``."""
+    try:
+        with torch.device("meta"):
+            generator = entry.obj(entry.params.model_validate_json(params), in_channels=CHECK_CHANNELS,
+                                  out_channels=CHECK_CHANNELS)
+    except Exception:  # a generator that needs real memory to be built: as before, its multiple
+        return multiple
+    generator.eval()
+    for side in range(multiple, max(COMFORTABLE_SIDE, multiple) + 1, multiple):
+        try:
+            generator(torch.empty(1, CHECK_CHANNELS, side, side, device="meta"))
+        except Exception:
+            continue
+        return side
+    return multiple
 
 
 def parameter_count(recipe: Recipe) -> int | None:
@@ -222,21 +260,22 @@ class Misfit(NamedTuple):
 
 
 @torch.no_grad()
-def _dry_run(networks: tuple[nn.Module, nn.Module], g_name: str, d_name: str, side: int, batch: int) -> Misfit | None:
-    """Why one training-mode forward pass at ``side`` x ``side`` fails, or None when it fits."""
+def _dry_run(networks: tuple[nn.Module, nn.Module], g_label: str, d_label: str, side: int, batch: int) -> Misfit | None:
+    """Why one training-mode forward pass at ``side`` x ``side`` fails, or None when it fits;
+    the labels (``generator unet``) name the networks."""
     generator, discriminator = networks
     image = torch.empty(batch, CHECK_CHANNELS, side, side, device="meta")
     try:
         fake = generator(image)
     except Exception as error:
-        return Misfit(f"generator {g_name} fails ({_first_line(error)})", certain=False)
+        return Misfit(f"{g_label} fails ({_first_line(error)})", certain=False)
     if not isinstance(fake, torch.Tensor) or tuple(fake.shape[-2:]) != (side, side):
         shape = "x".join(map(str, fake.shape[-2:])) if isinstance(fake, torch.Tensor) else type(fake).__name__
-        return Misfit(f"generator {g_name} returns {shape} for {side}x{side} inputs", certain=True)
+        return Misfit(f"{g_label} returns {shape} for {side}x{side} inputs", certain=True)
     try:
         discriminator(torch.cat([image, fake], 1))
     except Exception as error:
-        return Misfit(f"discriminator {d_name} fails ({_first_line(error)})", certain=False)
+        return Misfit(f"{d_label} fails ({_first_line(error)})", certain=False)
     return None
 
 

@@ -13,6 +13,17 @@ from pathlib import Path
 from i2i.safe_files import write_file
 
 LOG = "log.jsonl"
+# Bookkeeping fields of a log record (``eval_images``, ``eval_mode``: the size of the evaluation
+# set of train.eval_every and the generator's mode); every other number is a loss or a metric.
+BOOKKEEPING = {"step", "epoch", "lr", "steps_per_s", "eval_images", "eval_mode"}
+METRIC_PREFIX = "eval_"  # the figures of train.eval_every (eval_fid, ...)
+COUNTS = {"skipped_steps"}  # train.on_nonfinite skip's count: plotted with the metrics, no loss
+
+
+def is_loss(key: str) -> bool:
+    """A loss term: any number a training step returns, whatever the method names it (G_*, D_*,
+    CycleGAN's cycle_* and idt_*, CUT's NCE), as opposed to bookkeeping, counts and metrics."""
+    return key not in BOOKKEEPING and key not in COUNTS and not key.startswith(METRIC_PREFIX)
 
 
 def truncate_log(run_dir: Path, step: int) -> int:

@@ -18,8 +18,10 @@ import numpy as np
 from PIL import Image
 
 from i2i.engine.callbacks import Callback
+from i2i.engine.run_log import is_loss
 from i2i.engine.trainer import Trainer
 from i2i.errors import I2IError
+from i2i.safe_files import own_folder
 
 # Recorded as the x axis, not as curves of their own.
 NOT_SCALARS = {"step", "epoch"}
@@ -40,7 +42,7 @@ class TensorBoardCallback(Callback):
 
     def writer_at(self, step: int):
         if self.writer is None:
-            self.writer = self.make_writer(str(self.log_dir), purge_step=step)
+            self.writer = self.make_writer(str(own_folder(self.log_dir)), purge_step=step)
         return self.writer
 
     def on_log(self, trainer: Trainer, record: dict[str, Any]) -> None:
@@ -64,7 +66,7 @@ class TensorBoardCallback(Callback):
 
 def _tag(key: str) -> str:
     """Losses in one TensorBoard section, metrics and bookkeeping in others."""
-    if key.startswith(("G_", "D_")):
+    if is_loss(key):
         return f"loss/{key}"
     if key in ("lr", "steps_per_s"):
         return f"train/{key}"

@@ -43,12 +43,14 @@ from i2i.contracts import StepTools
 from i2i.errors import I2IError
 from i2i.modes import DEFAULT_MODE
 from i2i.recipe import Recipe
-from i2i.safe_files import append_text, write_file
+from i2i.safe_files import append_text, own_folder, write_file
 from i2i.visual import save_grid
 
 
 class Trainer:
-    def __init__(self, recipe: Recipe, run_dir: Path | None = None, rank: int | None = None, world_size: int | None = None):
+    def __init__(self, recipe: Recipe, run_dir: Path | None = None, rank: int | None = None, world_size: int | None = None,
+                 quiet: bool = False):
+        self.quiet = quiet  # `i2i run --quiet`: no notes (engine probe, resume), warnings only
         if rank is None or world_size is None:
             rank, world_size = rank_and_world_size()  # (0, 1) unless started by torchrun
         self.created = time.perf_counter()  # the startup train.time_budget leaves out runs from here
@@ -118,7 +120,7 @@ class Trainer:
         if self.is_main:
             choice = choose_engine(self.recipe, self.device, (self.in_channels, self.out_channels),
                                    lambda settings: probe_step(self.recipe, settings), self.schedule.total_steps,
-                                   self.log_line)
+                                   self.log_line, self.warn_line)
         return broadcast_from_main(choice) if self.world_size > 1 else choice
 
     def autocast(self):
@@ -135,9 +137,11 @@ class Trainer:
     # ------------------------------------------------------------- the loop
     def fit(self, resume: bool = False) -> dict[str, float]:
         with StopSignals() as self.stop, advise_on_out_of_memory(self.memory_use):
+            self.stop.at_once = "before the first step; the checkpoints are as they were"
             if resume:
                 self.resume()
             self.start_run_dir()
+            self.stop.at_once = None  # from here a stop waits for the step boundary and its checkpoint
             meter, last = LossMeter(self.device, self.step), {}
             for network in self.networks.values():
                 network.train()
@@ -177,6 +181,7 @@ class Trainer:
                         self.stop_on_signal()
                     if done:
                         break
+            self.stop.at_once = f"after the last step ({self.step}), whose checkpoint is saved"
             if self.budget_spent:
                 self.report_budget_stop()
             self.notify("on_end")
@@ -297,6 +302,12 @@ class Trainer:
                 getattr(callback, event)(self, *args)
 
     def log_line(self, text: str) -> None:
+        if self.is_main and not self.quiet:
+            print(text, flush=True)
+
+    def warn_line(self, text: str) -> None:
+        """What goes wrong without stopping the run (a damaged checkpoint passed over, an engine cache
+        that cannot be used): --quiet or not."""
         if self.is_main:
             print(text, flush=True)
 
@@ -320,7 +331,7 @@ class Trainer:
         generator = self.inference_generator(eval_statistics=DEFAULT_MODE == "eval") or self.generator
         with generator_mode(generator, DEFAULT_MODE, seed=self.cfg.seed):
             fake = torch.cat([generator(chunk) for chunk in inputs.split(self.cfg.batch_size)]).float()
-        path = self.run_dir / "samples" / f"step_{self.step:08d}.png"
+        path = own_folder(self.run_dir / "samples") / f"step_{self.step:08d}.png"
         save_grid([inputs, fake, self._sample_batch["target"]], path)
         self.notify("on_sample", path)
         return path
@@ -332,9 +343,7 @@ class Trainer:
             "out_channels": str(self.out_channels),
             "step": str(self.step),
             "i2i_version": __version__,
-            # what `i2i translate` pads inputs to, kept where an export has no module to ask
-            "size_multiple": str(self.generator.size_multiple),
-        }
+        }  # each generator's file adds its own size_multiple (checkpoint._serialise)
 
     def inference_generator(self, eval_statistics: bool = True) -> torch.nn.Module | None:
         """A plain fp32 copy of the generator for inference: the averaged weights where train.ema
@@ -380,7 +389,7 @@ class Trainer:
 
     def resume(self) -> bool:
         # Rank 0 alone reads the checkpoint and hands it to the others: nodes need not share a filesystem.
-        path = latest_good_checkpoint(self.run_dir, self.log_line) if self.is_main else None
+        path = latest_good_checkpoint(self.run_dir, self.warn_line) if self.is_main else None
         if self.world_size > 1:
             path = broadcast_from_main(path)
         if path is None:
