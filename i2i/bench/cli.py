@@ -228,18 +228,23 @@ def compare(
     if not changes:
         console.print(f"nothing to compare: no setup in {results} has two results yet")
         return
-    table = Table("setup", "figure", "previous", "latest", "change", "", "against noise")
-    regressions = 0
+    table = Table("setup", "figure", "previous", "latest", "change")
+    table.add_column("", no_wrap=True)  # the flag: never folded away on a narrow terminal
+    table.add_column("against noise")
+    flagged = []
     for change in changes:
         regressed = change.is_regression(threshold)
-        regressions += regressed
+        if regressed:
+            flagged.append(f"{change.flag} {change.setup} {change.figure} {change.relative:+.1%}")
         noise = f"{change.verdict}: {change.noise.noise}" if change.noise else ""
         table.add_row(change.setup, change.figure, f"{change.previous:.4g}", f"{change.latest:.4g}",
                       f"{change.relative:+.1%}", f"[red]{change.flag}[/red]" if regressed else "ok", noise)
     console.print(table)
-    if regressions:
-        console.print(f"[red]{regressions} figure(s) flagged: worse than before, or default and tuned apart, "
-                      f"by more than {threshold:.0%}[/red]")
+    if flagged:
+        console.print(f"[red]{len(flagged)} figure(s) flagged: worse than before, or default and tuned apart, "
+                      f"by more than {threshold:.0%}:[/red]", soft_wrap=True)
+        for line in flagged:
+            console.print(f"  {line}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 
