@@ -175,16 +175,17 @@ def study(args: argparse.Namespace) -> None:
     extractor, targets = inception_extractor(device), {}
     # With --with-ema every run also keeps an average of its generator, which leaves training as it
     # was: the trained weights are the candidate's output, the average that of candidate+ema.
-    variants = {"": None, "+ema": INFERENCE_FILE} if args.with_ema else {"": INFERENCE_FILE}
+    variants = {"": GENERATOR_FILE, "+ema": INFERENCE_FILE} if args.with_ema else {"": None}
     for name in args.candidates:
         for suffix, weights_file in variants.items():
             per_seed = {}
             for seed in args.seeds:
                 checkpoint = latest_checkpoint(runs[name, seed])
-                weights = checkpoint / (weights_file or GENERATOR_FILE)
+                weights = checkpoint / weights_file if weights_file else checkpoint  # a folder: its inference weights
                 metrics = score(weights, args.data, size, args.limit, device, extractor, targets)
                 per_seed[seed] = {"steps": int(checkpoint.name.removeprefix("step_")),
-                                  "seconds": seconds.get((name, seed)), "weights": weights.name, "metrics": metrics}
+                                  "seconds": seconds.get((name, seed)),
+                                  "weights": resolve_generator_file(weights).name, "metrics": metrics}
                 print(f"   {name}{suffix} seed {seed}: steps {per_seed[seed]['steps']}  "
                       + "  ".join(f"{m} {v:.4g}" for m, v in metrics.items()), flush=True)
             record_study(args, name + suffix, CANDIDATES[name], per_seed, size, device)

@@ -68,7 +68,7 @@ def log_records(run_dir):
 def test_a_spent_budget_stops_with_a_checkpoint_and_exit_0(write_recipe, tmp_path):
     path = write_recipe(long_recipe(time_budget=1.5, ema={"decay": 0.9, "every": 1}))
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, ["run", str(path), "--out", str(out), "--quiet"])
+    result = CliRunner().invoke(app, ["run", str(path), "--out", str(out), "--no-tensorboard"])
     assert result.exit_code == 0, result.output
     stop = log_records(out)[-1]
     steps = stop["step"]
