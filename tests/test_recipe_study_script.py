@@ -11,17 +11,22 @@ from conftest import ROOT, tiny_recipe
 SCRIPT = ROOT / "benchmarks" / "recipe_study.py"
 
 
-@pytest.mark.slow
-def test_equal_steps_records_each_candidate_with_and_without_the_average(fake_data_root, write_recipe, tmp_path):
+def run_study(write_recipe, data_root, tmp_path, epochs: int, *arguments: str) -> list[dict]:
+    """The script on a tiny aligned recipe, scoring val 1..2; the records it appended."""
     recipe = write_recipe(tiny_recipe(data={"dataset": {"name": "aligned"}, "num_workers": 0},
-                                      train={"epochs": 10, "tensorboard": False, "engine_probe": False}))
+                                      train={"epochs": epochs, "tensorboard": False, "engine_probe": False}))
     results = tmp_path / "study.jsonl"
-    done = subprocess.run([sys.executable, str(SCRIPT), "--recipe", str(recipe), "--data", str(fake_data_root),
-                           "--candidates", "l1_10", "--steps", "2", "--with-ema", "--jobs", "2",
-                           "--limit", "2", "--results", str(results), "--out", str(tmp_path / "runs")],
+    done = subprocess.run([sys.executable, str(SCRIPT), "--recipe", str(recipe), "--data", str(data_root), "--limit", "2",
+                           "--results", str(results), "--out", str(tmp_path / "runs"), *arguments],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    records = [json.loads(line) for line in results.read_text().splitlines()]
+    return [json.loads(line) for line in results.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_equal_steps_records_each_candidate_with_and_without_the_average(fake_data_root, write_recipe, tmp_path):
+    records = run_study(write_recipe, fake_data_root, tmp_path, 10, "--candidates", "l1_10", "--steps", "2",
+                        "--with-ema", "--jobs", "2")
     assert [r["candidate"] for r in records] == ["l1_10", "l1_10+ema"]
     for record in records:
         assert record["kind"] == "recipe_study" and record["budget"] == {"steps": 2} and record["cpu"]
@@ -31,7 +36,7 @@ def test_equal_steps_records_each_candidate_with_and_without_the_average(fake_da
     weights = {r["candidate"]: {run["weights"] for run in r["runs"].values()} for r in records}
     assert weights == {"l1_10": {"generator.safetensors"}, "l1_10+ema": {"generator_eval.safetensors"}}
     assert "losses.1.weight=10" in records[0]["sets"] and "train.ema={decay: 0.999}" in records[1]["sets"]
-    table = subprocess.run([sys.executable, str(SCRIPT), "--table", "--results", str(results)],
+    table = subprocess.run([sys.executable, str(SCRIPT), "--table", "--results", str(tmp_path / "study.jsonl")],
                            capture_output=True, text=True, timeout=60)
     assert table.returncode == 0 and table.stdout.count("| full 256, val 1..2 | 2 steps |") == 2
 
@@ -50,14 +55,7 @@ def test_bad_arguments_are_one_line(arguments, message):
 
 @pytest.mark.slow
 def test_equal_wall_clock_stops_each_run_by_its_time_budget(fake_data_root, write_recipe, tmp_path):
-    recipe = write_recipe(tiny_recipe(data={"dataset": {"name": "aligned"}, "num_workers": 0},
-                                      train={"epochs": 100000, "tensorboard": False, "engine_probe": False}))
-    results = tmp_path / "study.jsonl"
-    done = subprocess.run([sys.executable, str(SCRIPT), "--recipe", str(recipe), "--data", str(fake_data_root),
-                           "--candidates", "pix2pix", "--minutes", "0.02", "--limit", "2", "--results", str(results),
-                           "--out", str(tmp_path / "runs")], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
-    (record,) = [json.loads(line) for line in results.read_text().splitlines()]
+    (record,) = run_study(write_recipe, fake_data_root, tmp_path, 100000, "--candidates", "pix2pix", "--minutes", "0.02")
     assert record["budget"] == {"minutes": 0.02} and record["jobs"] == 1
     for seed in ("0", "1"):
         stop = [json.loads(line) for line in (tmp_path / "runs" / f"pix2pix-seed{seed}" / "log.jsonl").read_text().splitlines()
