@@ -88,6 +88,7 @@ CANDIDATES: dict[str, Candidate] = {
     "multiscale_fm": Candidate("pix2pixHD's 2-scale D with feature matching, weight 10 (Wang et al. 2018)",
                                MULTISCALE_FM),
     "resnet9": Candidate("ResNet-9 generator (instance norm) instead of the U-Net", RESNET, screen=[]),
+    "maps_plus": Candidate("i2i's recommended maps recipe (recipes/maps_plus.yaml) as shipped", recipe="maps_plus"),
     "batch4": Candidate("batch 4, lr scaled 2x (sqrt), instance-norm U-Net (training = instance-mode inference)",
                         ["train.batch_size=4", "train.lr=0.0004", "model.generator.params.norm=instance"]),
 }
@@ -170,7 +171,8 @@ def study(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     out = args.out or Path(tempfile.mkdtemp(prefix="i2i-recipe-study-"))
     size = SCREEN_SIZE if args.screen else IMAGE_SIZE
-    runs = {(name, seed): out / f"{name}-seed{seed}" for name in args.candidates for seed in args.seeds}
+    # Seed-major order: candidates alternate, so a slow drift of a shared machine falls on all of them.
+    runs = {(name, seed): out / f"{name}-seed{seed}" for seed in args.seeds for name in args.candidates}
     seconds = {} if args.score_only else train_all(runs, args)
     extractor, targets = inception_extractor(device), {}
     # With --with-ema every run also keeps an average of its generator, which leaves training as it
