@@ -40,30 +40,16 @@ from i2i.bench.steady import log_window_times, steadiness  # noqa: E402
 from i2i.engine.build import resolve_device  # noqa: E402
 from i2i.engine.inference import load_generator  # noqa: E402
 from i2i.recipe import Recipe  # noqa: E402
-from i2i.visual import to_uint8  # noqa: E402
+from quality_check import SavingMeter  # noqa: E402  (benchmarks/, the script's own folder)
 
 QUALITY = ("fid", "kid", "ssim", "psnr")
-
-
-class SavingMeter(QualityMeter):
-    """SSIM and PSNR as bench quality computes them; every output also saved as N.png."""
-
-    def __init__(self, folder: Path):
-        super().__init__(extractor=None)
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-
-    def update(self, fake: torch.Tensor, real: torch.Tensor, real_features: torch.Tensor | None = None) -> None:
-        super().update(fake, real)
-        for image in to_uint8(fake):
-            Image.fromarray(image).save(self.folder / f"{len(self.ssim)}.png")
 
 
 def translate(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     generator, recipe, _ = load_generator(args.run, device)
     dataset = protocol_dataset(recipe, args.data, "val")
-    metrics = evaluate(generator, dataset, SavingMeter(args.out), "train", device, args.limit, recipe.train.seed)
+    metrics = evaluate(generator, dataset, SavingMeter(args.out, suffix=".png"), "train", device, args.limit, recipe.train.seed)
     print(json.dumps({"translated": metrics["images"], "ssim": metrics["ssim"], "psnr": metrics["psnr"]}))
 
 

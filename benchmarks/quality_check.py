@@ -85,17 +85,18 @@ def score(run: Path, data: Path, limit: int, device: str, scratch: Path) -> dict
 
 
 class SavingMeter(QualityMeter):
-    """SSIM and PSNR as bench quality computes them; every output also saved, lossless."""
+    """SSIM and PSNR as bench quality computes them; every output also saved, lossless, as
+    N.webp (or N.png with ``suffix=".png"``)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, suffix: str = ".webp"):
         super().__init__(extractor=None)
-        self.folder = folder
+        self.folder, self.suffix = folder, suffix
         folder.mkdir(parents=True, exist_ok=True)
 
     def update(self, fake: torch.Tensor, real: torch.Tensor, real_features: torch.Tensor | None = None) -> None:
         super().update(fake, real)
         for image in to_uint8(fake):
-            Image.fromarray(image).save(self.folder / f"{len(self.ssim)}.webp", lossless=True)
+            Image.fromarray(image).save(self.folder / f"{len(self.ssim)}{self.suffix}", lossless=True)
 
 
 def translate(run: Path, data: Path, limit: int, device: torch.device, folder: Path) -> dict:

@@ -11,13 +11,15 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from i2i.bench.records import read_records
 from i2i.recipe import Recipe
 from i2i.report import read_log
+
+Record = TypeVar("Record", bound=BaseModel)
 
 METRICS = ("fid", "kid", "ssim", "psnr")
 # Evaluations during training logged before records named their mode ran in train mode.
@@ -85,24 +87,17 @@ def recorded_evaluations(
     for record in read_log(run_dir, skipped):
         if "eval_fid" not in record:
             continue
-        try:
-            logged = LoggedEvaluation.model_validate(record)
-        except ValidationError as error:
-            skipped.append(f"{run_dir / 'log.jsonl'}: the evaluation at step {record['step']}: {_first_problem(error)}")
-            continue
-        if logged.step <= step:
+        logged = _validated(LoggedEvaluation, record, f"{run_dir / 'log.jsonl'}: the evaluation at step {record['step']}",
+                            skipped)
+        if logged and logged.step <= step:
             found.append(Evaluation("evaluation during training", logged.step, "val", logged.eval_images, logged.eval_mode,
                                     {key: getattr(logged, f"eval_{key}") for key in METRICS}))
     records = read_records(quality_results, skipped) if quality_results else []
     for number, record in enumerate(records, 1):
         if record.get("kind", "quality") != "quality":  # speed records, in a file given by mistake
             continue
-        try:
-            quality = QualityRecord.model_validate(record)
-        except ValidationError as error:
-            skipped.append(f"{quality_results}: quality record {number}: {_first_problem(error)}")
-            continue
-        if _is_inside(Path(quality.checkpoint), run_dir) and quality.steps_trained <= step:
+        quality = _validated(QualityRecord, record, f"{quality_results}: quality record {number}", skipped)
+        if quality and _is_inside(Path(quality.checkpoint), run_dir) and quality.steps_trained <= step:
             metrics = quality.metrics
             found.append(Evaluation("i2i bench quality", quality.steps_trained, quality.split, metrics.images,
                                     quality.mode, {key: getattr(metrics, key) for key in METRICS}))
@@ -111,9 +106,14 @@ def recorded_evaluations(
     return sorted(found, key=lambda evaluation: evaluation.step)
 
 
-def _first_problem(error: ValidationError) -> str:
-    first = error.errors()[0]
-    return f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
+def _validated(model: type[Record], record: dict, where: str, skipped: list[str]) -> Record | None:
+    """``record`` as ``model``, or None with its first problem added to ``skipped``."""
+    try:
+        return model.model_validate(record)
+    except ValidationError as error:
+        first = error.errors()[0]
+        skipped.append(f"{where}: {'.'.join(map(str, first['loc']))}: {first['msg']}")
+        return None
 
 
 def sample_step(path: str) -> int:

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import yaml
 
 from i2i.version import __version__
+from i2i.bench.records import NOT_JSON, json_lines
 from i2i.engine.callbacks import Callback
 from i2i.engine.run_log import BOOKKEEPING, is_loss
 from i2i.engine.trainer import Trainer
@@ -51,12 +52,8 @@ def read_log(run_dir: Path, skipped: list[str] | None = None) -> list[dict[str, 
         return []
     lines = path.read_text(errors="replace").splitlines()
     records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:  # bad JSON, or a number too long to convert
+    for number, record in json_lines(lines):
+        if record is NOT_JSON:
             if number < len(lines) and skipped is not None:
                 skipped.append(f"{path}:{number}: not a JSON record")
             continue

@@ -28,3 +28,28 @@ def test_picture_rows_are_input_each_step_then_target(tmp_path):
     missing = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "readme_picture.py"), str(run), "--steps", "30",
                               "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert missing.returncode != 0 and "no grid for step(s) [30]" in missing.stderr
+
+
+def test_compare_rows_are_input_each_run_then_target(fake_data_root, write_recipe, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from conftest import tiny_recipe
+    from i2i.run import train_from_recipe
+
+    recipe = write_recipe(tiny_recipe(data={"dataset": {"name": "aligned"}, "root": str(fake_data_root), "num_workers": 0},
+                                      train={"max_steps": 1, "tensorboard": False, "engine_probe": False}))
+    run = tmp_path / "run"
+    train_from_recipe(recipe, [], run, False, Console(file=io.StringIO()))
+    script, out = str(ROOT / "benchmarks" / "readme_picture.py"), tmp_path / "compare.png"
+    done = subprocess.run([sys.executable, script, "--compare", str(run), str(run), "--data", str(fake_data_root),
+                           "--images", "2", "1", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    picture = np.asarray(Image.open(out))
+    assert picture.shape == (2 * 256 + 2, 4 * 256 + 3 * 2, 3)  # val 2 and 1 at the protocol's 256
+    runs = picture[:, 258:2 * 258 - 2], picture[:, 2 * 258:3 * 258 - 2]
+    assert np.array_equal(*runs)  # one run twice: the default output is deterministic
+    missing = subprocess.run([sys.executable, script, "--compare", str(run), "--data", str(fake_data_root), "--images", "9",
+                              "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert missing.returncode != 0 and "no val image 9" in missing.stderr

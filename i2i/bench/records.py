@@ -7,7 +7,7 @@ import json
 import math
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -56,6 +56,19 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
     append_text(path, json.dumps(_finite(record), allow_nan=False) + "\n")
 
 
+NOT_JSON = object()  # a line json_lines cannot parse (a line reading "null" is None)
+
+
+def json_lines(lines: list[str]) -> Iterator[tuple[int, Any]]:
+    """Each non-blank line's number (from 1) and parsed value, or ``NOT_JSON``."""
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                yield number, json.loads(line)
+            except ValueError:  # bad JSON, or a number too long to convert
+                yield number, NOT_JSON
+
+
 def read_records(path: Path, skipped: list[str] | None = None) -> list[dict[str, Any]]:
     """The JSON objects of a records file, one a line. Another line (bad JSON, a number, a list)
     is described in ``skipped`` and passed over; without ``skipped`` it is an error naming it."""
@@ -69,13 +82,7 @@ def read_records(path: Path, skipped: list[str] | None = None) -> list[dict[str,
         skipped.append(f"{path}: cannot be read ({error.strerror or error})")
         return []
     records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:  # bad JSON, or a number too long to convert
-            record = None
+    for number, record in json_lines(lines):
         if isinstance(record, dict):
             records.append(record)
         elif skipped is None:
