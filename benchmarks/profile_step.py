@@ -40,6 +40,7 @@ from i2i.engine.autotune import flipped, probed_settings  # noqa: E402
 from i2i.engine.fast_inference import fast_generator  # noqa: E402
 from i2i.engine.inference import generator_mode  # noqa: E402
 from i2i.engine.trainer import Trainer  # noqa: E402
+from i2i.modes import DEFAULT_MODE  # noqa: E402
 from i2i.recipe import Recipe  # noqa: E402
 
 # `i2i bench speed`'s baseline and tuned, and tuned with each setting the engine probe
@@ -179,11 +180,12 @@ def print_limit(step) -> None:
           f"{peak['threads']} threads)")
 
 
-def print_roofline(settings: dict, size: int, steps: int, recipe_file: Path) -> None:
+def print_roofline(settings: dict, size: int, steps: int, recipe_file: Path, infer: bool = False) -> None:
     """Every operator of one configuration's (warm) step against its roof, furthest first, and
-    the step's bound; the limits sampled before and after the timed steps."""
+    the step's bound; the limits sampled before and after the timed steps. ``infer``: the same
+    for inference as ``i2i translate`` runs it by default (``fast_generator``, instance mode)."""
     trainer = build(settings, size, recipe_file)
-    step = train_call(trainer, size)
+    step = fast_call(trainer, size, DEFAULT_MODE, compile=False) if infer else train_call(trainer, size)
     step()
     sampler = LimitSampler(torch.device("cpu"), (1024, 2048), repeats=1)
     sampler()
@@ -225,12 +227,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--compile", action="store_true", help="also time fast_generator compiled (eval: with freezing)")
     parser.add_argument("--profile", choices=sorted(TRAIN_CONFIGS), help="print a torch.profiler table of one configuration's step")
-    parser.add_argument("--roofline", choices=sorted(TRAIN_CONFIGS), help="print one configuration's step against its roofline")
+    parser.add_argument("--roofline", choices=sorted(TRAIN_CONFIGS), help="print one configuration's step against its roofline (--part infer: its inference)")
     parser.add_argument("--recipe", type=Path, default=RECIPE, help="with --roofline: the recipe whose step is counted")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.roofline:
-        print_roofline(TRAIN_CONFIGS[args.roofline], args.size, args.iterations, args.recipe)
+        print_roofline(TRAIN_CONFIGS[args.roofline], args.size, args.iterations, args.recipe, infer=args.part == "infer")
         return
     if args.profile:
         profile(TRAIN_CONFIGS[args.profile], args.size)

@@ -68,8 +68,13 @@ class Candidate:
 
 
 RESNET = ["model.generator={name: resnet, params: {n_blocks: 9, ngf: 64, norm: instance, padding: reflect}}"]
-MULTISCALE_FM = ["model.discriminator={name: multiscale, params: {num_scales: 2, n_layers: 3, ndf: 64, norm: instance}}",
-                 "method.params.feature_matching=10"]
+
+
+def multiscale_fm(ndf: int = 64) -> list[str]:
+    return [f"model.discriminator={{name: multiscale, params: {{num_scales: 2, n_layers: 3, ndf: {ndf}, norm: instance}}}}",
+            "method.params.feature_matching=10"]
+
+
 
 CANDIDATES: dict[str, Candidate] = {
     "pix2pix": Candidate("the published recipe at i2i's defaults: the baseline"),
@@ -86,9 +91,20 @@ CANDIDATES: dict[str, Candidate] = {
     "diffaug": Candidate("DiffAugment for D: color, translation, cutout (Zhao et al. 2020)",
                          ["method.params.diff_augment=[color, translation, cutout]"]),
     "multiscale_fm": Candidate("pix2pixHD's 2-scale D with feature matching, weight 10 (Wang et al. 2018)",
-                               MULTISCALE_FM),
+                               multiscale_fm()),
+    "multiscale_fm_d32": Candidate("multiscale_fm with half the D's width (ndf 32, a quarter of its work): more steps "
+                                   "in a time budget, the generator unchanged",
+                                   multiscale_fm(ndf=32)),
+    "multiscale_fm_lr2x": Candidate("multiscale_fm with twice the learning rate (4e-4) for G and D: further in few steps",
+                                    [*multiscale_fm(), "train.lr=0.0004"]),
     "resnet9": Candidate("ResNet-9 generator (instance norm) instead of the U-Net", RESNET, screen=[]),
-    "maps_plus": Candidate("i2i's recommended maps recipe (recipes/maps_plus.yaml) as shipped", recipe="maps_plus"),
+    "maps_plus": Candidate("i2i's recommended maps recipe (recipes/maps_plus.yaml) as shipped; its records before "
+                           "maps_plus_d32's are of the recipe with the D at ndf 64 (maps_plus_d64)", recipe="maps_plus"),
+    "maps_plus_d32": Candidate("maps_plus with the D at half its width (ndf 32): what maps_plus became after this "
+                               "candidate's record", ["model.discriminator.params.ndf=32"], recipe="maps_plus"),
+    "maps_plus_d64": Candidate("maps_plus with the D at the published width (ndf 64): maps_plus until maps_plus_d32's record",
+                               ["model.discriminator.params.ndf=64"], recipe="maps_plus"),
+    "maps_plus_lr2x": Candidate("maps_plus at twice the learning rate (4e-4)", ["train.lr=0.0004"], recipe="maps_plus"),
     "batch4": Candidate("batch 4, lr scaled 2x (sqrt), instance-norm U-Net (training = instance-mode inference)",
                         ["train.batch_size=4", "train.lr=0.0004", "model.generator.params.norm=instance"]),
 }
@@ -250,7 +266,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.list:
         for name, candidate in CANDIDATES.items():
-            print(f"{name:15s} {candidate.why}\n{'':15s} {' '.join(candidate.sets) or '(no changes)'}")
+            print(f"{name:20s} {candidate.why}\n{'':20s} {' '.join(candidate.sets) or '(no changes)'}")
         return
     if args.table:
         print(table(args.results))

@@ -242,7 +242,7 @@ def load(
     result every time, whatever the batch), ``eval`` (BatchNorm's stored statistics, no
     dropout) or ``train`` (each image's own statistics and dropout, as the pix2pix
     reference tests).
-    ``backend``: ``torch``; ``fast`` (bf16 where the hardware has it, channels-last);
+    ``backend``: ``torch``; ``fast`` (bf16 where the hardware has it, in the memory layout timed faster);
     ``compiled`` (``fast`` through torch.compile, frozen weights); ``onnxruntime`` (the
     export in ``mode``, made on the fly unless ``source`` is an .onnx file, which always
     runs on onnxruntime, in the mode it was exported in). Images larger than ``tile`` (rounded down to the generator's

@@ -220,7 +220,7 @@ def translate(
     tile: int = typer.Option(1024, "--tile", help="larger images are translated in overlapping tiles of this size (rounded down to the generator's size multiple)"),
     overlap: int = typer.Option(64, "--overlap", help="pixels shared by neighbouring tiles (blended); below the rounded tile"),
     batch_size: int = typer.Option(1, "--batch-size", help="images (of one size) or tiles per forward pass"),
-    backend: str = typer.Option("torch", "--backend", help="torch; fast (bf16 where the hardware has it, channels_last; same result to bf16 rounding); compiled (fast, through torch.compile with frozen weights: a minute or more to compile, then the fastest on CPU); onnxruntime (the export in --mode eval or instance, made on the fly unless --checkpoint is an .onnx file, which runs in the mode it was exported in)"),
+    backend: str = typer.Option("torch", "--backend", help="torch; fast (bf16 where the hardware has it, in the memory layout timed faster; same result to bf16 rounding); compiled (fast, through torch.compile with frozen weights: a minute or more to compile, then the fastest on CPU); onnxruntime (the export in --mode eval or instance, made on the fly unless --checkpoint is an .onnx file, which runs in the mode it was exported in)"),
     on_bad_image: str = typer.Option("error", "--on-bad-image", help="error: stop at an image that cannot be read; skip: report it and go on"),
     direction: str = typer.Option("AtoB", "--direction", help="AtoB: the run's translation (recipe input -> target); BtoA: its other generator, where the method trains one (cyclegan)"),
 ) -> None:

@@ -152,6 +152,31 @@ def test_fast_generator_matches_the_fp32_generator(mode):
     assert not any(isinstance(layer, (MatmulConv2d, MatmulConvTranspose2d)) for layer in generator.modules())
 
 
+@pytest.mark.parametrize("faster", ["channels_last", "contiguous"])
+def test_fast_generator_takes_the_faster_memory_layout(monkeypatch, faster):
+    """The layout is timed on the example (channels_last first): the faster one is taken, and
+    the output is the generator's in either."""
+    import itertools
+
+    import i2i.engine.fast_inference as fast_inference
+    from i2i.engine.inference import generator_mode
+    from i2i.models.unet import UNetGenerator, UNetParams
+
+    torch.manual_seed(0)
+    generator = UNetGenerator(UNetParams(num_downs=5, ngf=8, dropout=0.0))
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    timings = itertools.cycle([1.0, 2.0] if faster == "channels_last" else [2.0, 1.0])
+    monkeypatch.setattr(fast_inference, "_seconds", lambda call, repeats=5: next(timings))
+    expected_format = torch.channels_last if faster == "channels_last" else torch.contiguous_format
+    assert fast_inference.fastest_memory_format(generator, x, torch.float32) == expected_format
+
+    monkeypatch.setattr(fast_inference, "fastest_memory_format", lambda *args: expected_format)
+    run = fast_inference.fast_generator(generator, "instance", x, precision="fp32")
+    with torch.no_grad(), generator_mode(generator, "instance"):
+        expected = generator(x)
+    torch.testing.assert_close(run(x), expected, atol=1e-5, rtol=0)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["eval", "instance", "train"])
 def test_compiled_fast_generator_matches_the_generator(mode):

@@ -1,8 +1,11 @@
 """The generator for inference only, as fast as the device runs it.
 
 A private copy of the generator, switched once into its inference mode and
-into channels_last. Two ways to run it (measured in benchmarks/profile_step.py,
-docs/engine.md):
+into the faster memory layout: channels_last on an accelerator; on the CPU
+whichever of channels_last and contiguous runs the copy faster on the example
+(bf16 training on the AMX Xeon was faster in channels_last; inference of the U-Net
+256 in fp32 on a Zen 3 is faster contiguous, docs/engine.md). Two ways to run it
+(measured in benchmarks/profile_step.py, docs/engine.md):
 
 - eager: the thin convolutions as matmuls on the CPU (``cpu_speedups``) and the
   weights stored in the low precision the device computes natively, so that no
@@ -132,10 +135,24 @@ def _seconds(call: Callable[[], object], repeats: int = 5) -> float:
     return statistics.median(times)
 
 
-def use_subpixel_where_faster(model: nn.Module, example: torch.Tensor, dtype: torch.dtype) -> int:
+def fastest_memory_format(model: nn.Module, example: torch.Tensor, dtype: torch.dtype) -> torch.memory_format:
+    """channels_last or contiguous, whichever runs ``model`` (eager, in ``dtype``) faster on
+    ``example``: which one oneDNN runs faster depends on the CPU and the dtype."""
+    trial = copy.deepcopy(model).to(dtype)
+    seconds = {}
+    for memory_format in (torch.channels_last, torch.contiguous_format):
+        trial.to(memory_format=memory_format)
+        x = example.to(dtype).contiguous(memory_format=memory_format)
+        with torch.inference_mode():
+            seconds[memory_format] = _seconds(lambda: trial(x), repeats=2)
+    return min(seconds, key=seconds.get)
+
+
+def use_subpixel_where_faster(model: nn.Module, example: torch.Tensor, dtype: torch.dtype,
+                              memory_format: torch.memory_format = torch.channels_last) -> int:
     """Swap each transposed convolution ``SubpixelConvTranspose2d.fits`` for its subpixel
     form where that form runs faster on the input it sees for ``example`` (eager, in
-    ``dtype``, channels_last); returns how many were swapped."""
+    ``dtype`` and ``memory_format``); returns how many were swapped."""
     candidates = [layer for layer in model.modules() if SubpixelConvTranspose2d.fits(layer)]
     inputs = {layer: x for layer, (x, _) in tensors_seen(model, example, candidates).items()}
     swapped = 0
@@ -143,9 +160,9 @@ def use_subpixel_where_faster(model: nn.Module, example: torch.Tensor, dtype: to
         for name, layer in list(parent.named_children()):
             if layer not in inputs:
                 continue
-            x = inputs[layer].to(dtype).contiguous(memory_format=torch.channels_last)
-            plain = copy.deepcopy(layer).to(dtype)
-            subpixel = SubpixelConvTranspose2d(layer).to(dtype)
+            x = inputs[layer].to(dtype).contiguous(memory_format=memory_format)
+            plain = copy.deepcopy(layer).to(dtype, memory_format=memory_format)
+            subpixel = SubpixelConvTranspose2d(layer).to(dtype, memory_format=memory_format)
             with torch.inference_mode():
                 faster = _seconds(lambda: subpixel(x)) < _seconds(lambda: plain(x))
             if faster:  # built outside inference mode: its weights must not be inference tensors
@@ -175,12 +192,14 @@ def fast_generator(
         fold_batchnorm(model)
     else:
         normalize_each_image(model)
-    example = example.contiguous(memory_format=torch.channels_last)
-    model.to(memory_format=torch.channels_last)
+    memory_format = fastest_memory_format(model, example, dtype) if device.type == "cpu" else torch.channels_last
+    example = example.contiguous(memory_format=memory_format)
+    model.to(memory_format=memory_format)
     if device.type == "cpu":
         if not compile:  # compiled, inductor prepacks the weights itself: the matmul form loses
             use_matmul_convolutions(model, example)
-        use_subpixel_where_faster(model, example, dtype)
+        use_subpixel_where_faster(model, example, dtype, memory_format)
+        model.to(memory_format=memory_format)  # the swapped-in subpixel layers' weights too
     if compile:
         call = CompiledOrEager(model, "default", "generator", log_line, freeze=True)
         autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
@@ -190,6 +209,6 @@ def fast_generator(
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), autocast:
-            return call(x.to(dtype).contiguous(memory_format=torch.channels_last)).float()
+            return call(x.to(dtype).contiguous(memory_format=memory_format)).float()
 
     return run
