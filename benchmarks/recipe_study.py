@@ -75,7 +75,6 @@ def multiscale_fm(ndf: int = 64) -> list[str]:
             "method.params.feature_matching=10"]
 
 
-
 CANDIDATES: dict[str, Candidate] = {
     "pix2pix": Candidate("the published recipe at i2i's defaults: the baseline"),
     "ema": Candidate("EMA of the generator (decay 0.999), the inference weights", [EMA]),

@@ -1,8 +1,8 @@
 """The generator for inference only, as fast as the device runs it.
 
 A private copy of the generator, switched once into its inference mode and
-into the faster memory layout: channels_last on an accelerator; on the CPU
-whichever of channels_last and contiguous runs the copy faster on the example
+into the faster memory layout: channels_last on an accelerator and when compiled; on
+the CPU, eager, whichever of channels_last and contiguous runs the copy faster on the example
 (bf16 training on the AMX Xeon was faster in channels_last; inference of the U-Net
 256 in fp32 on a Zen 3 is faster contiguous, docs/engine.md). Two ways to run it
 (measured in benchmarks/profile_step.py, docs/engine.md):
@@ -192,7 +192,9 @@ def fast_generator(
         fold_batchnorm(model)
     else:
         normalize_each_image(model)
-    memory_format = fastest_memory_format(model, example, dtype) if device.type == "cpu" else torch.channels_last
+    # Compiled, inductor lays the frozen weights out itself: the eager timing would not be its own.
+    timed_layout = device.type == "cpu" and not compile
+    memory_format = fastest_memory_format(model, example, dtype) if timed_layout else torch.channels_last
     example = example.contiguous(memory_format=memory_format)
     model.to(memory_format=memory_format)
     if device.type == "cpu":
