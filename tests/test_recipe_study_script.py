@@ -1,5 +1,6 @@
 """benchmarks/recipe_study.py end to end on a tiny recipe: the records the maps recipe study keeps."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -7,6 +8,7 @@ import sys
 import pytest
 
 from conftest import ROOT, tiny_recipe
+from i2i.recipe import Recipe, find_recipe
 
 SCRIPT = ROOT / "benchmarks" / "recipe_study.py"
 
@@ -62,3 +64,23 @@ def test_equal_wall_clock_stops_each_run_by_its_time_budget(fake_data_root, writ
                 if "time_budget" in line]
         assert stop and stop[-1]["time_budget"]["budget_s"] == 1.2 and stop[-1]["time_budget"]["stopped"]
         assert record["runs"][seed]["steps"] == stop[-1]["step"] >= 1
+
+
+def load_study_module():
+    spec = importlib.util.spec_from_file_location("recipe_study", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while they are made
+    spec.loader.exec_module(module)
+    return module
+
+
+STUDY = load_study_module()
+
+
+@pytest.mark.parametrize("screen", [False, True], ids=["full", "screen"])
+@pytest.mark.parametrize("name", sorted(STUDY.CANDIDATES))
+def test_every_candidate_is_a_valid_recipe(name, screen):
+    candidate = STUDY.CANDIDATES[name]
+    sets = [*candidate.sets, *((STUDY.SCREEN_DATA + candidate.screen) if screen else [])]
+    recipe = Recipe.from_file(find_recipe(candidate.recipe), sets)
+    assert recipe.data.crop_size == (STUDY.SCREEN_SIZE if screen else 256)
