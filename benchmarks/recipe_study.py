@@ -111,6 +111,9 @@ CANDIDATES: dict[str, Candidate] = {
                                ["model.generator.params.ngf=16"], recipe="maps_plus"),
     "maps_plus_g32_ttur": Candidate("maps_plus_g32 with two time-scales: the D's lr 4x the G's (Heusel et al. 2017)",
                                     ["model.generator.params.ngf=32", "train.d_lr_ratio=4"], recipe="maps_plus"),
+    "maps_plus_g32_fit": Candidate("maps_plus_g32 with its schedule fitted to the budget (train.budget_schedule: fit): "
+                                   "half the steps at the lr, then its linear decay to zero (--minutes only)",
+                                   ["model.generator.params.ngf=32", "train.budget_schedule=fit"], recipe="maps_plus"),
     "batch4": Candidate("batch 4, lr scaled 2x (sqrt), instance-norm U-Net (training = instance-mode inference)",
                         ["train.batch_size=4", "train.lr=0.0004", "model.generator.params.norm=instance"]),
 }
