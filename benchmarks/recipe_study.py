@@ -131,16 +131,23 @@ def cpu_model() -> str:
     return f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')} model {fields.get('model', '?')})"
 
 
+def budget_sets(steps: int | None, minutes: float | None) -> list[str]:
+    """The recipe changes of a budget: ``steps`` steps, or ``minutes`` of the training loop."""
+    return [f"train.max_steps={steps}"] if steps else [f"train.time_budget={minutes * 60:g}", "train.max_steps=1000000"]
+
+
+def candidate_sets(candidate: Candidate, screen: bool) -> list[str]:
+    """The candidate's own recipe changes, with the screen's smaller crops and U-Net where ``screen``."""
+    return [*candidate.sets, *((SCREEN_DATA + candidate.screen) if screen else [])]
+
+
 def train(candidate: Candidate, data: Path, seed: int, args: argparse.Namespace, out: Path,
           env: dict[str, str]) -> subprocess.Popen:
     """``i2i run`` of ``candidate`` under the budget, started."""
-    budget = [f"train.max_steps={args.steps}"] if args.steps else [f"train.time_budget={args.minutes * 60:g}",
-                                                                   "train.max_steps=1000000"]
     sets = [f"data.root={data}", "data.download=false", f"train.seed={seed}", f"train.device={args.device}",
             "train.log_every=100", "train.sample_every=1000000", "train.checkpoint_every=1000000",
-            "train.checkpoint_each_epoch=false", "train.tensorboard=false", *budget, *candidate.sets,
-            *((SCREEN_DATA + candidate.screen) if args.screen else []), *([EMA] if args.with_ema else []),
-            *args.overrides]
+            "train.checkpoint_each_epoch=false", "train.tensorboard=false", *budget_sets(args.steps, args.minutes),
+            *candidate_sets(candidate, args.screen), *([EMA] if args.with_ema else []), *args.overrides]
     arguments = [arg for value in sets for arg in ("--set", value)]
     return subprocess.Popen([sys.executable, "-m", "i2i", "run", args.recipe or candidate.recipe, *arguments, "--out", str(out),
                              "--quiet"], cwd=ROOT, env=env)

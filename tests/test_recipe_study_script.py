@@ -81,7 +81,6 @@ STUDY = load_study_module()
 @pytest.mark.parametrize("name", sorted(STUDY.CANDIDATES))
 def test_every_candidate_is_a_valid_recipe(name, screen):
     candidate = STUDY.CANDIDATES[name]
-    wall_clock = ["train.time_budget=900", "train.max_steps=1000000"]  # as --minutes 15 sets it: the fitted schedule needs it
-    sets = [*wall_clock, *candidate.sets, *((STUDY.SCREEN_DATA + candidate.screen) if screen else [])]
+    sets = [*STUDY.budget_sets(steps=None, minutes=15), *STUDY.candidate_sets(candidate, screen)]  # fit needs a time budget
     recipe = Recipe.from_file(find_recipe(candidate.recipe), sets)
     assert recipe.data.crop_size == (STUDY.SCREEN_SIZE if screen else 256)
