@@ -200,7 +200,7 @@ class TrainSection(Params):
     budget_schedule: Literal["keep", "fit"] = Field(
         "keep", description="with train.time_budget, keep: the lr schedule as written; fit: the whole schedule "
         "(epochs, then epochs_decay) scaled into the steps the budget allows, estimated from the steps/s measured "
-        "after 20 warm-up steps of the loop"
+        "after 20 warm-up steps of the loop and refined every 50 steps until the decay begins"
     )
     log_every: Steps = Field(50, ge=1, description="steps between loss reads and log lines")
     sample_every: Steps = Field(500, ge=1, description="steps between sample grids")

@@ -108,6 +108,41 @@ def test_fit_decays_the_lr_within_the_budget(tmp_path, capsys, monkeypatch):
     assert all(later <= earlier for earlier, later in zip(lrs, lrs[1:]))
 
 
+def test_fit_is_refined_until_the_decay_begins_then_kept(tmp_path, capsys, monkeypatch):
+    # The first 2 timed steps estimate 40 steps; the rate over more of them says 100 (a machine
+    # that sped up after the warm-up). The decay begins at a quarter of the fitted steps.
+    monkeypatch.setattr(budget, "WARMUP_STEPS", 2)
+    monkeypatch.setattr(budget, "MEASURED_STEPS", 2)
+    monkeypatch.setattr(budget, "REFINE_EVERY", 4)
+    monkeypatch.setattr(budget.TimeBudget, "estimated_steps", lambda self, step, rate: 40 if step < 8 else 100)
+    recipe = long_recipe(epochs=1000, epochs_decay=3000, time_budget="1h", budget_schedule="fit", log_every=4)
+    trainer = Trainer(Recipe.from_dict(recipe), run_dir=tmp_path)
+    trainer.budget.elapsed = lambda: 1e9 if trainer.step >= 100 else 0.0
+    trainer.fit()
+    fits = [(r["step"], r["time_budget"]["fitted_steps"]) for r in log_records(tmp_path)
+            if "fitted_steps" in r.get("time_budget", {})]
+    # fits at steps 4 and 8 (40, then 100), the same 100 at 12 to 24; at 28 the decay (from 25) has begun
+    assert fits == [(4, 40), (8, 100)]
+    assert trainer.fitted == trainer.step == 100 and trainer.fit_kept
+    assert "the decay began by step 28; the schedule stays fitted into 100 steps" in capsys.readouterr().out
+
+
+def test_the_rate_is_read_after_the_warm_up_then_over_all_the_timed_steps(monkeypatch):
+    monkeypatch.setattr(budget, "WARMUP_STEPS", 2)
+    monkeypatch.setattr(budget, "MEASURED_STEPS", 4)
+    monkeypatch.setattr(budget, "REFINE_EVERY", 3)
+    clock = budget.TimeBudget(60, torch.device("cpu"), 1)
+    clock.start(step=10)
+    clock.device_time = lambda: now
+    rates = {}
+    for step in range(10, 24):
+        now = step if step <= 16 else 16 + (step - 16) / 2  # twice as fast from step 16
+        rates[step] = clock.measured_rate(step)
+    # timed from step 12: 4 steps in 4 s at step 16, then 7 in 5.5 s at 19 and 10 in 7 s at 22
+    assert {step: rate for step, rate in rates.items() if rate is not None} == pytest.approx({16: 1.0, 19: 7 / 5.5,
+                                                                                              22: 10 / 7})
+
+
 def test_resume_after_a_budget_stop_keeps_the_fitted_schedule_and_continues_exactly(tmp_path, monkeypatch):
     """The stop and the rate are made deterministic (a clock that runs out at a set step, a
     fixed estimate); the rest is the real loop."""

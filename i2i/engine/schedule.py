@@ -68,6 +68,10 @@ class Schedule:
                                 self.epochs_decay)
         return linear_decay(step // self.steps_per_epoch, self.epochs, self.epochs_decay)
 
+    def decaying(self, step: int) -> bool:
+        """Whether the lr has left its initial rate at ``step``."""
+        return self.lr_factor(step) < 1.0
+
     def step_from(self, step: int, saved: Schedule, saved_world_size: int, world_size: int) -> int:
         """A step saved under another number of processes, as a step of this run: the same
         epoch, and the same number of samples into it."""

@@ -106,6 +106,7 @@ class Trainer:
         self.batches = TrainingBatches(recipe, self.dataset, self.sampler, self.device)
         self.budget = self.cfg.time_budget and TimeBudget(self.cfg.time_budget, self.device, world_size)
         self.fitted: int | None = None  # the steps the lr schedule is fitted to (train.budget_schedule fit)
+        self.fit_kept = False  # the fit no longer refined: the decay has begun, or it came with a resume
         self.budget_spent = False
         self.lr: float | None = None  # as last set: the optimizers' own may be a device tensor (capturable)
 
@@ -220,24 +221,33 @@ class Trainer:
 
     def fit_schedule(self) -> None:
         """train.budget_schedule fit: at the step that ends the timed steps, rank 0 estimates the
-        steps the budget allows and every rank takes the schedule fitted into them."""
-        if self.cfg.budget_schedule != "fit" or self.fitted or self.budget_spent:
+        steps the budget allows and every rank takes the schedule fitted into them; the estimate
+        is refined (``budget.REFINE_EVERY``) until the lr's decay begins, then kept."""
+        if self.cfg.budget_schedule != "fit" or self.fit_kept or self.budget_spent:
             return
         rate = self.budget.measured_rate(self.step)
         if rate is None:
+            return
+        if self.fitted and self.schedule.decaying(self.step):  # from here a new fit would move the lr back up
+            self.fit_kept = True
+            self.log_line(f"train.budget_schedule fit: the decay began by step {self.step}; the schedule stays fitted "
+                          f"into {self.fitted} steps")
             return
         estimate = self.budget.estimated_steps(self.step, rate)
         if self.cfg.max_steps is not None:
             estimate = min(estimate, self.cfg.max_steps)
         if self.world_size > 1:
             rate, estimate = broadcast_from_main((rate, estimate))
+        before = self.fitted
         self.fitted = max(estimate, self.step + 1)
         self.use_schedule(self.fitted)
-        self.log_line(f"train.budget_schedule fit: {rate:.3g} steps/s at step {self.step}, so about {estimate} steps "
-                      f"in the budget: {self.describe_fit()}")
-        self.log({"step": self.step, "time_budget": {"steps_per_s": rate, "estimated_steps": estimate,
-                                                     "fitted_steps": self.fitted, "epochs": self.cfg.epochs,
-                                                     "epochs_decay": self.cfg.epochs_decay}})
+        if before is None:
+            self.log_line(f"train.budget_schedule fit: {rate:.3g} steps/s at step {self.step}, so about {estimate} "
+                          f"steps in the budget: {self.describe_fit()}; refined until the decay begins")
+        if self.fitted != before:
+            self.log({"step": self.step, "time_budget": {"steps_per_s": rate, "estimated_steps": estimate,
+                                                         "fitted_steps": self.fitted, "epochs": self.cfg.epochs,
+                                                         "epochs_decay": self.cfg.epochs_decay}})
 
     def describe_fit(self) -> str:
         epochs = self.cfg.epochs + self.cfg.epochs_decay
@@ -410,6 +420,7 @@ class Trainer:
         self.guard.skipped_steps = state.skipped_steps
         if state.fitted_steps and self.cfg.budget_schedule == "fit":
             self.fitted = self.step_for_world_size(state.fitted_steps, state.world_size)
+            self.fit_kept = True
             self.use_schedule(self.fitted)
         self.log_line(f"resumed from {path} at step {self.step}")
         return True
