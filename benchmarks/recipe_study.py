@@ -114,6 +114,10 @@ CANDIDATES: dict[str, Candidate] = {
     "maps_plus_g32_fit": Candidate("maps_plus_g32 with its schedule fitted to the budget (train.budget_schedule: fit): "
                                    "half the steps at the lr, then its linear decay to zero (--minutes only)",
                                    ["model.generator.params.ngf=32", "train.budget_schedule=fit"], recipe="maps_plus"),
+    "maps_plus_g32_nodrop": Candidate("maps_plus_g32 without the U-Net's dropout: the default inference (instance mode) "
+                                      "runs without it, and pix2pixHD's generators train without it",
+                                      ["model.generator.params.ngf=32", "model.generator.params.dropout=0"],
+                                      recipe="maps_plus"),
     "batch4": Candidate("batch 4, lr scaled 2x (sqrt), instance-norm U-Net (training = instance-mode inference)",
                         ["train.batch_size=4", "train.lr=0.0004", "model.generator.params.norm=instance"]),
 }
