@@ -139,6 +139,9 @@ def environment(trainer: Trainer) -> dict[str, str]:
         "discriminator": f"{recipe.model.discriminator.name} ({parameters(trainer.discriminator)} parameters)",
         "training samples": str(len(trainer.dataset)) + ("" if trainer.dataset.pairs else " (unpaired)"),
         "planned steps": str(trainer.total_steps),
+        # The settings the engine probe chose: printed at the start, which --quiet leaves out.
+        "engine": f"{trainer.engine.source}: "
+        + ", ".join(f"{key} {str(value).lower()}" for key, value in trainer.engine.settings.items()),
     }
 
 

@@ -107,3 +107,10 @@ def test_tensorboard_has_losses_and_sample_images(tiny_run):
     assert {"loss/G_GAN", "loss/G_l1", "loss/D_real", "loss/D_fake", "train/lr"} <= set(tags["scalars"])
     assert [e.step for e in events.Scalars("loss/G_l1")] == [1, 2, 3, 4]
     assert [e.step for e in events.Images("samples/input|generated|target")] == [2, 4]
+
+
+def test_the_run_folder_says_which_engine_settings_the_run_used(tiny_run):
+    environment = json.loads((tiny_run / "environment.json").read_text())
+    source, settings = environment["engine"].split(": ")
+    assert source in {"reference", "recipe", "measured", "cached", "static"}
+    assert {setting.split(" ")[0] for setting in settings.split(", ")} >= {"precision", "channels_last", "fused_adam"}
