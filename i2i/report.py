@@ -140,8 +140,7 @@ def environment(trainer: Trainer) -> dict[str, str]:
         "training samples": str(len(trainer.dataset)) + ("" if trainer.dataset.pairs else " (unpaired)"),
         "planned steps": str(trainer.total_steps),
         # The settings the engine probe chose: printed at the start, which --quiet leaves out.
-        "engine": f"{trainer.engine.source}: "
-        + ", ".join(f"{key} {str(value).lower()}" for key, value in trainer.engine.settings.items()),
+        "engine": trainer.engine.one_line(),
     }
 
 

@@ -73,6 +73,10 @@ class EngineChoice:
         settings = [f"{indent}{key} {_show(self.settings[key])}: {self.reasons[key]}" for key in ENGINE_SETTINGS]
         return "\n".join([origin, *settings])
 
+    def one_line(self) -> str:
+        """Where the choice came from and every setting, without the reasons (environment.json)."""
+        return f"{self.source}: " + ", ".join(f"{key} {_show(self.settings[key])}" for key in ENGINE_SETTINGS)
+
 
 def _show(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)

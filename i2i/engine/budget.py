@@ -54,7 +54,7 @@ class TimeBudget:
         timed = step - self.first_step - WARMUP_STEPS
         if timed == 0:
             self.timed_from = self.device_time()
-        elif timed == MEASURED_STEPS or (timed > MEASURED_STEPS and (timed - MEASURED_STEPS) % REFINE_EVERY == 0):
+        elif timed >= MEASURED_STEPS and (timed - MEASURED_STEPS) % REFINE_EVERY == 0:
             return timed / (self.device_time() - self.timed_from)
         return None
 
