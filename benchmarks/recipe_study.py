@@ -123,18 +123,6 @@ CANDIDATES: dict[str, Candidate] = {
 }
 
 
-def cpu_model() -> str:
-    """The CPU as the issue asks it named: model name, family and model."""
-    fields = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return "unknown"
-    return f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')} model {fields.get('model', '?')})"
-
-
 def budget_sets(steps: int | None, minutes: float | None) -> list[str]:
     """The recipe changes of a budget: ``steps`` steps, or ``minutes`` of the training loop."""
     return [f"train.max_steps={steps}"] if steps else [f"train.time_budget={minutes * 60:g}", "train.max_steps=1000000"]
@@ -232,7 +220,7 @@ def study(args: argparse.Namespace) -> None:
 def record_study(args: argparse.Namespace, name: str, candidate: Candidate, per_seed: dict, size: int,
                  device: torch.device) -> None:
     sets = candidate.sets + ([EMA] if name.endswith("+ema") else []) + args.overrides
-    record = {**environment(device), "kind": "recipe_study", "cpu": cpu_model(), "candidate": name,
+    record = {**environment(device), "kind": "recipe_study", "candidate": name,
               "why": candidate.why, "recipe": str(args.recipe or candidate.recipe), "sets": sets, "budget": budget_of(args),
               "screen": args.screen, "image_size": size, "data": str(args.data), "split": "val", "limit": args.limit,
               "mode": DEFAULT_MODE, "seeds": args.seeds, "jobs": 1 if args.minutes else args.jobs, "runs": per_seed,

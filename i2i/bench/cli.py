@@ -71,7 +71,8 @@ def describe_limit(record: dict[str, Any]) -> str:
     baseline = record["configs"]["baseline"]
     lines = [f"matmul peak at the start {peak['best_gflop_per_s']:.4g} GFLOP/s ({peak['best'].replace('_', ' ')}, "
              f"{peak['threads']} threads; GFLOP/s per dtype and size {rates})",
-             f"limits sampled {limits['samples']} times, before, between and after the timed repeats (median (min-max)): "
+             f"limits sampled {limits['samples']} times, before, between and after the timed repeats (median (min-max); "
+             f"the roofline bound takes each one's best): "
              f"{sampled}; {bandwidth or 'no bandwidth'}",
              f"work: training step {baseline['train_gflop_per_step']:.4g} GFLOP, "
              f"generator forward {baseline['inference_gflop_per_image']:.4g} GFLOP per image"]

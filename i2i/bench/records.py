@@ -28,11 +28,25 @@ def git_commit() -> str:
     return commit.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
 
 
+def cpu_model() -> str:
+    """The CPU as a figure must name it: model name, family and model ("AMD EPYC" alone is
+    a Zen 3 on one machine and a Zen 4 on the next)."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return "unknown"
+    return f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')} model {fields.get('model', '?')})"
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     return {
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": device.type,
         "device_name": device_name(device),
+        "cpu": cpu_model(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "i2i": __version__,
