@@ -70,7 +70,11 @@ def test_bench_speed_appends_a_json_line_and_compare_flags_a_slowdown_and_a_drif
     for name in ("baseline", "tuned"):
         assert set(configs[name]["inference_fraction_of_bound"]) == set(configs[name]["inference_images_per_s"])
     tuned = configs["tuned"]
-    assert tuned["inference_path"] == "fast_generator compiled" and tuned["inference_notes"] == [], tuned
+    # the notes say what fast_generator chose per timed call, and nothing fell back to eager
+    assert tuned["inference_path"] == "fast_generator compiled", tuned
+    assert [note.split(":")[0] for note in tuned["inference_notes"]] == [
+        f"fast_generator {key}" for key in tuned["inference_images_per_s"]], tuned["inference_notes"]
+    assert all("channels_last, 0 thin convolutions as matmuls" in note for note in tuned["inference_notes"])
 
     even = json.loads(line)  # default and tuned equal: nothing drifts, and one record has no history
     even["configs"]["default"]["train_steps_per_s"]["median"] = even["configs"]["tuned"]["train_steps_per_s"]["median"]

@@ -165,16 +165,34 @@ def test_fast_generator_takes_the_faster_memory_layout(monkeypatch, faster):
     torch.manual_seed(0)
     generator = UNetGenerator(UNetParams(num_downs=5, ngf=8, dropout=0.0))
     x = torch.rand(1, 3, 32, 32) * 2 - 1
+    laid_out = {layout: fast_inference.rewritten(generator, x, torch.float32, layout, matmuls=True)[0]
+                for layout in (torch.channels_last, torch.contiguous_format)}
     timings = itertools.cycle([1.0, 2.0] if faster == "channels_last" else [2.0, 1.0])
     monkeypatch.setattr(fast_inference, "_seconds", lambda call, repeats=5: next(timings))
     expected_format = torch.channels_last if faster == "channels_last" else torch.contiguous_format
-    assert fast_inference.fastest_memory_format(generator, x, torch.float32) == expected_format
+    assert fast_inference.fastest_memory_format(laid_out, x, torch.float32) == expected_format
 
-    monkeypatch.setattr(fast_inference, "fastest_memory_format", lambda *args: expected_format)
+    timed = {}
+
+    def choose(models, example, dtype):
+        timed.update(models)
+        return expected_format
+
+    monkeypatch.setattr(fast_inference, "fastest_memory_format", choose)
     run = fast_inference.fast_generator(generator, "instance", x, precision="fp32")
+    # each layout is timed as it would run: rewritten, in its layout, the matmul form's weights
+    # kept as its product reads them (a channels_last weight would be copied every call)
+    assert set(timed) == {torch.channels_last, torch.contiguous_format}
+    for layout, model in timed.items():
+        matmuls = [layer for layer in model.modules() if isinstance(layer, (MatmulConv2d, MatmulConvTranspose2d))]
+        assert matmuls and all(layer.weight.is_contiguous() for layer in matmuls)
+        assert any(p.dim() == 4 and p.is_contiguous(memory_format=layout) and not p.is_contiguous()
+                   for p in model.parameters()) == (layout == torch.channels_last)
     with torch.no_grad(), generator_mode(generator, "instance"):
         expected = generator(x)
     torch.testing.assert_close(run(x), expected, atol=1e-5, rtol=0)
+    # what was chosen is said, for a benchmark's record: the timed layout above all
+    assert run.choices.startswith(f"float32, {faster} (timed), ") and "thin convolutions as matmuls" in run.choices
 
 
 @pytest.mark.slow

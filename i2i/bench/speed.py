@@ -219,6 +219,7 @@ def inference(
             if fast:  # what `i2i translate --backend fast` (or `compiled`) runs
                 forward = fast_generator(trainer.generator, mode, batch_images, precision,
                                          compile=compile, log_line=found["inference_notes"].append)
+                found["inference_notes"].append(f"fast_generator {key}: {forward.choices}")
                 seconds = time_per_iteration({mode: lambda: forward(batch_images)}, device=trainer.device, **timing)[mode]
                 eager = fast_generator(trainer.generator, mode, batch_images, precision, log_line=lambda line: None) \
                     if compile else forward

@@ -2,9 +2,10 @@
 
 A private copy of the generator, switched once into its inference mode and
 into the faster memory layout: channels_last on an accelerator and when compiled; on
-the CPU, eager, whichever of channels_last and contiguous runs the copy faster on the example
-(bf16 training on the AMX Xeon was faster in channels_last; inference of the U-Net
-256 in fp32 on a Zen 3 is faster contiguous, docs/engine.md). Two ways to run it
+the CPU, eager, whichever of channels_last and contiguous runs the copy faster on the example,
+each timed with its rewrites below in place (bf16 training on the AMX Xeon was faster in
+channels_last; inference of the U-Net 256 in fp32 on a Zen 3 and in bf16 on a Zen 4 is faster
+contiguous, docs/engine.md). Two ways to run it
 (measured in benchmarks/profile_step.py, docs/engine.md):
 
 - eager: the thin convolutions as matmuls on the CPU (``cpu_speedups``) and the
@@ -41,7 +42,14 @@ from torch import nn
 
 from i2i.engine.build import resolve_precision
 from i2i.engine.compiled import CompiledOrEager
-from i2i.engine.cpu_speedups import keep_freed_memory, tensors_seen, undo_training_rewrites, use_matmul_convolutions
+from i2i.engine.cpu_speedups import (
+    MatmulConv2d,
+    MatmulConvTranspose2d,
+    keep_freed_memory,
+    tensors_seen,
+    undo_training_rewrites,
+    use_matmul_convolutions,
+)
 from i2i.engine.inference import Mode, PerImageNormalization
 
 
@@ -135,17 +143,34 @@ def _seconds(call: Callable[[], object], repeats: int = 5) -> float:
     return statistics.median(times)
 
 
-def fastest_memory_format(model: nn.Module, example: torch.Tensor, dtype: torch.dtype) -> torch.memory_format:
-    """channels_last or contiguous, whichever runs ``model`` (eager, in ``dtype``) faster on
-    ``example``: which one oneDNN runs faster depends on the CPU and the dtype."""
-    trial = copy.deepcopy(model).to(dtype)
+def fastest_memory_format(models: dict[torch.memory_format, nn.Module], example: torch.Tensor,
+                          dtype: torch.dtype) -> torch.memory_format:
+    """The layout whose model runs ``example`` faster (eager, in ``dtype``): each model is the
+    same network laid out and rewritten for its layout (``rewritten``), because which layout
+    oneDNN runs faster depends on the CPU, the dtype and the rewrites (Zen 4, bf16: the plain
+    U-Net ran faster channels_last, the rewritten one 1.4x faster contiguous)."""
     seconds = {}
-    for memory_format in (torch.channels_last, torch.contiguous_format):
-        trial.to(memory_format=memory_format)
-        x = example.to(dtype).contiguous(memory_format=memory_format)
-        with torch.inference_mode():
-            seconds[memory_format] = _seconds(lambda: trial(x), repeats=2)
+    with torch.inference_mode():
+        for memory_format, model in models.items():
+            x = example.to(dtype).contiguous(memory_format=memory_format)
+            seconds[memory_format] = _seconds(lambda: model(x), repeats=2)
     return min(seconds, key=seconds.get)
+
+
+def rewritten(model: nn.Module, example: torch.Tensor, dtype: torch.dtype, memory_format: torch.memory_format,
+              matmuls: bool) -> tuple[nn.Module, str]:
+    """A copy of ``model`` in ``memory_format`` with the CPU rewrites that keep the math (the
+    thin convolutions as matmuls where ``matmuls``, the subpixel transposed convolutions where
+    faster), sized on ``example``; and what was rewritten, in words."""
+    model = copy.deepcopy(model).to(memory_format=memory_format)
+    example = example.contiguous(memory_format=memory_format)
+    swapped = use_matmul_convolutions(model, example) if matmuls else 0
+    subpixel = use_subpixel_where_faster(model, example, dtype, memory_format)
+    model.to(memory_format=memory_format)  # the swapped-in subpixel layers' weights too ...
+    for layer in model.modules():  # ... but not the matmul form's: a channels_last weight is copied every call
+        if isinstance(layer, (MatmulConv2d, MatmulConvTranspose2d)):
+            layer.weight.data = layer.weight.data.contiguous()
+    return model, f"{swapped} thin convolutions as matmuls, {subpixel} transposed convolutions in subpixel form (timed)"
 
 
 def use_subpixel_where_faster(model: nn.Module, example: torch.Tensor, dtype: torch.dtype,
@@ -192,16 +217,17 @@ def fast_generator(
         fold_batchnorm(model)
     else:
         normalize_each_image(model)
-    # Compiled, inductor lays the frozen weights out itself: the eager timing would not be its own.
-    timed_layout = device.type == "cpu" and not compile
-    memory_format = fastest_memory_format(model, example, dtype) if timed_layout else torch.channels_last
-    example = example.contiguous(memory_format=memory_format)
-    model.to(memory_format=memory_format)
-    if device.type == "cpu":
-        if not compile:  # compiled, inductor prepacks the weights itself: the matmul form loses
-            use_matmul_convolutions(model, example)
-        use_subpixel_where_faster(model, example, dtype, memory_format)
-        model.to(memory_format=memory_format)  # the swapped-in subpixel layers' weights too
+    if device.type != "cpu":
+        memory_format, rewrites = torch.channels_last, "no CPU rewrites"
+        model.to(memory_format=memory_format)
+    elif compile:  # inductor lays out and prepacks the frozen weights itself: no eager timing, no matmul form
+        memory_format = torch.channels_last
+        model, rewrites = rewritten(model, example, dtype, memory_format, matmuls=False)
+    else:
+        candidates = {layout: rewritten(model, example, dtype, layout, matmuls=True)
+                      for layout in (torch.channels_last, torch.contiguous_format)}
+        memory_format = fastest_memory_format({layout: m.to(dtype) for layout, (m, _) in candidates.items()}, example, dtype)
+        model, rewrites = candidates[memory_format]
     if compile:
         call = CompiledOrEager(model, "default", "generator", log_line, freeze=True)
         autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
@@ -213,4 +239,8 @@ def fast_generator(
         with torch.inference_mode(), autocast:
             return call(x.to(dtype).contiguous(memory_format=memory_format)).float()
 
+    # What was chosen, some of it by timing on a possibly busy machine: a benchmark records it.
+    layout = "channels_last" if memory_format == torch.channels_last else "contiguous"
+    timed = " (timed)" if device.type == "cpu" and not compile else ""
+    run.choices = f"{str(dtype).removeprefix('torch.')}, {layout}{timed}, {rewrites}"
     return run
