@@ -42,14 +42,7 @@ from torch import nn
 
 from i2i.engine.build import resolve_precision
 from i2i.engine.compiled import CompiledOrEager
-from i2i.engine.cpu_speedups import (
-    MatmulConv2d,
-    MatmulConvTranspose2d,
-    keep_freed_memory,
-    tensors_seen,
-    undo_training_rewrites,
-    use_matmul_convolutions,
-)
+from i2i.engine.cpu_speedups import keep_freed_memory, tensors_seen, undo_training_rewrites, use_matmul_convolutions
 from i2i.engine.inference import Mode, PerImageNormalization
 
 
@@ -164,12 +157,10 @@ def rewritten(model: nn.Module, example: torch.Tensor, dtype: torch.dtype, memor
     faster), sized on ``example``; and what was rewritten, in words."""
     model = copy.deepcopy(model).to(memory_format=memory_format)
     example = example.contiguous(memory_format=memory_format)
+    # After the layout, not before: the matmul form keeps its weights contiguous, as its product
+    # reads them (laid out again in channels_last, each call would copy them).
     swapped = use_matmul_convolutions(model, example) if matmuls else 0
     subpixel = use_subpixel_where_faster(model, example, dtype, memory_format)
-    model.to(memory_format=memory_format)  # the swapped-in subpixel layers' weights too ...
-    for layer in model.modules():  # ... but not the matmul form's: a channels_last weight is copied every call
-        if isinstance(layer, (MatmulConv2d, MatmulConvTranspose2d)):
-            layer.weight.data = layer.weight.data.contiguous()
     return model, f"{swapped} thin convolutions as matmuls, {subpixel} transposed convolutions in subpixel form (timed)"
 
 
@@ -177,7 +168,7 @@ def use_subpixel_where_faster(model: nn.Module, example: torch.Tensor, dtype: to
                               memory_format: torch.memory_format = torch.channels_last) -> int:
     """Swap each transposed convolution ``SubpixelConvTranspose2d.fits`` for its subpixel
     form where that form runs faster on the input it sees for ``example`` (eager, in
-    ``dtype`` and ``memory_format``); returns how many were swapped."""
+    ``dtype`` and ``memory_format``), laid out in ``memory_format``; returns how many were swapped."""
     candidates = [layer for layer in model.modules() if SubpixelConvTranspose2d.fits(layer)]
     inputs = {layer: x for layer, (x, _) in tensors_seen(model, example, candidates).items()}
     swapped = 0
@@ -191,7 +182,7 @@ def use_subpixel_where_faster(model: nn.Module, example: torch.Tensor, dtype: to
             with torch.inference_mode():
                 faster = _seconds(lambda: subpixel(x)) < _seconds(lambda: plain(x))
             if faster:  # built outside inference mode: its weights must not be inference tensors
-                setattr(parent, name, SubpixelConvTranspose2d(layer))
+                setattr(parent, name, SubpixelConvTranspose2d(layer).to(memory_format=memory_format))
                 swapped += 1
     return swapped
 
