@@ -30,9 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from i2i.bench.limit import last_level_cache_bytes  # noqa: E402
-from i2i.bench.records import cpu_model  # noqa: E402
-from i2i.engine.autotune import native_bf16  # noqa: E402
-from i2i.engine.cpu_speedups import FP32_WIDTH, SWAPS, product_widths, tensors_seen  # noqa: E402
+from i2i.engine.autotune import cpu_model, native_bf16  # noqa: E402
+from i2i.engine.cpu_speedups import FP32_WIDTH, MATMUL_WIDTH, SWAPS, product_widths, tensors_seen  # noqa: E402
 from i2i.models.unet import UNetGenerator, UNetParams  # noqa: E402
 
 
@@ -75,7 +74,7 @@ def main() -> None:
     if args.channels_last:
         generator.to(memory_format=torch.channels_last)
         example = example.contiguous(memory_format=torch.channels_last)
-    widths = {layer: width for layer, width in product_widths(generator, example).items() if width <= 64}
+    widths = {layer: width for layer, width in product_widths(generator, example).items() if width <= MATMUL_WIDTH}
     inputs = {layer: seen[0].clone() for layer, seen in tensors_seen(generator, example, list(widths)).items()}
     plain = {layer: type(layer) for layer in widths}
     evict = torch.zeros(2 * (last_level_cache_bytes(cpu) or 32 * 2**20) // 4)

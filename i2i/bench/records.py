@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import torch
 
-from i2i.engine.autotune import device_name
+from i2i.engine.autotune import cpu_model, device_name
 from i2i.errors import I2IError
 from i2i.safe_files import append_text
 from i2i.version import __version__
@@ -26,19 +26,6 @@ def git_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
-
-
-def cpu_model() -> str:
-    """The CPU as a figure must name it: model name, family and model ("AMD EPYC" alone is
-    a Zen 3 on one machine and a Zen 4 on the next)."""
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return "unknown"
-    return f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')} model {fields.get('model', '?')})"
 
 
 def environment(device: torch.device) -> dict[str, Any]:

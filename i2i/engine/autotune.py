@@ -83,17 +83,33 @@ def _show(value: Any) -> str:
 
 
 # ------------------------------------------------------------------ the machine
+def cpu_fields() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo; empty where it cannot be read."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return fields
+
+
 def device_name(device: torch.device) -> str:
     """The CUDA device's name, else the CPU's model name."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    fields = cpu_fields()
+    return fields["model name"] if "model name" in fields else platform.processor() or platform.machine()
+
+
+def cpu_model() -> str:
+    """The CPU as a figure must name it: model name, family and model ("AMD EPYC" alone is
+    a Zen 3 on one machine and a Zen 4 on the next)."""
+    fields = cpu_fields()
+    if not fields:
+        return "unknown"
+    return f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')} model {fields.get('model', '?')})"
 
 
 def native_bf16(device: torch.device) -> bool:
