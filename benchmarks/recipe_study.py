@@ -118,6 +118,15 @@ CANDIDATES: dict[str, Candidate] = {
                                       "runs without it, and pix2pixHD's generators train without it",
                                       ["model.generator.params.ngf=32", "model.generator.params.dropout=0"],
                                       recipe="maps_plus"),
+    "maps_plus_nodrop": Candidate("maps_plus without the U-Net's dropout: the default inference (instance mode) runs "
+                                  "without it, and pix2pixHD's generators train without it",
+                                  ["model.generator.params.dropout=0"], recipe="maps_plus"),
+    "maps_plus_l1_10": Candidate("maps_plus with the L1 weight 10 instead of 100: the feature matching keeps the "
+                                 "structure (pix2pixHD has no L1 at all), the GAN gets more say against the blur",
+                                 ["losses.1.weight=10"], recipe="maps_plus"),
+    "maps_plus_g32_l1_10": Candidate("maps_plus_g32 with the L1 weight 10: is the L1's blur what stops the ngf-32 "
+                                     "U-Net improving after about 2700 steps?",
+                                     ["model.generator.params.ngf=32", "losses.1.weight=10"], recipe="maps_plus"),
     "batch4": Candidate("batch 4, lr scaled 2x (sqrt), instance-norm U-Net (training = instance-mode inference)",
                         ["train.batch_size=4", "train.lr=0.0004", "model.generator.params.norm=instance"]),
 }
