@@ -57,6 +57,8 @@ SCREEN_SIZE = 128
 SCREEN_DATA = ["data.load_size=143", f"data.crop_size={SCREEN_SIZE}"]
 UNET_SCREEN = ["model.generator.params.num_downs=7"]  # 128 / 2**7 = 1, as 256 / 2**8 at full size
 EMA = "train.ema={decay: 0.999}"
+# maps_plus ships L1 10 since maps_plus_l1_10's record: the candidates recorded before keep the 100 they ran with
+L1_100 = "losses.1.weight=100"
 
 
 @dataclass(frozen=True)
@@ -97,32 +99,34 @@ CANDIDATES: dict[str, Candidate] = {
     "multiscale_fm_lr2x": Candidate("multiscale_fm with twice the learning rate (4e-4) for G and D: further in few steps",
                                     [*multiscale_fm(), "train.lr=0.0004"]),
     "resnet9": Candidate("ResNet-9 generator (instance norm) instead of the U-Net", RESNET, screen=[]),
-    "maps_plus": Candidate("i2i's recommended maps recipe (recipes/maps_plus.yaml) as shipped; its records before "
-                           "maps_plus_d32's are of the recipe with the D at ndf 64 (maps_plus_d64)", recipe="maps_plus"),
+    "maps_plus": Candidate("i2i's recommended maps recipe (recipes/maps_plus.yaml) with its L1 weight at 100, as it was "
+                           "until maps_plus_l1_10's record; its records before maps_plus_d32's are of the recipe with the D "
+                           "at ndf 64 (maps_plus_d64)", [L1_100], recipe="maps_plus"),
     "maps_plus_d32": Candidate("maps_plus with the D at half its width (ndf 32): what maps_plus became after this "
-                               "candidate's record", ["model.discriminator.params.ndf=32"], recipe="maps_plus"),
+                               "candidate's record", [L1_100, "model.discriminator.params.ndf=32"], recipe="maps_plus"),
     "maps_plus_d64": Candidate("maps_plus with the D at the published width (ndf 64): maps_plus until maps_plus_d32's record",
-                               ["model.discriminator.params.ndf=64"], recipe="maps_plus"),
-    "maps_plus_lr2x": Candidate("maps_plus at twice the learning rate (4e-4)", ["train.lr=0.0004"], recipe="maps_plus"),
+                               [L1_100, "model.discriminator.params.ndf=64"], recipe="maps_plus"),
+    "maps_plus_lr2x": Candidate("maps_plus at twice the learning rate (4e-4)", [L1_100, "train.lr=0.0004"], recipe="maps_plus"),
     "maps_plus_g32": Candidate("maps_plus with the U-Net at half its width (ngf 32, a quarter of its work): in a time "
                                "budget, about three times the steps, each on a whole 256x256 image",
-                               ["model.generator.params.ngf=32"], recipe="maps_plus"),
+                               [L1_100, "model.generator.params.ngf=32"], recipe="maps_plus"),
     "maps_plus_g16": Candidate("maps_plus with the U-Net at a quarter of its width (ngf 16): how far more steps go",
-                               ["model.generator.params.ngf=16"], recipe="maps_plus"),
+                               [L1_100, "model.generator.params.ngf=16"], recipe="maps_plus"),
     "maps_plus_g32_ttur": Candidate("maps_plus_g32 with two time-scales: the D's lr 4x the G's (Heusel et al. 2017)",
-                                    ["model.generator.params.ngf=32", "train.d_lr_ratio=4"], recipe="maps_plus"),
+                                    [L1_100, "model.generator.params.ngf=32", "train.d_lr_ratio=4"], recipe="maps_plus"),
     "maps_plus_g32_fit": Candidate("maps_plus_g32 with its schedule fitted to the budget (train.budget_schedule: fit): "
                                    "half the steps at the lr, then its linear decay to zero (--minutes only)",
-                                   ["model.generator.params.ngf=32", "train.budget_schedule=fit"], recipe="maps_plus"),
+                                   [L1_100, "model.generator.params.ngf=32", "train.budget_schedule=fit"], recipe="maps_plus"),
     "maps_plus_g32_nodrop": Candidate("maps_plus_g32 without the U-Net's dropout: the default inference (instance mode) "
                                       "runs without it, and pix2pixHD's generators train without it",
-                                      ["model.generator.params.ngf=32", "model.generator.params.dropout=0"],
+                                      [L1_100, "model.generator.params.ngf=32", "model.generator.params.dropout=0"],
                                       recipe="maps_plus"),
     "maps_plus_nodrop": Candidate("maps_plus without the U-Net's dropout: the default inference (instance mode) runs "
                                   "without it, and pix2pixHD's generators train without it",
-                                  ["model.generator.params.dropout=0"], recipe="maps_plus"),
-    "maps_plus_l1_10": Candidate("maps_plus with the L1 weight 10 instead of 100: the feature matching keeps the "
-                                 "structure (pix2pixHD has no L1 at all), the GAN gets more say against the blur",
+                                  [L1_100, "model.generator.params.dropout=0"], recipe="maps_plus"),
+    "maps_plus_l1_10": Candidate("maps_plus with the L1 weight 10 instead of 100 (what recipes/maps_plus.yaml ships since "
+                                 "this candidate's record): the feature matching keeps the structure (pix2pixHD has no "
+                                 "L1 at all), the GAN gets more say against the blur",
                                  ["losses.1.weight=10"], recipe="maps_plus"),
     "maps_plus_g32_l1_10": Candidate("maps_plus_g32 with the L1 weight 10: is the L1's blur what stops the ngf-32 "
                                      "U-Net improving after about 2700 steps?",
