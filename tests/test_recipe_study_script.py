@@ -42,6 +42,14 @@ def test_equal_steps_records_each_candidate_with_and_without_the_average(fake_da
                            capture_output=True, text=True, timeout=60)
     assert table.returncode == 0 and table.stdout.count("| full 256, val 1..2 | 2 steps |") == 2
 
+    # A third seed later: the two runs already in --out are kept, scored again, not trained again
+    *_, plain, averaged = run_study(write_recipe, fake_data_root, tmp_path, 10, "--candidates", "l1_10", "--steps", "2",
+                                    "--with-ema", "--jobs", "2", "--seeds", "0", "1", "2")
+    assert sorted(plain["runs"]) == ["0", "1", "2"]
+    assert [plain["runs"][seed]["seconds"] is None for seed in "012"] == [True, True, False]
+    assert plain["runs"]["0"]["metrics"] == records[0]["runs"]["0"]["metrics"]
+    assert averaged["runs"]["1"]["metrics"] == records[1]["runs"]["1"]["metrics"]
+
 
 @pytest.mark.parametrize("arguments, message", [
     (["--steps", "0"], "the budget must be positive"),
