@@ -15,6 +15,10 @@ protocol (FID, KID, SSIM, PSNR), never on the training split. One ``recipe_study
 candidate goes to ``benchmarks/results/recipe_study.jsonl``: each seed's steps, seconds and
 metrics, and per metric the mean and the seed spread (max - min).
 
+A run already in ``--out`` with the same recipe and budget, finished, is kept and scored again,
+not trained again: a third seed in a later session trains only itself
+(``--seeds 0 1 2 --out`` the folder of seeds 0 1).
+
 ``--screen`` is the cheap first pass: 128x128 crops (load 143, the U-Net one level shallower)
 scored at 128, about a quarter of the work per step. Its figures compare candidates with each
 other only, never with the full protocol's.
