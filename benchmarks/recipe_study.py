@@ -32,7 +32,6 @@ other only, never with the full protocol's.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -56,6 +55,7 @@ from i2i.engine.checkpoint import latest_checkpoint  # noqa: E402
 from i2i.engine.inference import GENERATOR_FILE, INFERENCE_FILE, load_generator, resolve_generator_file  # noqa: E402
 from i2i.modes import DEFAULT_MODE  # noqa: E402
 from i2i.recipe import Recipe  # noqa: E402
+from i2i.report import read_log  # noqa: E402
 
 METRICS = ("fid", "kid", "ssim", "psnr")
 RESULTS = ROOT / "benchmarks" / "results" / "recipe_study.jsonl"
@@ -182,9 +182,12 @@ def already_trained(run: Path, candidate: Candidate, seed: int, args: argparse.N
     if Recipe.from_file(saved).model_dump(exclude={"output_dir"}) != expected.model_dump(exclude={"output_dir"}):
         return False
     if args.steps:
-        return checkpoint.name == f"step_{args.steps:08d}"
-    log = run / "log.jsonl"
-    return log.is_file() and any(json.loads(line).get("time_budget", {}).get("stopped") for line in log.read_text().splitlines())
+        return checkpoint_step(checkpoint) == args.steps
+    return any(record.get("time_budget", {}).get("stopped") for record in read_log(run))
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    return int(checkpoint.name.removeprefix("step_"))
 
 
 def score(weights: Path, data: Path, size: int, limit: int, device: torch.device, extractor,
@@ -256,7 +259,7 @@ def study(args: argparse.Namespace) -> None:
                 checkpoint = latest_checkpoint(runs[name, seed])
                 weights = checkpoint / weights_file if weights_file else checkpoint  # a folder: its inference weights
                 metrics = score(weights, args.data, size, args.limit, device, extractor, targets)
-                per_seed[seed] = {"steps": int(checkpoint.name.removeprefix("step_")),
+                per_seed[seed] = {"steps": checkpoint_step(checkpoint),
                                   "seconds": seconds.get((name, seed)),
                                   "weights": resolve_generator_file(weights).name, "metrics": metrics}
                 print(f"   {name}{suffix} seed {seed}: steps {per_seed[seed]['steps']}  "
