@@ -84,11 +84,13 @@ def run(
     if distributed.launched_by_torchrun():
         distributed.init_from_torchrun()
         run_console = console if distributed.rank_and_world_size()[0] == 0 else Console(quiet=True)
+    finished = False
     try:
         train_from_recipe(recipe, overrides, run_dir, resume, run_console, quiet=quiet, tensorboard=tensorboard,
                           overwrite=overwrite, allow_changes=allow_changes)
+        finished = True
     finally:
-        distributed.leave()
+        distributed.leave(finished)
 
 
 @app.command()

@@ -16,7 +16,7 @@ import yaml
 from safetensors.torch import load_file
 
 from i2i.engine.checkpoint import latest_checkpoint
-from i2i.engine.distributed import without_option
+from i2i.engine.distributed import leave, without_option
 from i2i.engine.trainer import Trainer
 from i2i.recipe import Recipe
 
@@ -131,7 +131,8 @@ def train_and_record_losses(rank: int, world_size: int, recipe: dict, folder: Pa
     trainer.train_step = recorded_step
     trainer.fit()
     (folder / f"rank{rank}.json").write_text(json.dumps(computed))
-    dist.destroy_process_group()
+    del trainer
+    leave()
 
 
 def test_logged_losses_are_the_mean_over_ranks(tmp_path):
@@ -189,7 +190,8 @@ def cyclegan_rank(rank: int, folder: Path) -> None:
         trainer.train_step(real_a[rank::2], real_b[rank::2])
     if rank == 0:
         torch.save({name: network.state_dict() for name, network in trainer.networks.items()}, folder / "ddp.pt")
-    dist.destroy_process_group()
+    del trainer
+    leave()
 
 
 def test_cyclegan_two_processes_match_one_with_twice_the_batch(tmp_path):
@@ -216,3 +218,13 @@ def test_cyclegan_two_processes_match_one_with_twice_the_batch(tmp_path):
                 assert torch.linalg.vector_norm(distributed[name][key] - weight) < 1e-8, f"{name}.{key}"
                 continue
             assert torch.linalg.vector_norm(distributed[name][key] - weight) < 1e-9 * update, f"{name}.{key}"
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_leave_waits_for_the_other_ranks_only_when_every_rank_finished(finished, tmp_path, monkeypatch):
+    """After a failure a peer may never reach the barrier: leaving must not wait for it."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    waited = []
+    monkeypatch.setattr(dist, "barrier", lambda: waited.append(True))
+    leave(finished)
+    assert waited == ([True] if finished else []) and not dist.is_initialized()

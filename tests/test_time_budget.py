@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from i2i.cli import app
 from i2i.engine import budget
 from i2i.engine.checkpoint import latest_checkpoint
+from i2i.engine.distributed import leave
 from i2i.engine.inference import INFERENCE_FILE, resolve_generator_file
 from i2i.engine.trainer import Trainer
 from i2i.recipe import Recipe, RecipeError, parse_duration
@@ -180,7 +181,8 @@ def ranks_stop_together(rank: int, folder) -> None:
         trainer.budget.elapsed = lambda: 1e9
     trainer.fit()
     (folder / f"rank{rank}.json").write_text(json.dumps({"step": trainer.step, "fitted": trainer.fitted}))
-    dist.destroy_process_group()
+    del trainer
+    leave()
 
 
 def test_with_two_processes_rank_0_decides_the_stop_and_the_fit(tmp_path):
