@@ -131,7 +131,7 @@ def train_and_record_losses(rank: int, world_size: int, recipe: dict, folder: Pa
     trainer.train_step = recorded_step
     trainer.fit()
     (folder / f"rank{rank}.json").write_text(json.dumps(computed))
-    del trainer
+    del trainer, step, recorded_step  # every holder of the trainer's DDP modules, before the group goes
     leave()
 
 
