@@ -38,6 +38,7 @@ from i2i.bench.quality import evaluate, protocol_dataset  # noqa: E402
 from i2i.bench.records import append_record, environment  # noqa: E402
 from i2i.bench.steady import log_window_times, steadiness  # noqa: E402
 from i2i.engine.build import resolve_device  # noqa: E402
+from i2i.engine.checkpoint import checkpoint_step  # noqa: E402
 from i2i.engine.inference import load_generator  # noqa: E402
 from i2i.recipe import Recipe  # noqa: E402
 from quality_check import SavingMeter  # noqa: E402  (benchmarks/, the script's own folder)
@@ -58,7 +59,7 @@ def long_run(run: Path) -> dict:
     from the loop's start to its last log record (checkpoints included), and the steadiness
     of its 100-step windows."""
     log = run / "log.jsonl"
-    saved = [int(path.name.removeprefix("step_")) for path in (run / "checkpoints").glob("step_*")]
+    saved = [checkpoint_step(path) for path in (run / "checkpoints").glob("step_*")]
     records = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
     records = [r for r in records if "steps_per_s" in r]
     if not records:

@@ -62,7 +62,7 @@ from i2i.bench.metrics import QualityMeter  # noqa: E402
 from i2i.bench.quality import evaluate, protocol_dataset  # noqa: E402
 from i2i.bench.records import append_record, environment  # noqa: E402
 from i2i.engine.build import build_dataset, resolve_device  # noqa: E402
-from i2i.engine.checkpoint import latest_checkpoint  # noqa: E402
+from i2i.engine.checkpoint import checkpoint_step, latest_checkpoint  # noqa: E402
 from i2i.engine.inference import GENERATOR_FILE, INFERENCE_FILE, load_generator, resolve_generator_file  # noqa: E402
 from i2i.engine.precise_bn import fixed_batches, recompute_batchnorm  # noqa: E402
 from i2i.modes import DEFAULT_MODE, MODES  # noqa: E402
@@ -122,7 +122,7 @@ def per_hour(args: argparse.Namespace, device: torch.device, out: Path) -> None:
         checkpoints[seed] = train_for(args.recipe, args.data, seed, args.engines, args.wall_clock, str(device),
                                       args.overrides, engine_overrides, out)
     extractor = inception_extractor(device)
-    runs = {engine: {seed: {"steps": int(checkpoints[seed][engine].name.removeprefix("step_")),
+    runs = {engine: {seed: {"steps": checkpoint_step(checkpoints[seed][engine]),
                             "scores": score_checkpoint(checkpoints[seed][engine], args.data, args.limit, device, extractor,
                                                        PER_HOUR_SCORES)}
                      for seed in args.seeds} for engine in args.engines}

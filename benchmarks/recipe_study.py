@@ -51,7 +51,7 @@ from i2i.bench.metrics import QualityMeter  # noqa: E402
 from i2i.bench.quality import IMAGE_SIZE, evaluate, protocol_dataset  # noqa: E402
 from i2i.bench.records import append_record, environment, read_records  # noqa: E402
 from i2i.engine.build import resolve_device  # noqa: E402
-from i2i.engine.checkpoint import latest_checkpoint  # noqa: E402
+from i2i.engine.checkpoint import checkpoint_step, latest_checkpoint  # noqa: E402
 from i2i.engine.inference import GENERATOR_FILE, INFERENCE_FILE, load_generator, resolve_generator_file  # noqa: E402
 from i2i.modes import DEFAULT_MODE  # noqa: E402
 from i2i.recipe import Recipe  # noqa: E402
@@ -184,10 +184,6 @@ def already_trained(run: Path, candidate: Candidate, seed: int, args: argparse.N
     if args.steps:
         return checkpoint_step(checkpoint) == args.steps
     return any(record.get("time_budget", {}).get("stopped") for record in read_log(run))
-
-
-def checkpoint_step(checkpoint: Path) -> int:
-    return int(checkpoint.name.removeprefix("step_"))
 
 
 def score(weights: Path, data: Path, size: int, limit: int, device: torch.device, extractor,

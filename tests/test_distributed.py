@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 import yaml
 from safetensors.torch import load_file
 
-from i2i.engine.checkpoint import latest_checkpoint
+from i2i.engine.checkpoint import checkpoint_step, latest_checkpoint
 from i2i.engine.distributed import leave, without_option
 from i2i.engine.trainer import Trainer
 from i2i.recipe import Recipe
@@ -47,7 +47,7 @@ def test_two_processes_match_one_with_twice_the_batch(tmp_path, gan_mode):
     single = Trainer(recipe, run_dir=tmp_path / "single")
     single.fit()
     checkpoint = latest_checkpoint(tmp_path / "ddp")
-    assert int(checkpoint.name.removeprefix("step_")) == single.step == 2
+    assert checkpoint_step(checkpoint) == single.step == 2
     distributed = load_file(checkpoint / "generator.safetensors")
     for name, weight in single.generator.state_dict().items():
         moved = (weight - init[name]).abs().max()
@@ -106,7 +106,7 @@ def test_two_nodes_resume_from_rank_0s_checkpoint_and_match_one_process(tmp_path
     single = Trainer(recipe, run_dir=tmp_path / "single")
     single.fit()
     checkpoint = latest_checkpoint(holder / "run")
-    assert int(checkpoint.name.removeprefix("step_")) == single.step == 4
+    assert checkpoint_step(checkpoint) == single.step == 4
     distributed = load_file(checkpoint / "generator.safetensors")
     # A norm, as in the test above; four steps let the flipped near-zero updates add up (3% of
     # a bias's update measured on an Intel Xeon with AMX). Ranks that missed each other's

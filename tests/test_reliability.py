@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from i2i.engine import checkpoint as checkpoint_module
-from i2i.engine.checkpoint import CheckpointError, list_checkpoints, load_state, load_weights, verify_checkpoint
+from i2i.engine.checkpoint import CheckpointError, checkpoint_step, list_checkpoints, load_state, load_weights, verify_checkpoint
 from i2i.engine.faults import NonFiniteError, TrainingInterrupted
 from i2i.engine.callbacks import Callback
 from i2i.engine.trainer import Trainer
@@ -43,7 +43,7 @@ class AtStep(Callback):
 
 
 def steps_saved(run_dir: Path) -> list[int]:
-    return [int(p.name.split("_")[1]) for p in list_checkpoints(run_dir / "checkpoints")]
+    return [checkpoint_step(p) for p in list_checkpoints(run_dir / "checkpoints")]
 
 
 # ------------------------------------------------------------------- signals

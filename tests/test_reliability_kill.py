@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from i2i.engine.checkpoint import list_checkpoints, verify_checkpoint
+from i2i.engine.checkpoint import checkpoint_step, list_checkpoints, verify_checkpoint
 
 from conftest import tiny_recipe
 
@@ -41,7 +41,7 @@ def start(context, recipe: dict, run_dir: Path):
 
 def newest_step(folder: Path) -> int:
     found = list_checkpoints(folder)
-    return int(found[-1].name.split("_")[1]) if found else 0
+    return checkpoint_step(found[-1]) if found else 0
 
 
 def wait_for(condition, process, timeout: float = 60.0) -> None:

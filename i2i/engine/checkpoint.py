@@ -191,6 +191,11 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def checkpoint_step(checkpoint: Path) -> int:
+    """The step of a checkpoint folder, read from its name as ``save_checkpoint`` writes it (``step_N``)."""
+    return int(checkpoint.name.removeprefix("step_"))
+
+
 def verify_checkpoint(path: Path) -> None:
     try:
         manifest = json.loads((path / MANIFEST).read_text())
