@@ -41,6 +41,7 @@ from i2i.engine.build import resolve_device  # noqa: E402
 from i2i.engine.checkpoint import checkpoint_step  # noqa: E402
 from i2i.engine.inference import load_generator  # noqa: E402
 from i2i.recipe import Recipe  # noqa: E402
+from i2i.report import read_log  # noqa: E402
 from quality_check import SavingMeter  # noqa: E402  (benchmarks/, the script's own folder)
 
 QUALITY = ("fid", "kid", "ssim", "psnr")
@@ -58,10 +59,8 @@ def long_run(run: Path) -> dict:
     """Steps (the last checkpoint's: SIGTERM stopped the run between two log records), steps/s
     from the loop's start to its last log record (checkpoints included), and the steadiness
     of its 100-step windows."""
-    log = run / "log.jsonl"
     saved = [checkpoint_step(path) for path in (run / "checkpoints").glob("step_*")]
-    records = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
-    records = [r for r in records if "steps_per_s" in r]
+    records = [r for r in read_log(run) if "steps_per_s" in r]  # the kill may leave a half-written last line
     if not records:
         return {"long_run_steps": None, "long_run_steps_per_s": None, "long_run_steady_min_over_median": None}
     seconds, last = 0.0, 0
