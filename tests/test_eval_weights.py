@@ -42,6 +42,21 @@ def test_the_average_copies_until_its_start_then_follows_with_the_warmed_up_deca
         assert torch.equal(live, latest)  # the trained weights are only read
 
 
+def test_the_warm_up_power_sets_the_width_of_the_average_before_its_decay_is_reached():
+    assert ParameterAverage(small_network(), decay=0.999, power=4).decay_at(3) == 4 / 9
+    steps = 2000
+    for power, width in ((8.0, 0.0905), (4.0, 0.1409)):  # sqrt((power + 1) / (power + 3)) / (power + 2)
+        average = ParameterAverage(small_network(), decay=0.999, power=power)
+        weights, later = torch.zeros(steps + 1, dtype=torch.float64), 1.0
+        for step in range(steps, 0, -1):  # step's weight in the final average: its share times the later decays
+            weights[step] = (1 - average.decay_at(step)) * later
+            later *= average.decay_at(step)
+        position = torch.arange(steps + 1, dtype=torch.float64) / steps
+        centre = (weights * position).sum()
+        assert centre == pytest.approx((power + 1) / (power + 2), abs=0.005)
+        assert ((weights * (position - centre) ** 2).sum().sqrt()) == pytest.approx(width, abs=0.003)
+
+
 def test_an_average_updated_every_few_steps_folds_in_their_decay_at_once():
     model = small_network()
     average = ParameterAverage(model, decay=0.2, start_step=0, every=3)
