@@ -101,8 +101,8 @@ class Trainer:
                 self.train_step = GraphedStep(self.method.train_step, self.log_line)
         # The average lives on rank 0, which alone makes samples and writes checkpoints.
         average = self.cfg.ema if self.is_main else None
-        self.average = average and ParameterAverage(self.generator, average.decay, average.start_step, average.every,
-                                                         average.power)
+        self.average = average and ParameterAverage(self.generator, average.decay, average.start_step,
+                                                    average.every, average.power)
         self.sampler = EpochSampler(len(self.dataset), self.cfg.seed, rank, world_size)
         self.batches = TrainingBatches(recipe, self.dataset, self.sampler, self.device)
         self.budget = self.cfg.time_budget and TimeBudget(self.cfg.time_budget, self.device, world_size)
